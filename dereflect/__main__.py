@@ -1,0 +1,3 @@
+from dereflect.cli import main
+
+main()

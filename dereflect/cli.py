@@ -1,0 +1,74 @@
+"""The `dereflect` command: one typer sub-app (or command) per pipeline stage.
+
+Each stage keeps its commands beside its code (`dereflect/<stage>/cli.py`); this module only
+assembles them and turns errors into one line and an exit status (0 success, 1 bad input or
+a failed step, 2 bad usage). Stage modules import torch lazily, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from dereflect import __version__
+from dereflect.errors import DereflectError
+
+app = typer.Typer(
+    name="dereflect",
+    help="Remove reflections from photos taken through glass, on the device that took them.\n\n"
+    "Example: dereflect remove photo.jpg -o out/",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dereflect {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Remove reflections from photos taken through glass."""
+
+
+def _assemble() -> None:
+    from dereflect.data.cli import app as data_app
+    from dereflect.demo_cli import app as demo_app
+    from dereflect.evaluate import eval_command
+    from dereflect.export.cli import export_command
+    from dereflect.runtime.cli import remove_command
+    from dereflect.train.cli import app as train_app
+    from dereflect.bench_cli import bench_command
+
+    app.add_typer(data_app, name="data", help="Make training data: multi-view sequences through glass.")
+    app.add_typer(train_app, name="train", help="Train the teacher, then distil the student.")
+    app.command("eval", help=eval_command.__doc__)(eval_command)
+    app.command("export", help=export_command.__doc__)(export_command)
+    app.command("remove", help=remove_command.__doc__)(remove_command)
+    app.command("bench", help=bench_command.__doc__)(bench_command)
+    app.add_typer(demo_app, name="demo", help="The main job on built-in defaults, and the phone demo app.")
+
+
+_assemble()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: typer handles usage errors (exit 2); our errors become one line."""
+    try:
+        app(args=argv, prog_name="dereflect")
+    except DereflectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Training data: multi-view reflection synthesis and dataset readers."""

@@ -1,0 +1,1 @@
+"""Export: one format table drives conversion, quantization and parity checks."""

@@ -1,0 +1,1 @@
+"""Runtime: one Session API over every backend, any resolution."""
