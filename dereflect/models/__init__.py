@@ -1,0 +1,23 @@
+"""Networks: the multi-view teacher, the single-image students, presets and checkpoints."""
+
+from dereflect.models.registry import (
+    PRESETS,
+    count_gmacs,
+    count_params,
+    create_model,
+    list_models,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
+
+__all__ = [
+    "PRESETS",
+    "count_gmacs",
+    "count_params",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "read_checkpoint_info",
+    "save_checkpoint",
+]

@@ -49,3 +49,93 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     out = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
     scale = torch.tensor([size[1] / w, size[0] / h], device=flow.device, dtype=flow.dtype)
     return out * scale.view(1, 2, 1, 1)
+
+
+def conv_act(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, act: bool = True) -> nn.Sequential:
+    """Conv + LeakyReLU(0.1): the one conv unit everywhere (no norm layers: batch sizes are small
+    and norms complicate INT8 export; LeakyReLU quantizes as well as ReLU on every target)."""
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2)]
+    if act:
+        layers.append(nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(*layers)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convs with an identity skip."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_act(ch, ch), conv_act(ch, ch, act=False))
+        self.act = nn.LeakyReLU(0.1, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+def stage(in_ch: int, out_ch: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    """A conv (strided to downsample) followed by `blocks` residual blocks."""
+    return nn.Sequential(conv_act(in_ch, out_ch, stride=stride), *[ResBlock(out_ch) for _ in range(blocks)])
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    """x2 bilinear upsampling by a constant scale: one ONNX Resize that keeps H and W dynamic."""
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class Encoder(nn.Module):
+    """Per-image multi-scale features: full resolution, 1/2, 1/4, 1/8 (the last three feed the
+    dynamics representation). Used per frame by the teacher and once by the student."""
+
+    def __init__(self, widths: tuple[int, int, int, int], blocks: tuple[int, int, int]) -> None:
+        super().__init__()
+        c0, c1, c2, c3 = widths
+        self.stem = conv_act(3, c0)
+        self.down1 = stage(c0, c1, blocks[0], stride=2)
+        self.down2 = stage(c1, c2, blocks[1], stride=2)
+        self.down3 = stage(c2, c3, blocks[2], stride=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        f0 = self.stem(x)
+        f1 = self.down1(f0)
+        f2 = self.down2(f1)
+        f3 = self.down3(f2)
+        return f0, [f1, f2, f3]
+
+
+class Decoder(nn.Module):
+    """U-Net decoder from three scales (1/8 -> 1/4 -> 1/2) plus a full-resolution skip.
+
+    Predicts a residual that is added to the input photo: the last conv starts at zero, so an
+    untrained network is exactly the identity baseline (a strong one on real photos) and
+    training can only move away from it where the data says so.
+    """
+
+    def __init__(self, in_chs: tuple[int, int, int], widths: tuple[int, int, int, int], out_ch: int = 3) -> None:
+        super().__init__()
+        c0, c1, c2, c3 = widths
+        self.dec3 = conv_act(in_chs[2], c3)
+        self.dec2 = conv_act(c3 + in_chs[1], c2)
+        self.dec1 = conv_act(c2 + in_chs[0], c1)
+        self.dec0 = conv_act(c1 + c0, c0)
+        self.head = nn.Conv2d(c0, out_ch, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, full: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        y = self.dec3(feats[2])
+        y = self.dec2(torch.cat([upsample2(y), feats[1]], 1))
+        y = self.dec1(torch.cat([upsample2(y), feats[0]], 1))
+        y = self.dec0(torch.cat([upsample2(y), full], 1))
+        return self.head(y)
+
+
+def local_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cost volume: dot products of f1(p) with f2(p + d) for every |dx|,|dy| <= radius,
+    channel-normalised. (B, (2r+1)^2, H, W); a light stand-in for PWC-Net's correlation."""
+    b, c, h, w = f1.shape
+    padded = F.pad(f2, (radius, radius, radius, radius))
+    costs = []
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            costs.append((f1 * padded[:, :, dy : dy + h, dx : dx + w]).mean(1))
+    return F.leaky_relu(torch.stack(costs, 1), 0.1)

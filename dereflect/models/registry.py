@@ -1,0 +1,152 @@
+"""`create_model(name)` over a registry of presets, and safetensors checkpoints that rebuild themselves.
+
+A checkpoint is two files: `NAME.safetensors` (weights only, never pickle) and `NAME.json` (model
+name, full config, and whatever the trainer adds: step, data description, git commit, metrics).
+The config is also stored in the safetensors header, so the weights file alone is enough to load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from dereflect.errors import DereflectError
+from dereflect.models.student import Student, StudentConfig
+from dereflect.models.teacher import Teacher, TeacherConfig
+
+# name -> (class, config class, preset values). README lists params and GMACs at 512x512.
+PRESETS: dict[str, tuple[type[nn.Module], type, dict[str, Any]]] = {
+    "student-nano": (Student, StudentConfig, dict(widths=(8, 16, 24, 64), blocks=(0, 1, 2), dyn_channels=(8, 12, 32), halluc_blocks=1)),
+    "student-small": (Student, StudentConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 2), dyn_channels=(16, 24, 32), halluc_blocks=1)),
+    "student-base": (Student, StudentConfig, dict(widths=(24, 48, 96, 128), blocks=(1, 2, 3), dyn_channels=(32, 48, 64), halluc_blocks=2)),
+    "teacher-base": (Teacher, TeacherConfig, dict()),
+    "teacher-small": (Teacher, TeacherConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 1), dyn_channels=(16, 32, 48))),
+}
+
+
+def list_models() -> list[str]:
+    return sorted(PRESETS)
+
+
+def _build(name: str, config: dict[str, Any]) -> nn.Module:
+    cls, cfg_cls, _ = PRESETS[name]
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise DereflectError(None, f"{name}: unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    model = cls(cfg_cls(**clean))
+    model.model_name = name  # type: ignore[attr-defined]
+    return model
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a preset by name (e.g. "student-nano"), with config fields overridden by keyword."""
+    if name not in PRESETS:
+        raise DereflectError(None, f"unknown model '{name}'; choose one of {', '.join(list_models())}")
+    return _build(name, {**PRESETS[name][2], **overrides})
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    return dataclasses.asdict(model.config)  # type: ignore[arg-type]
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> Path:
+    """Write `path` (.safetensors) and its JSON sidecar atomically; returns the weights path."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    name = getattr(model, "model_name", None)
+    if name is None:
+        raise ValueError("model has no model_name: build it with create_model()")
+    info = {"model": name, "config": model_config(model), **meta}
+    header = {"dereflect": json.dumps({"model": name, "config": info["config"]})}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic(path, lambda tmp: save_file(state, str(tmp), metadata=header))
+    _atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(info, indent=2, default=str)))
+    return path
+
+
+def read_checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Model name and config from the safetensors header (plus the JSON sidecar's extras)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DereflectError(path, "no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = (fh.metadata() or {}).get("dereflect")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DereflectError(path, f"not a readable safetensors checkpoint ({exc})") from None
+    if header is None:
+        raise DereflectError(path, "safetensors file has no dereflect model header (not a dereflect checkpoint)")
+    info = json.loads(header)
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            extra = json.loads(sidecar.read_text())
+        except json.JSONDecodeError as exc:
+            raise DereflectError(sidecar, f"corrupt checkpoint JSON ({exc})") from None
+        info = {**extra, **info}
+    return info
+
+
+def load_checkpoint(path: str | os.PathLike[str], expect: str | None = None) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (strict).
+
+    `expect` = "student" or "teacher" refuses the other kind with a clear error.
+    """
+    path = Path(path)
+    info = read_checkpoint_info(path)
+    name = info.get("model", "")
+    if name not in PRESETS:
+        raise DereflectError(path, f"checkpoint is for unknown model '{name}'")
+    if expect is not None and not name.startswith(expect):
+        raise DereflectError(path, f"expected a {expect} checkpoint, got '{name}'")
+    model = _build(name, info["config"])
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DereflectError(path, f"corrupt weights ({exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DereflectError(path, f"weights do not match {name}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+    model.checkpoint_info = info  # type: ignore[attr-defined]
+    return model.eval()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gmacs(model: nn.Module, size: int = 512, frames: int | None = None) -> float:
+    """Multiply-accumulates (x1e9) of one forward pass at size x size, via torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = (1, frames, 3, size, size) if frames else (1, 3, size, size)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(shape))
+    return counter.get_total_flops() / 2e9
