@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from dereflect.errors import NotLandedError
+from dereflect.errors import DereflectError, UsageError
 
 app = typer.Typer(no_args_is_help=True)
+
+PREVIEW_ROWS = 4
 
 
 @app.command("synth")
@@ -24,6 +28,54 @@ def synth_command(
 ) -> None:
     """Synthesise multi-view sequences through glass (frames, T and R layers, true flows).
 
+    Writes OUT/seq_00000/frame_000.png ..., transmission/ and reflection/ (16-bit PNG), flow_T.npy, flow_R.npy, params.json, and OUT/dataset.json. Sequence k is item k of SyntheticSequences(photos, seed=SEED), the set the teacher trains on.
+
     Example: dereflect data synth --images photos/ --out data/synth --sequences 8 --frames 5 --size 128
     """
-    raise NotLandedError("`dereflect data synth`", "the Foundation issue (multi-view synthesis)")
+    if frames < 3 or frames % 2 == 0:
+        raise UsageError(None, f"--frames must be odd and at least 3 (3 or 5), got {frames}")
+    if preview is not None and preview.suffix.lower() != ".png":
+        raise UsageError(preview, "--preview must name a .png file")
+    if out.exists() and not out.is_dir():
+        raise DereflectError(out, "exists and is not a folder")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from dereflect.data.datasets import draw_sequence
+    from dereflect.data.photos import load_photos
+    from dereflect.data.synth import SynthConfig, contact_sheet, write_sequence
+
+    photos = load_photos(images)  # every photo is read (and checked) before any output
+    out.mkdir(parents=True, exist_ok=True)
+    shown = []
+    columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
+        task = bar.add_task("synth", total=sequences)
+        for k in range(sequences):
+            seq = draw_sequence(photos, k, seed=seed, n_frames=frames, size=size, augment=True)
+            write_sequence(seq, out / f"seq_{k:05d}")
+            if preview is not None and len(shown) < PREVIEW_ROWS:
+                shown.append(seq)
+            bar.advance(task)
+    info = {
+        "generator": "dereflect data synth", "images": str(images) if images else "scikit-image bundled photos",
+        "photos": len(photos), "sequences": sequences, "frames": frames, "size": size, "seed": seed,
+        "config": asdict(SynthConfig()),
+    }
+    (out / "dataset.json").write_text(json.dumps(info, indent=1))
+    if preview is not None:
+        _write_preview(preview, contact_sheet(shown))
+    typer.echo(f"wrote {sequences} sequences of {frames} frames ({size}x{size}) to {out}"
+               + (f"; preview {preview}" if preview else ""))
+
+
+def _write_preview(path: Path, sheet) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from dereflect.io import write_image
+    except ImportError:  # dereflect.io not landed yet
+        from dereflect.data.synth import _write_png
+
+        _write_png(path, sheet)
+    else:
+        write_image(path, sheet)
