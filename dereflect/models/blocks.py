@@ -139,3 +139,14 @@ def local_correlation(f1: torch.Tensor, f2: torch.Tensor, radius: int) -> torch.
         for dx in range(2 * radius + 1):
             costs.append((f1 * padded[:, :, dy : dy + h, dx : dx + w]).mean(1))
     return F.leaky_relu(torch.stack(costs, 1), 0.1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad H and W up to a multiple (the graphs need multiples of 8); returns the
+    padded tensor and the original (H, W) to crop back to."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)

@@ -28,7 +28,7 @@ PRESETS: dict[str, tuple[type[nn.Module], type, dict[str, Any]]] = {
     "student-nano": (Student, StudentConfig, dict(widths=(8, 16, 24, 64), blocks=(0, 1, 2), dyn_channels=(8, 12, 32), halluc_blocks=1)),
     "student-small": (Student, StudentConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 2), dyn_channels=(16, 24, 32), halluc_blocks=1)),
     "student-base": (Student, StudentConfig, dict(widths=(24, 48, 96, 128), blocks=(1, 2, 3), dyn_channels=(32, 48, 64), halluc_blocks=2)),
-    "teacher-base": (Teacher, TeacherConfig, dict()),
+    "teacher-base": (Teacher, TeacherConfig, dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64))),
     "teacher-small": (Teacher, TeacherConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 1), dyn_channels=(16, 32, 48))),
 }
 

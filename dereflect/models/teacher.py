@@ -39,9 +39,9 @@ from dereflect.models.blocks import (
 @dataclass
 class TeacherConfig:
     n_frames: int = 5
-    widths: tuple[int, int, int, int] = (32, 48, 96, 128)  # full, 1/2, 1/4, 1/8
+    widths: tuple[int, int, int, int] = (24, 48, 64, 96)  # full, 1/2, 1/4, 1/8
     blocks: tuple[int, int, int] = (1, 1, 2)
-    dyn_channels: tuple[int, int, int] = (32, 64, 96)  # D at 1/2, 1/4, 1/8
+    dyn_channels: tuple[int, int, int] = (32, 48, 64)  # D at 1/2, 1/4, 1/8
     flow_radius: tuple[int, int, int] = (2, 3, 4)  # correlation radius at 1/2, 1/4, 1/8
     fusion_blocks: int = 1
     use_mkl: bool = True  # False: "w/o MKL" — D from plain per-frame features (mean over frames)
@@ -60,7 +60,7 @@ class FlowLevel(nn.Module):
         super().__init__()
         self.radius = radius
         n_cost = (2 * radius + 1) ** 2
-        hidden = max(32, ch)
+        hidden = max(32, ch // 2)
         self.net = nn.Sequential(
             conv_act(n_cost + 2 * ch + 2, hidden),
             conv_act(hidden, hidden // 2),

@@ -1,0 +1,146 @@
+"""What the trainers feed on: `--data` folders sorted into photos, sequences and real pairs,
+and step-indexed datasets whose item i is a pure function of (seed, i).
+
+Because every item depends only on its index, a run resumed at step s (or split over DDP ranks,
+or over DataLoader workers) sees exactly the batches an uninterrupted run would have seen.
+Item i belongs to step i // batch; all items of one step come from the same source, so a batch
+is never a mix of synthetic sequences and real single-image pairs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from dereflect.data.photos import IMAGE_SUFFIXES
+from dereflect.errors import DereflectError
+
+
+@dataclass
+class DataSources:
+    photos: list[Path] = field(default_factory=list)  # folders of natural photos (synthesis sources)
+    pairs: list[Path] = field(default_factory=list)  # real pairs: blended/ + transmission/
+    sequences: list[Path] = field(default_factory=list)  # folders of written sequences
+
+    def describe(self) -> str:
+        parts = [f"photos: {', '.join(map(str, self.photos)) or 'scikit-image bundled'}"]
+        if self.pairs:
+            parts.append(f"real pairs: {', '.join(map(str, self.pairs))}")
+        if self.sequences:
+            parts.append(f"sequences: {', '.join(map(str, self.sequences))}")
+        return "; ".join(parts)
+
+
+def discover(folders: list[Path] | None) -> DataSources:
+    """Sort `--data` folders by layout; an empty or missing folder is an error before any work."""
+    sources = DataSources()
+    for folder in folders or []:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DereflectError(folder, "data folder does not exist")
+        if (folder / "blended").is_dir():
+            sources.pairs.append(folder)
+        elif any((sub / "frame_000.png").is_file() for sub in folder.iterdir() if sub.is_dir()):
+            sources.sequences.append(folder)
+        elif any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+            sources.photos.append(folder)
+        else:
+            raise DereflectError(folder, "no images, pairs (blended/) or sequences (*/frame_000.png) found")
+    return sources
+
+
+def load_all_photos(sources: DataSources, max_side: int) -> list[np.ndarray]:
+    from dereflect.data.photos import load_photos
+
+    if not sources.photos:
+        return load_photos(None, max_side=max_side)
+    photos: list[np.ndarray] = []
+    for folder in sources.photos:
+        photos.extend(load_photos(folder, max_side=max_side))
+    if len(photos) < 2:
+        raise DereflectError(sources.photos[0], "need at least 2 photos to synthesise reflections")
+    return photos
+
+
+def load_pairs(folders: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """All real pairs as uint8 HWC (blended, transmission), kept in memory (a few hundred MB at most)."""
+    from dereflect.data.datasets import PairedFolder
+
+    pairs = []
+    for folder in folders:
+        ds = PairedFolder(folder, size=None)
+        for i in range(len(ds)):
+            item = ds[i]
+            pairs.append(tuple((item[k].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8) for k in ("input", "transmission")))
+    return pairs
+
+
+def random_pair_crop(pair: tuple[np.ndarray, np.ndarray], size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Random scale, crop and flip of a real pair, as float CHW tensors."""
+    blended, target = pair
+    h, w = blended.shape[:2]
+    scale = rng.uniform(max(size / min(h, w), 0.6), max(size / min(h, w), 1.0) * 1.2)
+    if abs(scale - 1.0) > 1e-3:
+        from PIL import Image
+
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        blended = np.asarray(Image.fromarray(blended).resize((nw, nh), Image.BICUBIC))
+        target = np.asarray(Image.fromarray(target).resize((nw, nh), Image.BICUBIC))
+        h, w = nh, nw
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    blended, target = blended[y : y + size, x : x + size], target[y : y + size, x : x + size]
+    if rng.random() < 0.5:
+        blended, target = blended[:, ::-1], target[:, ::-1]
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0
+    return {"input": to_t(blended), "transmission": to_t(target)}
+
+
+class StepData(Dataset):
+    """Item i of step i // batch: a synthetic sequence, or (student, with real pairs) a real crop.
+
+    Synthetic items carry `frames` for the teacher; real ones only `input` and `transmission`.
+    """
+
+    def __init__(self, synthetic: Dataset, batch: int, seed: int, real_pairs=None, real_fraction: float = 0.0, size: int = 128):
+        self.synthetic, self.batch, self.seed = synthetic, batch, seed
+        self.real_pairs, self.real_fraction, self.size = real_pairs or [], real_fraction, size
+
+    def __len__(self) -> int:
+        return len(self.synthetic)
+
+    def step_is_real(self, step: int) -> bool:
+        return bool(self.real_pairs) and np.random.default_rng([self.seed, step, 1]).random() < self.real_fraction
+
+    def __getitem__(self, i: int) -> dict:
+        if self.step_is_real(i // self.batch):
+            rng = np.random.default_rng([self.seed, i, 2])
+            return random_pair_crop(self.real_pairs[int(rng.integers(len(self.real_pairs)))], self.size, rng)
+        return self.synthetic[i]
+
+
+class StepSampler(Sampler[int]):
+    """Indices of steps [start, stop) for one DDP rank: rank r takes its slice of every global batch."""
+
+    def __init__(self, start: int, stop: int, batch: int, rank: int = 0, world: int = 1) -> None:
+        if batch % world:
+            raise DereflectError(None, f"batch {batch} is not divisible by {world} processes")
+        self.start, self.stop, self.batch, self.rank, self.world = start, stop, batch, rank, world
+
+    def __iter__(self):
+        per = self.batch // self.world
+        for step in range(self.start, self.stop):
+            base = step * self.batch + self.rank * per
+            yield from range(base, base + per)
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * (self.batch // self.world)
+
+
+def warn_unused(sources: DataSources, stage: str) -> None:
+    if stage == "teacher" and sources.pairs:
+        warnings.warn(f"the teacher needs sequences; real single-image pairs are not used: {', '.join(map(str, sources.pairs))}")

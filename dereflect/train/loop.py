@@ -1,0 +1,307 @@
+"""The loop both stages share: devices, DDP, schedule, logging, validation, checkpoints, resume.
+
+A stage subclasses `Trainer` and supplies the model, the data and one optimisation step.
+Checkpointing is built for being killed at any moment: `state.pt` (everything needed to
+continue: weights, optimisers, schedule, step, best score) is written to a temp file and renamed,
+so the folder always holds a complete state from at most `ckpt_every` steps ago; `--resume`
+reloads it with torch.load(weights_only=True) (no pickled code) and continues bit-exactly on CPU,
+because every batch and every step's random seed is a function of the step number alone.
+Users get `last.safetensors` and `best.safetensors` (+ JSON), loadable by `load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dereflect.errors import DereflectError
+from dereflect.models import save_checkpoint
+from dereflect.train.config import TrainConfig, config_from_dict
+from dereflect.train.data import StepSampler
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DereflectError(None, "--device cuda asked for, but no CUDA device is available")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise DereflectError(None, f"unknown device '{name}' (auto, cpu, cuda, cuda:N)")
+    return torch.device(name)
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to lr_min_factor."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr_min_factor + (1 - cfg.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3,H,W) float [0,1] -> HWC uint8, rounding like an image writer would."""
+    return (x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class CsvLog:
+    """Append-only CSV whose rows beyond a resumed step are dropped (so a resumed log has no repeats)."""
+
+    def __init__(self, path: Path, start_step: int) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+        if path.exists():
+            rows = list(csv.DictReader(path.open()))
+            rows = [r for r in rows if int(r["step"]) <= start_step]  # rows are logged after their step
+            if rows:
+                self.fields = list(rows[0].keys())
+            with path.open("w", newline="") as fh:
+                if self.fields:
+                    w = csv.DictWriter(fh, self.fields)
+                    w.writeheader()
+                    w.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fields is None:
+            self.fields = list(row.keys())
+            with self.path.open("w", newline="") as fh:
+                csv.DictWriter(fh, self.fields).writeheader()
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
+
+
+class Trainer:
+    """Shared training loop; subclasses implement build(), train_step() and validate()."""
+
+    stage = "base"
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, data_dirs: list[Path] | None = None,
+                 val_pairs: Path | None = None, device: str = "auto", resume: bool = False,
+                 progress: bool = True) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.data_dirs, self.val_pairs = list(data_dirs or []), val_pairs
+        self.progress = progress
+        self.rank, self.world = 0, 1
+        if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+            dist.init_process_group(backend)
+        if dist.is_initialized():
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = pick_device(device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.start_step, self.best = 0, -math.inf
+        if val_pairs is not None and not Path(val_pairs).is_dir():
+            raise DereflectError(val_pairs, "validation pairs folder does not exist")
+        state_path = self.run_dir / "state.pt"
+        if resume:
+            if not state_path.is_file():
+                raise DereflectError(state_path, "nothing to resume: no state.pt in the run folder")
+        elif state_path.exists():
+            raise DereflectError(self.run_dir, "run folder already holds a run: pass --resume to continue it, or use a new --out")
+        torch.manual_seed(cfg.seed)
+        self.build()  # model, optimisers, data (errors about data surface here, before any work)
+        self.opt_modules = self.trainable()
+        if resume:
+            self._load_state(state_path)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    # ---- to implement by a stage ---------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def trainable(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
+        """name -> (module, its optimiser); the first entry is the model that gets checkpointed."""
+        raise NotImplementedError
+
+    def train_step(self, batch: dict, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def validate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def data_description(self) -> str:
+        return ""
+
+    # ---- shared machinery ----------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    def wrap_ddp(self, module: nn.Module, find_unused: bool = False) -> nn.Module:
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
+        return module
+
+    def loader(self) -> DataLoader:
+        sampler = StepSampler(self.start_step, self.cfg.steps, self.cfg.batch, self.rank, self.world)
+        return DataLoader(self.dataset, batch_size=self.cfg.batch // self.world, sampler=sampler,
+                          num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False, prefetch_factor=4 if self.cfg.workers else None)
+
+    def set_lr(self, step: int) -> float:
+        f = lr_factor(step, self.cfg)
+        for name, (_, opt) in self.opt_modules.items():
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * f
+        return self.cfg.lr * f
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+
+    def meta(self, step: int, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        return {"stage": self.stage, "step": step, "train_config": self.cfg.to_dict(),
+                "data": self.data_description(), "git_commit": git_commit(),
+                "device": str(self.device), "world_size": self.world, "metrics": metrics or {}}
+
+    def _state(self, step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "best": self.best,
+            "config": json.dumps(self.cfg.to_dict()),
+            "modules": {n: m.state_dict() for n, (m, _) in self.opt_modules.items()},
+            "optims": {n: o.state_dict() for n, (_, o) in self.opt_modules.items()},
+        }
+
+    def _load_state(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a corrupt file
+            raise DereflectError(path, f"cannot read training state ({str(exc).splitlines()[0]})") from None
+        saved = config_from_dict(json.loads(state["config"]))
+        if saved.model != self.cfg.model or saved.model_overrides != self.cfg.model_overrides:
+            raise DereflectError(path, f"run was for {saved.model} {saved.model_overrides}, not {self.cfg.model} {self.cfg.model_overrides}")
+        for name, (module, opt) in self.opt_modules.items():
+            module.load_state_dict(state["modules"][name])
+            opt.load_state_dict(state["optims"][name])
+        self.start_step, self.best = int(state["step"]), float(state["best"])
+
+    def save(self, step: int, metrics: dict[str, float] | None = None) -> None:
+        if not self.is_main:
+            return
+        save_checkpoint(self.model, self.run_dir / "last.safetensors", **self.meta(step, metrics))
+        atomic_torch_save(self._state(step), self.run_dir / "state.pt")
+
+    def run(self) -> dict[str, Any]:
+        """Train from start_step to cfg.steps; returns the final validation metrics."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        cfg = self.cfg
+        train_log = CsvLog(self.run_dir / "train.csv", self.start_step) if self.is_main else None
+        val_log = CsvLog(self.run_dir / "val.csv", self.start_step) if self.is_main else None
+        tb = self._tensorboard()
+        metrics: dict[str, float] = {}
+        step = self.start_step
+        t0, done = time.perf_counter(), 0
+        progress = Progress(TextColumn(f"[bold]{self.stage}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                            disable=not (self.progress and self.is_main))
+        with progress:
+            task = progress.add_task(self.stage, total=cfg.steps, completed=step, info="")
+            for batch in self._batches():
+                torch.manual_seed(cfg.seed * 1_000_003 + step)  # every step's randomness depends on the step only
+                lr = self.set_lr(step)
+                losses = self.train_step(batch, step)
+                step += 1
+                done += 1
+                rate = done / (time.perf_counter() - t0)
+                if self.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                    row = {"step": step, "lr": f"{lr:.3e}", "it_s": f"{rate:.3f}", **{k: f"{v:.5f}" for k, v in losses.items()}}
+                    train_log.write(row)
+                    if tb:
+                        for k, v in losses.items():
+                            tb.add_scalar(f"train/{k}", v, step)
+                progress.update(task, completed=step, info=f"loss {losses.get('total', 0):.4f}  {rate:.2f} it/s")
+                if step % cfg.val_every == 0 or step == cfg.steps:
+                    metrics = self._validate_and_keep_best(step, val_log, tb)
+                if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                    self.save(step, metrics)
+        if tb:
+            tb.close()
+        if self.start_step >= cfg.steps and not metrics:
+            metrics = self.validate() if self.is_main else {}
+        return {"step": step, "it_s": done / max(time.perf_counter() - t0, 1e-9), **metrics}
+
+    def _batches(self):
+        for batch in self.loader():
+            yield {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _validate_and_keep_best(self, step: int, val_log: CsvLog | None, tb) -> dict[str, float]:
+        if not self.is_main:
+            return {}
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.validate()
+        self.model.train()
+        val_log.write({"step": step, **{k: f"{v:.5f}" for k, v in metrics.items()}})
+        if tb:
+            for k, v in metrics.items():
+                tb.add_scalar(f"val/{k}", v, step)
+        score = metrics.get("selection_ssim", -math.inf)
+        if score > self.best:
+            self.best = score
+            save_checkpoint(self.model, self.run_dir / "best.safetensors", **self.meta(step, metrics))
+        return metrics
+
+    def _tensorboard(self):
+        if not self.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None  # tensorboard is in the [train] extra; the CSV logs are always written
+        return SummaryWriter(str(self.run_dir / "tb"))
+
+
+def score_batch(pred: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> dict[str, list[float]]:
+    """Literature metrics per image on uint8-rounded outputs, plus the identity baseline."""
+    from dereflect.metrics import lmse, psnr, ssim
+
+    out: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "lmse", "id_psnr", "id_ssim", "id_lmse")}
+    for p, t, x in zip(pred, target, inputs):
+        gt, est, ident = to_uint8(t), to_uint8(p), to_uint8(x)
+        out["psnr"].append(psnr(gt, est))
+        out["ssim"].append(ssim(gt, est))
+        out["lmse"].append(lmse(gt, est))
+        out["id_psnr"].append(psnr(gt, ident))
+        out["id_ssim"].append(ssim(gt, ident))
+        out["id_lmse"].append(lmse(gt, ident))
+    return out

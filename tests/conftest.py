@@ -1,0 +1,31 @@
+"""Generic fixtures: the shared real data (skipped when absent) and a bundled photo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+#: ../shared/data beside the repository (override with DEREFLECT_SHARED_DATA).
+SHARED_DATA = Path(os.environ.get("DEREFLECT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of public development images; tests that need it skip on a fresh clone."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """scikit-image's bundled astronaut photo: 512x512x3 uint8 RGB, read-only (copy to modify)."""
+    from skimage import data
+
+    img = np.ascontiguousarray(data.astronaut())
+    assert img.dtype == np.uint8 and img.shape == (512, 512, 3)
+    img.setflags(write=False)
+    return img
