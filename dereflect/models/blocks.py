@@ -32,6 +32,13 @@ def warp(x: torch.Tensor, flow: torch.Tensor, return_mask: bool = False):
     b, _, h, w = x.shape
     if flow.shape[-2:] != (h, w):
         raise ValueError(f"flow {tuple(flow.shape)} does not match features {tuple(x.shape)}")
+    # Sampling positions need float32 even under bf16 autocast: bf16 cannot tell pixel 200 from 201.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _warp_fp32(x.float(), flow.float(), return_mask)
+
+
+def _warp_fp32(x: torch.Tensor, flow: torch.Tensor, return_mask: bool):
+    h, w = x.shape[-2:]
     coords = pixel_grid(h, w, x.device, x.dtype) + flow
     gx = 2.0 * coords[:, 0] / max(w - 1, 1) - 1.0
     gy = 2.0 * coords[:, 1] / max(h - 1, 1) - 1.0

@@ -72,7 +72,8 @@ class FlowLevel(nn.Module):
     def forward(self, mid: torch.Tensor, nb: torch.Tensor, init_flow: torch.Tensor) -> torch.Tensor:
         aligned = warp(nb, init_flow)
         cost = local_correlation(mid, aligned, self.radius)
-        return init_flow + self.net(torch.cat([cost, mid, aligned, init_flow], 1))
+        step = self.net(torch.cat([cost, mid, aligned.to(mid.dtype), init_flow.to(mid.dtype)], 1))
+        return init_flow.float() + step.float()  # flows accumulate in float32 even under autocast
 
 
 class FlowNet(nn.Module):

@@ -56,6 +56,8 @@ class TrainConfig:
     gan: str = "relativistic"  # relativistic | hinge | off (student)
     d_lr: float = 1e-4
     amp: bool = True  # bf16 autocast on CUDA
+    time_budget_s: float = 0.0  # > 0: after `probe_steps`, shrink `steps` so the run fits this many seconds
+    probe_steps: int = 30
     max_photo_side: int = 512
     loss: LossWeights = field(default_factory=LossWeights)
 

@@ -43,6 +43,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def git_commit() -> str | None:
+    """The code's commit, recorded in every checkpoint (env DEREFLECT_GIT_COMMIT where there is no .git)."""
+    if os.environ.get("DEREFLECT_GIT_COMMIT"):
+        return os.environ["DEREFLECT_GIT_COMMIT"]
     try:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
@@ -213,6 +216,8 @@ class Trainer:
             module.load_state_dict(state["modules"][name])
             opt.load_state_dict(state["optims"][name])
         self.start_step, self.best = int(state["step"]), float(state["best"])
+        if saved.time_budget_s == 0 and self.cfg.time_budget_s:  # the budget already fixed the schedule
+            self.cfg.steps, self.cfg.time_budget_s = saved.steps, 0.0
 
     def save(self, step: int, metrics: dict[str, float] | None = None) -> None:
         if not self.is_main:
@@ -237,6 +242,8 @@ class Trainer:
         with progress:
             task = progress.add_task(self.stage, total=cfg.steps, completed=step, info="")
             for batch in self._batches():
+                if step >= cfg.steps:
+                    break
                 torch.manual_seed(cfg.seed * 1_000_003 + step)  # every step's randomness depends on the step only
                 lr = self.set_lr(step)
                 losses = self.train_step(batch, step)
@@ -249,6 +256,9 @@ class Trainer:
                     if tb:
                         for k, v in losses.items():
                             tb.add_scalar(f"train/{k}", v, step)
+                if cfg.time_budget_s and done == cfg.probe_steps:
+                    self._fit_time_budget(step, time.perf_counter() - t0, rate)
+                    progress.update(task, total=cfg.steps)
                 progress.update(task, completed=step, info=f"loss {losses.get('total', 0):.4f}  {rate:.2f} it/s")
                 if step % cfg.val_every == 0 or step == cfg.steps:
                     metrics = self._validate_and_keep_best(step, val_log, tb)
@@ -259,6 +269,17 @@ class Trainer:
         if self.start_step >= cfg.steps and not metrics:
             metrics = self.validate() if self.is_main else {}
         return {"step": step, "it_s": done / max(time.perf_counter() - t0, 1e-9), **metrics}
+
+    def _fit_time_budget(self, step: int, elapsed: float, rate: float) -> None:
+        """Fix the schedule's length from the measured speed, once, early (during warm-up, so the
+        steps already taken had the same learning rates). The fixed `steps` is saved with the state,
+        so a resumed run keeps it."""
+        steps = min(self.cfg.steps, step + max(1, int(rate * (self.cfg.time_budget_s - elapsed))))
+        if self.world > 1:
+            t = torch.tensor([steps], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.broadcast(t, 0)
+            steps = int(t.item())
+        self.cfg.steps, self.cfg.time_budget_s = steps, 0.0
 
     def _batches(self):
         for batch in self.loader():

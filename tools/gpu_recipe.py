@@ -1,0 +1,144 @@
+"""The one prepared script that trains the default teacher and students on a lent GPU.
+
+Runs the teacher, then three students side by side on the same GPU (student-nano with KT, the
+same without KT — the paper's central ablation —, and student-small with KT), then scores the
+teacher and the students on held-out synthetic sequences, and packs checkpoints and logs into
+$OUT. It calls the trainers directly (no CLI) so that only torch, numpy, pillow, safetensors,
+pyyaml, rich, h5py and scikit-image are needed on the GPU machine. Data: `tools/pack_gpu_data.py`.
+
+    python tools/gpu_recipe.py --data .data --runs /tmp/runs --out $OUT
+    python tools/gpu_recipe.py --data .data --runs /tmp/runs --out /tmp/o --tiny   # CPU rehearsal
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STUDENTS = {
+    "student-nano": dict(model="student-nano"),
+    "student-nano-nokt": dict(model="student-nano", model_overrides={"use_kt": False}),
+    "student-small": dict(model="student-small"),
+}
+TINY = dict(size=32, batch=2, workers=0, val_samples=2, val_every=4, ckpt_every=4, probe_steps=3, warmup=5)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def train_teacher(args) -> Path:
+    from dereflect.train.config import load_config
+    from dereflect.train.teacher import TeacherTrainer
+
+    over = dict(time_budget_s=args.teacher_s, **(TINY | dict(model="teacher-small") if args.tiny else {}))
+    cfg = load_config("teacher", ROOT / "configs/teacher-gpu.yaml", over)
+    trainer = TeacherTrainer(cfg, args.runs / "teacher", data_dirs=[args.data / "photos"], progress=False)
+    log(f"teacher on {trainer.device}: {trainer.data_description()}")
+    result = trainer.run()
+    log(f"teacher done: {json.dumps(result)}")
+    return args.runs / "teacher" / "best.safetensors"
+
+
+def train_student(args, name: str) -> None:
+    from dereflect.train.config import load_config
+    from dereflect.train.student import StudentTrainer
+
+    over = dict(time_budget_s=args.student_s, **STUDENTS[name], **(TINY if args.tiny else {}))
+    cfg = load_config("student", ROOT / "configs/student-gpu.yaml", over)
+    trainer = StudentTrainer(cfg, args.runs / name, teacher=args.runs / "teacher" / "best.safetensors",
+                             data_dirs=[args.data / "photos", args.data / "pairs_train"],
+                             val_pairs=args.data / "pairs_val", progress=False)
+    log(f"{name} on {trainer.device}: {trainer.data_description()}")
+    result = trainer.run()
+    log(f"{name} done: {json.dumps(result)}")
+
+
+def compare(args) -> dict:
+    """Teacher vs students on held-out synthetic sequences (photos never seen in training)."""
+    import numpy as np
+    import torch
+
+    from dereflect.data.datasets import SyntheticSequences
+    from dereflect.data.photos import load_photos, split_photos
+    from dereflect.models import load_checkpoint
+    from dereflect.train.loop import score_batch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    photos = load_photos(args.data / "photos", max_side=512)
+    _, val_photos = split_photos(photos, 0.1, 0)  # the trainers' split (val_fraction 0.1, seed 0)
+    size = 32 if args.tiny else 192
+    val = SyntheticSequences(val_photos, n_frames=5, size=size, length=8 if args.tiny else 128, seed=20_000, augment=False)
+    models = {"teacher": load_checkpoint(args.runs / "teacher" / "best.safetensors").to(device)}
+    for name in STUDENTS:
+        path = args.runs / name / "best.safetensors"
+        if path.is_file():
+            models[name] = load_checkpoint(path).to(device)
+    rows: dict[str, dict[str, list[float]]] = {name: {} for name in models}
+    rows["identity"] = {}
+    with torch.no_grad():
+        for i in range(len(val)):
+            item = val[i]
+            for name, model in models.items():
+                pred = model(item["frames"][None].to(device))["transmission"] if name == "teacher" else model(item["input"][None].to(device))
+                scores = score_batch(pred.float().cpu(), item["transmission"][None], item["input"][None])
+                for k in ("psnr", "ssim", "lmse"):
+                    rows[name].setdefault(k, []).extend(scores[k])
+                    if name == "teacher":
+                        rows["identity"].setdefault(k, []).extend(scores[f"id_{k}"])
+    table = {name: {k: float(np.mean(v)) for k, v in r.items()} for name, r in rows.items()}
+    log(f"held-out synthetic ({len(val)} sequences, {size}px): {json.dumps(table)}")
+    return table
+
+
+def pack(args, table: dict) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compare_synthetic.json").write_text(json.dumps(table, indent=2))
+    with tarfile.open(args.out / "checkpoints.tar.gz", "w:gz") as tar:
+        for run in ["teacher", *STUDENTS]:
+            for f in ("best.safetensors", "best.json"):
+                if (args.runs / run / f).is_file():
+                    tar.add(args.runs / run / f, arcname=f"{run}/{f}")
+    with tarfile.open(args.out / "logs.tar.gz", "w:gz") as tar:
+        for run in ["teacher", *STUDENTS]:
+            for f in ("train.csv", "val.csv", "config.json", "last.json"):
+                if (args.runs / run / f).is_file():
+                    tar.add(args.runs / run / f, arcname=f"{run}/{f}")
+    log(f"packed into {args.out}: {sorted(p.name for p in args.out.iterdir())}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", nargs="?", default="all", help="all (default) or a student name (used internally)")
+    ap.add_argument("--data", type=Path, default=ROOT / ".data")
+    ap.add_argument("--runs", type=Path, default=Path("/tmp/runs"))
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
+    ap.add_argument("--teacher-s", type=float, default=180)
+    ap.add_argument("--student-s", type=float, default=180)
+    ap.add_argument("--tiny", action="store_true", help="CPU rehearsal at toy sizes")
+    args = ap.parse_args()
+    if args.data.joinpath("hed_fp16.weights.h5").is_file():
+        os.environ.setdefault("DEREFLECT_HED_WEIGHTS", str(args.data / "hed_fp16.weights.h5"))
+    if args.stage in STUDENTS:
+        train_student(args, args.stage)
+        return
+    t0 = time.time()
+    train_teacher(args)
+    procs = {name: subprocess.Popen([sys.executable, __file__, name, *sys.argv[1:]]) for name in STUDENTS}
+    codes = {name: p.wait() for name, p in procs.items()}
+    log(f"students exited with {codes}")
+    pack(args, compare(args))
+    log(f"total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
