@@ -53,7 +53,7 @@ def train_student(args, name: str) -> None:
     from dereflect.train.config import load_config
     from dereflect.train.student import StudentTrainer
 
-    over = dict(time_budget_s=args.student_s, **STUDENTS[name], **(TINY if args.tiny else {}))
+    over = {"time_budget_s": args.student_s, **STUDENTS[name], **(TINY if args.tiny else {})}
     cfg = load_config("student", ROOT / "configs/student-gpu.yaml", over)
     trainer = StudentTrainer(cfg, args.runs / name, teacher=args.runs / "teacher" / "best.safetensors",
                              data_dirs=[args.data / "photos", args.data / "pairs_train"],
@@ -125,14 +125,29 @@ def main() -> None:
     ap.add_argument("--teacher-s", type=float, default=180)
     ap.add_argument("--student-s", type=float, default=180)
     ap.add_argument("--tiny", action="store_true", help="CPU rehearsal at toy sizes")
+    ap.add_argument("--round2", type=Path, help="folder with round-1 teacher/ and student*/ best checkpoints to continue from")
     args = ap.parse_args()
     if args.data.joinpath("hed_fp16.weights.h5").is_file():
         os.environ.setdefault("DEREFLECT_HED_WEIGHTS", str(args.data / "hed_fp16.weights.h5"))
+    if args.round2:
+        # Round 2: continue the students from round 1 (frozen teacher from round 1) on full 256 px real pairs.
+        STUDENTS.pop("student-small")
+        for name in STUDENTS:
+            STUDENTS[name] = {**STUDENTS[name], "init": str(args.round2 / name / "best.safetensors"), "size": 256,
+                              "lr": 3e-4, "warmup": 20, "real_fraction": 0.7}
     if args.stage in STUDENTS:
         train_student(args, args.stage)
         return
     t0 = time.time()
-    train_teacher(args)
+    if args.round2:
+        (args.runs / "teacher").mkdir(parents=True, exist_ok=True)
+        import torch
+        from dereflect.models import load_checkpoint, save_checkpoint
+
+        teacher = load_checkpoint(args.round2 / "teacher" / "best.safetensors")
+        save_checkpoint(teacher.float(), args.runs / "teacher" / "best.safetensors", **{k: v for k, v in teacher.checkpoint_info.items() if k not in ("model", "config")})
+    else:
+        train_teacher(args)
     procs = {name: subprocess.Popen([sys.executable, __file__, name, *sys.argv[1:]]) for name in STUDENTS}
     codes = {name: p.wait() for name, p in procs.items()}
     log(f"students exited with {codes}")

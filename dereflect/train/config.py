@@ -56,6 +56,7 @@ class TrainConfig:
     gan: str = "relativistic"  # relativistic | hinge | off (student)
     d_lr: float = 1e-4
     amp: bool = True  # bf16 autocast on CUDA
+    init: str = ""  # start from this checkpoint's weights (same model); not used when resuming
     time_budget_s: float = 0.0  # > 0: after `probe_steps`, shrink `steps` so the run fits this many seconds
     probe_steps: int = 30
     max_photo_side: int = 512

@@ -136,6 +136,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.build()  # model, optimisers, data (errors about data surface here, before any work)
         self.opt_modules = self.trainable()
+        if cfg.init and not resume:
+            self._init_weights(Path(cfg.init))
         if resume:
             self._load_state(state_path)
         if self.is_main:
@@ -218,6 +220,14 @@ class Trainer:
         self.start_step, self.best = int(state["step"]), float(state["best"])
         if saved.time_budget_s == 0 and self.cfg.time_budget_s:  # the budget already fixed the schedule
             self.cfg.steps, self.cfg.time_budget_s = saved.steps, 0.0
+
+    def _init_weights(self, path: Path) -> None:
+        from dereflect.models import load_checkpoint
+
+        source = load_checkpoint(path)
+        if source.model_name != self.cfg.model or source.config != self.model.config:
+            raise DereflectError(path, f"init checkpoint is {source.model_name} {source.config}, not the model being trained")
+        self.model.load_state_dict(source.state_dict())
 
     def save(self, step: int, metrics: dict[str, float] | None = None) -> None:
         if not self.is_main:
