@@ -1,0 +1,209 @@
+"""The manifest: a JSON file beside every exported artifact, the one thing the runtime and the
+benchmark read about it (DESIGN.md: a stage reads the previous stage's files, never its internals).
+
+It says what the artifact is (format, precision, IO names/shapes/range, the H/W constraint),
+where it came from (checkpoint sha256, model name + config, tool versions), how it was made
+(quantization settings) and how close it came to PyTorch at export (the parity gate's verdict
+and numbers). `artifact_sha256` lets a reader refuse a file that changed after export; for a
+folder (.mlpackage, OpenVINO IR) it is a hash over the sorted relative paths and file hashes,
+so the same files always give the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dereflect.errors import DereflectError
+
+SCHEMA = "dereflect-export/1"
+MANIFEST_SUFFIX = ".json"
+PARITY_STATUSES = ("passed", "failed", "not run")
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema": str, "format": str, "precision": str, "runtime": str, "artifact": str, "artifact_sha256": str,
+    "inputs": list, "outputs": list, "constraints": dict, "value_range": list, "source": dict, "tools": dict,
+    "parity": dict,
+}
+TOOL_PACKAGES = ("dereflect", "torch", "numpy", "onnx", "onnxruntime", "onnxslim", "onnxconverter-common",
+                 "openvino", "nncf", "coremltools", "tensorrt", "polygraphy")
+
+
+def manifest_path(artifact: str | os.PathLike[str]) -> Path:
+    """`x.onnx` -> `x.onnx.json`; `x_openvino/` -> `x_openvino.json` (beside, never inside)."""
+    artifact = Path(artifact)
+    return artifact.parent / (artifact.name + MANIFEST_SUFFIX)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_artifact(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, or of a folder as `relpath\\0filehash\\n` lines in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        raise DereflectError(path, "artifact is missing")
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise DereflectError(path, "artifact folder is empty")
+    for file in files:
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def artifact_size(path: str | os.PathLike[str]) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def tool_versions(packages: tuple[str, ...] = TOOL_PACKAGES) -> dict[str, str]:
+    """Installed versions of the tools that can touch an artifact (absent ones left out)."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def io_spec(batch: int | str = "batch", multiple_of: int = 8) -> dict[str, Any]:
+    """The graph contract of DESIGN.md: `input` (N,3,H,W) float32 [0,1] -> `transmission` same shape."""
+    shape = [batch, 3, "height", "width"]
+    tensor = {"shape": shape, "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0], "color": "RGB"}
+    dynamic = {str(i): n for i, n in enumerate(shape) if isinstance(n, str)}
+    return {
+        "inputs": [{"name": "input", **tensor}],
+        "outputs": [{"name": "transmission", **tensor}],
+        "constraints": {"multiple_of": multiple_of, "min_side": multiple_of,
+                        "dynamic_axes": {"input": dynamic, "transmission": dynamic},
+                        "note": f"H and W must be multiples of {multiple_of} (three stride-2 convs): pad, run, crop"},
+        "value_range": [0.0, 1.0],
+    }
+
+
+def build_manifest(*, fmt: str, precision: str, runtime: str, artifact: Path, source: dict[str, Any],
+                   parity: dict[str, Any], io: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """Everything a reader needs; `extra` keys (quantization, files, notes...) are kept as given."""
+    return {
+        "schema": SCHEMA,
+        "format": fmt,
+        "precision": precision,
+        "runtime": runtime,
+        "artifact": artifact.name,
+        "artifact_kind": "directory" if artifact.is_dir() else "file",
+        "artifact_sha256": sha256_artifact(artifact),
+        "artifact_bytes": artifact_size(artifact),
+        **(io or io_spec()),
+        "source": source,
+        "tools": tool_versions(),
+        "parity": parity,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def write_manifest(artifact: str | os.PathLike[str], data: dict[str, Any]) -> Path:
+    validate_manifest(data, manifest_path(artifact))
+    path = manifest_path(artifact)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def validate_manifest(data: Any, where: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Check the fields a reader relies on; one DereflectError naming the first problem."""
+    if not isinstance(data, dict):
+        raise DereflectError(where, "manifest is not a JSON object")
+    if data.get("schema") != SCHEMA:
+        raise DereflectError(where, f"not a dereflect export manifest (schema {data.get('schema')!r}, expected {SCHEMA!r})")
+    for key, kind in REQUIRED.items():
+        if key not in data:
+            raise DereflectError(where, f"manifest has no '{key}'")
+        if not isinstance(data[key], kind):
+            raise DereflectError(where, f"manifest field '{key}' has the wrong type ({type(data[key]).__name__})")
+    for side in ("inputs", "outputs"):
+        for tensor in data[side]:
+            if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) or not isinstance(tensor.get("shape"), list):
+                raise DereflectError(where, f"manifest '{side}' entries need a name and a shape")
+    multiple = data["constraints"].get("multiple_of")
+    if not isinstance(multiple, int) or multiple < 1:
+        raise DereflectError(where, "manifest constraints need an integer 'multiple_of' >= 1")
+    status = data["parity"].get("status")
+    if status not in PARITY_STATUSES:
+        raise DereflectError(where, f"manifest parity status {status!r} is not one of {', '.join(PARITY_STATUSES)}")
+    sha = data["artifact_sha256"]
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise DereflectError(where, "manifest artifact_sha256 is not a sha256 hex digest")
+    return data
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a manifest file (not the artifact: see `load_manifest_for`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DereflectError(path, "no such manifest")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DereflectError(path, f"corrupt manifest: not valid JSON ({exc})") from None
+    return validate_manifest(data, path)
+
+
+def verify_artifact(artifact: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """Refuse an artifact whose bytes are not the ones the manifest describes."""
+    artifact = Path(artifact)
+    if manifest.get("artifact") != artifact.name:
+        raise DereflectError(artifact, f"manifest describes '{manifest.get('artifact')}', not this artifact")
+    actual = sha256_artifact(artifact)
+    if actual != manifest["artifact_sha256"]:
+        raise DereflectError(artifact, f"sha256 mismatch: manifest says {manifest['artifact_sha256'][:12]}..., "
+                                       f"file is {actual[:12]}... (changed or corrupted after export)")
+
+
+def load_manifest_for(artifact: str | os.PathLike[str], verify: bool = True) -> dict[str, Any]:
+    """The runtime's entry point: the manifest beside `artifact`, checked against its bytes."""
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise DereflectError(artifact, "no such artifact")
+    data = read_manifest(manifest_path(artifact))
+    if verify:
+        verify_artifact(artifact, data)
+    return data
+
+
+def find_artifacts(folder: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """Every (artifact, manifest) pair an export wrote into `folder` (for `dereflect bench`).
+    Manifests whose artifact is gone are skipped; a corrupt manifest raises."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DereflectError(folder, "not a folder")
+    found = []
+    for path in sorted(folder.glob(f"*{MANIFEST_SUFFIX}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DereflectError(path, f"corrupt manifest: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            continue  # some other JSON (e.g. a summary): not ours to judge
+        validate_manifest(data, path)
+        artifact = folder / data["artifact"]
+        if artifact.exists():
+            found.append((artifact, data))
+    return found

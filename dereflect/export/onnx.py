@@ -1,0 +1,182 @@
+"""PyTorch student -> one ONNX file: dynamic N, H, W; checked, shape-inferred, simplified.
+
+torch.onnx's dynamo exporter is told that H and W are multiples of 8 (`8 * Dim`), which is the
+graph's real constraint (three stride-2 convs, then concats with upsampled features); the
+manifest records it, and the runtime pads to it. Nodes are renamed after the PyTorch module that
+made them (`decoder.head/Conv`), so per-layer reports and `--int8-exclude` speak the model's
+own names, and the exporter's per-node metadata (stack traces with local paths) is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import logging
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from dereflect.errors import DereflectError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "transmission"
+DEFAULT_OPSET = 20
+MAX_SIDE = 8192  # upper bound given to the exporter for H and W (dynamic up to this)
+
+
+@contextlib.contextmanager
+def quiet(stderr: bool = False) -> Iterator[io.StringIO]:
+    """Converters narrate every step on stdout (and warn): keep the console ours. Yields what was
+    printed, for error messages; logging levels are restored on exit."""
+    loggers = [logging.getLogger(n) for n in ("", "torch.onnx", "torch._export", "nncf", "coremltools", "ort_format_model", "ort_format_model.utils")]
+    levels = [lg.level for lg in loggers]
+    buffer = io.StringIO()
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(contextlib.redirect_stdout(buffer))
+            if stderr:
+                stack.enter_context(contextlib.redirect_stderr(buffer))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+            yield buffer
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _rename_dims(model: onnx.ModelProto, names: dict[str, str]) -> None:
+    """`8*h8` -> `height` etc. on graph inputs/outputs (value_info is recomputed later)."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+
+
+def _module_node_names(model: onnx.ModelProto) -> None:
+    """Name nodes `<module path>/<OpType>` from the exporter's name scopes, unique with `_k`."""
+    counts: Counter[str] = Counter()
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        scopes = meta.get("pkg.torch.onnx.name_scopes", "")
+        module = node.name.split("/")[0] if "/" in node.name else "model"
+        if scopes.startswith("["):
+            parts = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
+            modules = [p for p in parts[:-1] if p]
+            module = modules[-1] if modules else "model"
+        base = f"{module}/{node.op_type}"
+        counts[base] += 1
+        node.name = base if counts[base] == 1 else f"{base}_{counts[base] - 1}"
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for value in model.graph.value_info:
+        del value.metadata_props[:]
+    del model.graph.value_info[:]
+
+
+def check_onnx(model: onnx.ModelProto, where: Path | None = None) -> onnx.ModelProto:
+    """onnx.checker (full) + strict shape inference; DereflectError naming the file on failure."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise DereflectError(where, f"ONNX model does not validate: {str(exc).splitlines()[0]}") from None
+
+
+_EXPORTED: dict[str, bytes] = {}  # weights+config+opset digest -> file bytes, for repeat exports in one process
+
+
+def _model_digest(model, opset: int) -> str:
+    digest = hashlib.sha256(f"{type(model).__qualname__}|{getattr(model, 'config', None)!r}|{opset}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_onnx(model, path: str | Path, opset: int = DEFAULT_OPSET, example_size: int = 64) -> Path:
+    """Export a student to `path` (fp32, one file, no external data) and check it.
+
+    The graph: `input` (N,3,H,W) float32 [0,1] -> `transmission` (N,3,H,W), N/H/W dynamic,
+    H and W multiples of `model.size_multiple`. The same weights exported again in the same
+    process (benchmark, tests: the dynamo exporter takes seconds) reuse the first file's bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = _model_digest(model, opset)
+    if key in _EXPORTED:
+        path.write_bytes(_EXPORTED[key])
+        return path
+    _export(model, path, opset, example_size)
+    _EXPORTED[key] = path.read_bytes()
+    return path
+
+
+def _export(model, path: Path, opset: int, example_size: int) -> None:
+    import onnxslim
+    import torch
+    from torch.export import Dim
+
+    multiple = int(getattr(model, "size_multiple", 8))
+    side = max(multiple, example_size - example_size % multiple)
+    example = torch.rand(2, 3, side, side + multiple, generator=torch.Generator().manual_seed(0))
+    batch = Dim("batch", min=1, max=1024)
+    h8 = Dim("h_blocks", min=1, max=MAX_SIDE // multiple)
+    w8 = Dim("w_blocks", min=1, max=MAX_SIDE // multiple)
+    arg = next(iter(inspect.signature(model.forward).parameters))
+    model = model.eval()
+    with quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, external_data=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], optimize=True, verbose=False,
+            dynamic_shapes={arg: {0: batch, 2: multiple * h8, 3: multiple * w8}},
+        )
+    proto = program.model_proto
+    _rename_dims(proto, {f"{multiple}*h_blocks": "height", f"{multiple}*w_blocks": "width"})
+    _module_node_names(proto)
+    with quiet():
+        proto = onnxslim.slim(proto)
+    _module_node_names(proto)  # nodes the simplifier made get a name in the same style
+    proto.producer_name = "dereflect"
+    proto.doc_string = f"dereflect student; input {INPUT_NAME} (N,3,H,W) float32 in [0,1], H and W multiples of {multiple}"
+    proto = check_onnx(proto, path)
+    if proto.ByteSize() > 2**31 - 1024:
+        raise DereflectError(path, "model is over 2 GB: it cannot be one ONNX file")
+    onnx.save_model(proto, str(path))
+    _check_runs(path, model, example)
+
+
+def _check_runs(path: Path, model, example) -> None:
+    """The exported file must load in ONNX Runtime and agree with PyTorch on the example (fp32)."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: example.numpy()})[0]
+    with torch.no_grad():
+        want = model(example).numpy()
+    err = float(np.abs(got - want).max())
+    if not np.isfinite(err) or err > 1e-3:
+        raise DereflectError(path, f"exported graph disagrees with PyTorch (max |diff| {err:.3g})")
+
+
+def graph_summary(path: str | Path) -> dict[str, object]:
+    """Opset, op histogram and IO shapes of an ONNX file (for the manifest and the tests)."""
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def shape(v: onnx.ValueInfoProto) -> list[object]:
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    return {
+        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        "ops": dict(sorted(Counter(n.op_type for n in proto.graph.node).items())),
+        "inputs": {v.name: shape(v) for v in proto.graph.input},
+        "outputs": {v.name: shape(v) for v in proto.graph.output},
+    }

@@ -1,0 +1,129 @@
+"""ONNX -> OpenVINO IR (a folder with `<name>.xml` + `<name>.bin`): fp32, fp16-compressed, INT8.
+
+`ov.convert_model` reads the fp32 ONNX and keeps N/H/W dynamic. fp16 = weights stored in fp16
+(`compress_to_fp16`; the CPU plugin decompresses them). INT8 = NNCF post-training quantization
+of the OpenVINO model (MIXED preset: symmetric weights, asymmetric activations, which suits an
+image-to-image net whose activations are mostly non-negative) on the same calibration images
+as ONNX Runtime's. OpenVINO op names come from the ONNX node names (`decoder.head/Conv`, plus
+suffixes like `/WithoutBiases`), so `--int8-exclude` works the same here (NNCF IgnoredScope).
+
+Parity runs compile with INFERENCE_PRECISION_HINT=f32: on CPUs with AVX-512 BF16 the plugin
+would otherwise run bf16 and the fp32 check would measure bf16 rounding.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from dereflect.errors import DereflectError
+from dereflect.export.onnx import INPUT_NAME, OUTPUT_NAME, quiet
+
+
+def ir_xml(folder: str | Path) -> Path:
+    """The .xml inside an IR folder (exactly one)."""
+    folder = Path(folder)
+    xmls = sorted(folder.glob("*.xml")) if folder.is_dir() else []
+    if len(xmls) != 1 or not xmls[0].with_suffix(".bin").is_file():
+        raise DereflectError(folder, "not an OpenVINO IR folder (needs one .xml and its .bin)")
+    return xmls[0]
+
+
+def _ignored_names(model, exclude_nodes: Sequence[str]) -> list[str]:
+    """OpenVINO op names that came from the excluded ONNX nodes (name, or name + '/...')."""
+    pattern = re.compile("|".join(f"^{re.escape(n)}(/.*)?$" for n in exclude_nodes)) if exclude_nodes else None
+    if pattern is None:
+        return []
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if pattern.match(op.get_friendly_name())]
+
+
+def export_openvino(onnx_fp32: str | Path, folder: str | Path, precision: str,
+                    calibration: np.ndarray | None = None, exclude_nodes: Sequence[str] = ()) -> dict[str, object]:
+    """Write the IR folder; returns what the manifest records about the conversion."""
+    import openvino as ov
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    xml = folder / (folder.name.removesuffix("_openvino") + ".xml")
+    model = ov.convert_model(str(onnx_fp32))
+    info: dict[str, object] = {"compress_to_fp16": precision == "fp16"}
+    if precision == "int8":
+        if calibration is None:
+            raise DereflectError(None, "OpenVINO INT8 needs calibration images")
+        import nncf
+
+        ignored = _ignored_names(model, exclude_nodes)
+        with quiet(stderr=True):
+            nncf.set_log_level(40)  # ERROR: NNCF otherwise logs every skipped quantizer
+            model = nncf.quantize(
+                model, nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
+                preset=nncf.QuantizationPreset.MIXED, subset_size=len(calibration),
+                ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+            )
+        info.update({"quantization": {"tool": "nncf.quantize", "preset": "MIXED", "subset_size": len(calibration),
+                                      "ignored_scope": ignored,
+                                      "fake_quantize_ops": sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())}})
+    ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
+    info["xml"] = xml.name
+    return info
+
+
+def openvino_runner(folder: str | Path, device: str = "CPU", precision_hint: str = "f32",
+                    threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Compile the IR and return `run(NCHW float32) -> NCHW float32`."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": precision_hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(ir_xml(folder)), device, config)
+    names = {n for n in compiled.input(0).get_names()}
+    if INPUT_NAME not in names:
+        raise DereflectError(folder, f"IR input is {sorted(names)}, expected '{INPUT_NAME}'")
+    output = compiled.output(OUTPUT_NAME)
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(request.infer({INPUT_NAME: batch})[output])
+
+    return run
+
+
+def openvino_layer_report(onnx_fp32: str | Path, folder: str | Path, images: np.ndarray, top: int = 5) -> list[dict[str, object]]:
+    """Which layers hurt in an NNCF INT8 IR: the fp32 model (from the ONNX) and the INT8 IR both
+    expose every Conv's input and output tensor (OpenVINO keeps the ONNX tensor names) and
+    `quantize.rank_layers` compares them."""
+    import onnx
+    import openvino as ov
+
+    from dereflect.export.quantize import rank_layers
+
+    graph = onnx.load(str(onnx_fp32), load_external_data=False).graph
+    names = list(dict.fromkeys(t for n in graph.node if n.op_type == "Conv" for t in (n.input[0], n.output[0])))
+    core = ov.Core()
+
+    def runner(model) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+        for name in names:
+            try:
+                model.add_outputs(name)
+            except RuntimeError:
+                continue  # fused away in this model: compared where both have it
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        ports = {}
+        for port in compiled.outputs:
+            hit = next((n for n in port.get_names() if n in names), None)
+            if hit is not None:
+                ports[hit] = port
+        request = compiled.create_infer_request()
+
+        def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+            result = request.infer({INPUT_NAME: batch})
+            return {n: np.asarray(result[p]) for n, p in ports.items()}
+
+        return run
+
+    return rank_layers(onnx_fp32, runner(ov.convert_model(str(onnx_fp32))), runner(core.read_model(str(ir_xml(folder)))),
+                       images, top)

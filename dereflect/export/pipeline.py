@@ -1,0 +1,395 @@
+"""The export run: checkpoint -> every requested format -> parity gate -> manifests.
+
+One `Exporter` per command. It loads the student once, builds the validation reference (PyTorch
+fp32 outputs and scores) once, the calibration set once (INT8 only), and the intermediate ONNX
+graphs once per precision, so `--format all` pays for each only once; then it walks the format
+table in order. A format that fails to build is logged and the run goes on (the exit status
+says so at the end); a built artifact always gets its manifest, failed parity included.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dereflect.errors import DereflectError, UsageError
+from dereflect.export import calib as calib_mod
+from dereflect.export import parity as parity_mod
+from dereflect.export.formats import ExportFormat, format_status
+from dereflect.export.manifest import build_manifest, io_spec, sha256_file, write_manifest
+
+ONNX_BASED = ("onnx", "ort", "openvino", "tensorrt")
+
+
+@dataclass
+class ExportOptions:
+    precision: str = "fp32"
+    calib: Path | None = None
+    calib_count: int = calib_mod.DEFAULT_CALIB_COUNT
+    size: int = calib_mod.DEFAULT_SIZE
+    pairs: Path | None = None
+    val_count: int = calib_mod.DEFAULT_VAL_COUNT
+    int8_exclude: tuple[str, ...] = ()
+    max_abs_diff: float | None = None
+    max_ssim_drop: float | None = None
+    max_lmse_rise: float | None = None
+    opset: int = 20
+    coreml_shapes: str = "range"
+    palettize: int | None = None
+    trt_shapes: tuple[str, str, str] = ("1x3x64x64", "1x3x512x512", "1x3x2048x2048")
+    name: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class ExportResult:
+    """One row of the console table (and of export-report.json)."""
+
+    format: str
+    precision: str
+    status: str  # passed | failed | not run | error | skipped
+    artifact: Path | None = None
+    manifest: Path | None = None
+    build_s: float = 0.0
+    parity_s: float = 0.0
+    size_bytes: int = 0
+    parity: dict[str, Any] | None = None
+    message: str = ""
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("passed", "not run", "skipped")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "precision": self.precision, "status": self.status,
+                "artifact": self.artifact.name if self.artifact else None,
+                "manifest": self.manifest.name if self.manifest else None,
+                "build_s": round(self.build_s, 3), "parity_s": round(self.parity_s, 3), "size_bytes": self.size_bytes,
+                "parity": self.parity, "message": self.message, "layers": self.layers}
+
+
+def check_options(formats: list[ExportFormat], opts: ExportOptions) -> None:
+    """Combinations that make no sense are refused before any work (UsageError, exit 2)."""
+    names = {f.name for f in formats}
+    if opts.precision != "int8":
+        if opts.calib is not None:
+            raise UsageError(None, f"--calib is only used by --precision int8 (got {opts.precision})")
+        if opts.int8_exclude:
+            raise UsageError(None, f"--int8-exclude is only used by --precision int8 (got {opts.precision})")
+    if opts.palettize is not None:
+        if "coreml" not in names:
+            raise UsageError(None, "--palettize applies to Core ML only: add --format coreml (or all)")
+        if opts.precision == "fp32":
+            raise UsageError(None, "--palettize needs --precision fp16 or int8 (Core ML compresses fp16 weights)")
+        if opts.palettize not in (1, 2, 3, 4, 6, 8):
+            raise UsageError(None, f"--palettize takes 1, 2, 3, 4, 6 or 8 bits, got {opts.palettize}")
+    if opts.coreml_shapes not in ("range", "enumerated"):
+        raise UsageError(None, f"--coreml-shapes must be range or enumerated, got '{opts.coreml_shapes}'")
+    if opts.size < 16 or opts.size % 8:
+        raise UsageError(None, f"--size must be a multiple of 8 and at least 16, got {opts.size}")
+    if opts.val_count < 1:
+        raise UsageError(None, f"--val-count must be at least 1, got {opts.val_count}")
+    if "tensorrt" in names:
+        from dereflect.export.tensorrt import parse_shape
+
+        for text in opts.trt_shapes:
+            parse_shape(text)
+
+
+class Exporter:
+    """Runs one `dereflect export`; `log` receives one line per step."""
+
+    def __init__(self, checkpoint: str | Path, out: str | Path, opts: ExportOptions,
+                 log: Callable[[str], None] = print, model=None, base_onnx: str | Path | None = None) -> None:
+        """`model`: the student already loaded from `checkpoint`; `base_onnx`: an fp32 ONNX this
+        stage already exported from it (skips the ~5 s export when building several precisions)."""
+        from dereflect.models import load_checkpoint
+
+        self.checkpoint = Path(checkpoint)
+        self.out = Path(out)
+        self.opts = opts
+        self.log = log
+        self.model = model if model is not None else load_checkpoint(self.checkpoint, expect="student")
+        info = getattr(self.model, "checkpoint_info", {}) or {}
+        self.model_name = getattr(self.model, "model_name", info.get("model", "student"))
+        self.stem = opts.name or self.model_name
+        self.source = {
+            "checkpoint": str(self.checkpoint), "sha256": sha256_file(self.checkpoint) if self.checkpoint.is_file() else None,
+            "model": self.model_name, "config": info.get("config") or _config(self.model),
+            **{k: info[k] for k in ("step", "git_commit", "data") if k in info},
+        }
+        self.budget = parity_mod.budget_for(opts.precision, opts.max_abs_diff, opts.max_ssim_drop, opts.max_lmse_rise)
+        self._work = tempfile.TemporaryDirectory(prefix="dereflect-export-")
+        self.work = Path(self._work.name)
+        self._onnx: dict[str, Path] = {}
+        if base_onnx is not None:
+            self._onnx["fp32"] = Path(shutil.copyfile(base_onnx, self.work / f"{self.stem}-fp32.onnx"))
+        self._calib: calib_mod.ImageSet | None = None
+        self._ref: parity_mod.Reference | None = None
+        self._int8_nodes: list[str] | None = None
+
+    def close(self) -> None:
+        """Remove the work folder (intermediate ONNX graphs); `run` does this when it ends."""
+        self._work.cleanup()
+
+    def __enter__(self) -> "Exporter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- shared inputs, built once
+    @property
+    def reference(self) -> parity_mod.Reference:
+        if self._ref is None:
+            data = calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, self.opts.size, self.opts.seed + 1)
+            self._ref = parity_mod.make_reference(self.model, data)
+            self.log(f"validation: {data.source}")
+        return self._ref
+
+    @property
+    def calibration(self) -> calib_mod.ImageSet:
+        if self._calib is None:
+            self._calib = calib_mod.load_calibration(self.opts.calib, self.opts.calib_count, self.opts.size, self.opts.seed)
+            self.log(f"calibration: {self._calib.source}")
+        return self._calib
+
+    def calib_record(self) -> dict[str, Any]:
+        c = self.calibration
+        return {"source": c.source, "images": len(c), "size": self.opts.size, "names": c.names[:64]}
+
+    def onnx_path(self, precision: str) -> Path:
+        """The ONNX graph of `precision` in the work folder (fp32 exported once, the others from it)."""
+        if precision in self._onnx:
+            return self._onnx[precision]
+        from dereflect.export import quantize
+        from dereflect.export.onnx import export_onnx
+
+        path = self.work / f"{self.stem}-{precision}.onnx"
+        if precision == "fp32":
+            export_onnx(self.model, path, opset=self.opts.opset)
+        elif precision == "fp16":
+            quantize.to_fp16(self.onnx_path("fp32"), path)
+        elif precision == "int8":
+            quantize.quantize_int8(self.onnx_path("fp32"), path, self.calibration.images, self.int8_nodes())
+        elif precision == "int8-s8sym":  # TensorRT's explicit-quantization graph
+            quantize.quantize_int8(self.onnx_path("fp32"), path, self.calibration.images, self.int8_nodes(), symmetric=True)
+        self._onnx[precision] = path
+        return path
+
+    def int8_nodes(self) -> list[str]:
+        """`--int8-exclude` resolved against the exported graph's node names."""
+        if self._int8_nodes is None:
+            import onnx
+
+            from dereflect.export.quantize import resolve_exclude
+
+            names = [n.name for n in onnx.load(str(self.onnx_path("fp32"))).graph.node]
+            self._int8_nodes = resolve_exclude(self.opts.int8_exclude, names)
+        return self._int8_nodes
+
+    # ---------------------------------------------------------------- the run
+    def run(self, formats: list[ExportFormat]) -> list[ExportResult]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        results: list[ExportResult] = []
+        try:
+            if any(f.name in ONNX_BASED for f in formats) and self.opts.precision == "int8":
+                _ = self.calibration  # bad calibration images: one error up front, not one per format
+                self.int8_nodes()  # a bad --int8-exclude is a usage error: say it before building anything
+            started = time.perf_counter()
+            _ = self.reference  # built up front, so per-format times are the formats' own
+            self.log(f"reference outputs (PyTorch fp32) in {time.perf_counter() - started:.1f} s")
+            for fmt in formats:
+                builder = getattr(self, f"_build_{fmt.name}")
+                started = time.perf_counter()
+                try:
+                    new = builder(fmt)
+                except UsageError:
+                    raise
+                except DereflectError as exc:
+                    new = [ExportResult(fmt.name, self.opts.precision, "error", message=str(exc))]
+                except Exception as exc:  # noqa: BLE001 - one broken converter must not hide the other formats
+                    new = [ExportResult(fmt.name, self.opts.precision, "error", message=f"{type(exc).__name__}: {exc}")]
+                if new and new[0].build_s == 0.0:
+                    new[0].build_s = time.perf_counter() - started
+                for r in new:
+                    self.log(_line(r))
+                results.extend(new)
+        finally:
+            self.close()
+        return results
+
+    def _finish(self, fmt_name: str, runtime: str, artifact: Path, build_s: float,
+                run: Callable[[], parity_mod.Runner] | None, not_run_reason: str = "",
+                io: dict[str, Any] | None = None, **extra: Any) -> ExportResult:
+        """Parity (or the reason it cannot run here), then the manifest; one result row."""
+        started = time.perf_counter()
+        if run is not None:
+            parity = parity_mod.check(run(), self.reference, self.budget, runtime)
+        else:
+            parity = parity_mod.not_run(not_run_reason, self.budget)
+        parity_s = time.perf_counter() - started
+        layers: list[dict[str, Any]] = []
+        report = extra.pop("_layers", None)
+        if parity["status"] == "failed" and self.opts.precision == "int8":
+            if report is not None:
+                try:
+                    layers = report()
+                except Exception as exc:  # noqa: BLE001 - a diagnosis must never hide the verdict
+                    self.log(f"{fmt_name}: per-layer report failed ({type(exc).__name__}: {exc})")
+            parity["worst_layers"] = layers
+            parity["fixes"] = self._int8_fixes(layers)
+        data = build_manifest(fmt=fmt_name, precision=self.opts.precision, runtime=runtime, artifact=artifact,
+                              source=self.source, parity=parity, io=io, **extra)
+        manifest = write_manifest(artifact, data)
+        return ExportResult(fmt_name, self.opts.precision, parity["status"], artifact, manifest, build_s, parity_s,
+                            data["artifact_bytes"], parity, layers=layers)
+
+    def _int8_fixes(self, layers: list[dict[str, Any]]) -> list[str]:
+        fixes = []
+        worst = [str(r["layer"]) for r in layers[:2]]
+        if worst:
+            already = ",".join(self.opts.int8_exclude)
+            fixes.append(f"keep the layers that add the most error in float: --int8-exclude {','.join(filter(None, [already, *worst]))}")
+        fixes.append(f"calibrate on more, representative photos: --calib DIR --calib-count {max(2 * self.opts.calib_count, 32)}")
+        fixes.append("or ship --precision fp16 for this target")
+        return fixes
+
+    def _quant_extra(self) -> dict[str, Any]:
+        return {"calibration": self.calib_record()} if self.opts.precision == "int8" else {}
+
+    def _place(self, src: Path, dst: Path) -> Path:
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+        shutil.copyfile(src, dst)
+        return dst
+
+    # ---------------------------------------------------------------- one builder per table row
+    def _build_onnx(self, fmt: ExportFormat) -> list[ExportResult]:
+        from dereflect.export import quantize
+        from dereflect.export.onnx import graph_summary
+
+        p = self.opts.precision
+        started = time.perf_counter()
+        artifact = self._place(self.onnx_path(p), self.out / fmt.artifact_name(self.stem, p))
+        build_s = time.perf_counter() - started
+        extra: dict[str, Any] = {"graph": graph_summary(artifact), **self._quant_extra()}
+        if p == "int8":
+            extra["quantization"] = quantize.Int8Settings(excluded=tuple(self.int8_nodes())).as_dict()
+            extra["_layers"] = lambda: quantize.layer_report(self.onnx_path("fp32"), artifact, self.reference.data.images[:4])
+        if p == "fp16":
+            extra["quantization"] = {"tool": "onnxconverter-common float16", "keep_io_types": True}
+        return [self._finish("onnx", "onnxruntime", artifact, build_s, lambda: _ort_runner(artifact), **extra)]
+
+    def _build_ort(self, fmt: ExportFormat) -> list[ExportResult]:
+        from dereflect.export import quantize
+
+        p = self.opts.precision
+        started = time.perf_counter()
+        src = self.onnx_path(p)
+        artifact = self.out / fmt.artifact_name(self.stem, p)
+        style = "Runtime" if p == "fp16" else "Fixed"
+        _, config = quantize.to_ort_format(src, artifact, target_platform="arm", style=style)
+        web = self._place(src, self.out / f"{self.stem}-{p}.web.onnx")
+        build_s = time.perf_counter() - started
+        extra = self._quant_extra()
+        layers = (lambda: quantize.layer_report(self.onnx_path("fp32"), src, self.reference.data.images[:4])) if p == "int8" else (lambda: [])
+        mobile = self._finish("ort", "onnxruntime-mobile", artifact, build_s, lambda: _ort_runner(artifact),
+                              ort_format={"optimization_style": style, "target_platform": "arm",
+                                          "required_operators": config.name if config.exists() else None,
+                                          "session_options": {"session.enable_saved_runtime_optimizations": "1"} if style == "Runtime" else {}},
+                              web_model=web.name, _layers=layers, **extra)
+        web_result = self._finish("onnx", "onnxruntime-web", web, 0.0, lambda: _ort_runner(web),
+                                  target="web", note="same graph as the ONNX artifact; parity measured with onnxruntime (CPU)",
+                                  mobile_model=artifact.name, _layers=layers, **extra)
+        web_result.format = "ort (web)"
+        return [mobile, web_result]
+
+    def _build_openvino(self, fmt: ExportFormat) -> list[ExportResult]:
+        from dereflect.export.openvino import export_openvino, openvino_layer_report, openvino_runner
+
+        p = self.opts.precision
+        started = time.perf_counter()
+        folder = self.out / fmt.artifact_name(self.stem, p)
+        if folder.exists():
+            shutil.rmtree(folder)
+        info = export_openvino(self.onnx_path("fp32"), folder, p,
+                               self.calibration.images if p == "int8" else None, self.int8_nodes() if p == "int8" else ())
+        build_s = time.perf_counter() - started
+        layers = lambda: openvino_layer_report(self.onnx_path("fp32"), folder, self.reference.data.images[:4])  # noqa: E731
+        return [self._finish("openvino", "openvino", folder, build_s, lambda: openvino_runner(folder, precision_hint="f32"),
+                             openvino=info, _layers=layers, **self._quant_extra())]
+
+    def _build_coreml(self, fmt: ExportFormat) -> list[ExportResult]:
+        from dereflect.export.coreml import coreml_runner, export_coreml, validate_coreml
+
+        p = self.opts.precision
+        started = time.perf_counter()
+        path = self.out / fmt.artifact_name(self.stem, p)
+        if path.exists():
+            shutil.rmtree(path)
+        info = export_coreml(self.model, path, p, shapes=self.opts.coreml_shapes, palettize=self.opts.palettize)
+        info["validation"] = validate_coreml(path, p)
+        build_s = time.perf_counter() - started
+        status = format_status("coreml")
+        io = io_spec(batch=1)
+        if info["shapes"]["mode"] == "range":
+            io["constraints"]["max_side"] = info["shapes"]["max_side"]
+        else:
+            io["constraints"]["sizes_hw"] = info["shapes"]["sizes_hw"]
+        return [self._finish("coreml", "coreml", path, build_s, (lambda: coreml_runner(path)) if status.can_run else None,
+                             not_run_reason="needs macOS" if not status.can_run else "", io=io, coreml=info)]
+
+    def _build_tensorrt(self, fmt: ExportFormat) -> list[ExportResult]:
+        from dereflect.export.tensorrt import build_engine, lint_onnx, tensorrt_runner
+
+        p = self.opts.precision
+        started = time.perf_counter()
+        plan = self.tensorrt_plan()
+        lint_onnx(plan.onnx)
+        engine = build_engine(plan, self.out / fmt.artifact_name(self.stem, p))
+        build_s = time.perf_counter() - started
+        return [self._finish("tensorrt", "tensorrt", engine, build_s, lambda: tensorrt_runner(engine),
+                             tensorrt=plan.as_dict() | {"onnx": Path(plan.onnx).name}, **self._quant_extra())]
+
+    def tensorrt_plan(self):
+        """Everything before TensorRT's builder: the ONNX to parse (s8 symmetric QDQ for int8), the
+        profile and the flags. Runs without TensorRT (tests call it directly)."""
+        from dereflect.export.tensorrt import make_plan, parse_shape
+
+        p = self.opts.precision
+        src = self.onnx_path("int8-s8sym" if p == "int8" else "fp32")
+        shapes = [parse_shape(s) for s in self.opts.trt_shapes]
+        cache = self.out / "tensorrt.timing.cache"
+        return make_plan(src, p, *shapes, timing_cache=cache)
+
+
+def _ort_runner(path: Path) -> parity_mod.Runner:
+    from dereflect.export.onnx import INPUT_NAME, OUTPUT_NAME
+    from dereflect.export.quantize import session
+
+    sess = session(path)
+    return lambda batch: sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+
+def _config(model) -> dict[str, Any]:
+    import dataclasses
+
+    cfg = getattr(model, "config", None)
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+
+
+def _line(r: ExportResult) -> str:
+    if r.status == "error":
+        return f"{r.format} {r.precision}: FAILED to build ({r.message})"
+    size = f"{r.size_bytes / 1024:.0f} KiB"
+    return (f"{r.format} {r.precision}: {r.artifact.name if r.artifact else '-'} ({size}) built in {r.build_s:.1f} s, "
+            f"parity in {r.parity_s:.1f} s -> {parity_mod.summary(r.parity) if r.parity else r.status}")
+
