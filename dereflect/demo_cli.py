@@ -22,13 +22,6 @@ def run_command(
     raise NotLandedError("`dereflect demo run`", "the Foundation issue")
 
 
-@app.command("serve")
-def serve_command(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless asked)."),
-    port: int = typer.Option(8000, "--port", help="Port."),
-) -> None:
-    """Serve the phone camera demo app.
+from dereflect.demo_server import serve_command  # noqa: E402  (the phone demo's server lives beside its app)
 
-    Example: dereflect demo serve --port 8000
-    """
-    raise NotLandedError("`dereflect demo serve`", "the phone-demo issue")
+app.command("serve", help=serve_command.__doc__)(serve_command)
