@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("models", nargs="+", help="'identity' or student checkpoints")
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", action="store_true", help="also print a per-image SSIM/LMSE table")
     args = ap.parse_args()
     pairs = dev_pairs(args.shared)
     images = [(name, read_rgb(b), read_rgb(t)) for name, b, t in pairs]
@@ -66,6 +67,13 @@ def main() -> None:
         mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("psnr", "ssim", "lmse", "ncc")}
         table[spec] = {"rows": rows, "mean": mean}
         print(f"{spec:60s} PSNR {mean['psnr']:.2f}  SSIM {mean['ssim']:.4f}  LMSE {mean['lmse']:.4f}  NCC {mean['ncc']:.4f}")
+    if args.markdown:
+        names = list(next(iter(table.values()))["rows"])
+        print("| image | " + " | ".join(table) + " |")
+        print("|---|" + "---:|" * len(table))
+        for name in names:
+            print(f"| {name} | " + " | ".join(f"{t['rows'][name]['ssim']:.4f} / {t['rows'][name]['lmse']:.4f}" for t in table.values()) + " |")
+        print("| **mean** | " + " | ".join(f"**{t['mean']['ssim']:.4f} / {t['mean']['lmse']:.4f}**" for t in table.values()) + " |")
     if args.json:
         args.json.write_text(json.dumps(table, indent=2))
 
