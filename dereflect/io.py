@@ -22,6 +22,7 @@ Do not enable ImageFile.LOAD_TRUNCATED_IMAGES: a truncated photo must be an erro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import tempfile
@@ -29,7 +30,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -399,6 +400,7 @@ def write_image(
     if not p.parent.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    _new_file_mode(fd)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -416,18 +418,38 @@ def write_image(
         raise DereflectError(p, f"could not write the image ({exc})") from exc
 
 
-def write_bytes_atomic(path: PathLike, data: bytes) -> None:
-    """Write data to path atomically (temp file in the same folder + os.replace): JSON, reports."""
+def _new_file_mode(fd: int) -> None:
+    """Give a temp file the mode a new file gets here (0666 & ~umask): mkstemp makes it 0600 and
+    os.replace would keep that, leaving outputs unreadable to the user's other tools."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync it and rename it over `path`, on any
+    failure remove it. A reader (or a run killed mid-write) never sees a half-written file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    _new_file_mode(fd)
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp_name, p)
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """Write data to path atomically (temp file in the same folder + os.replace): JSON, reports."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _write_pillow(fh, samples: np.ndarray, fmt: str, icc_profile: Optional[bytes], exif: Optional[bytes]) -> None:

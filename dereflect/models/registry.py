@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from dereflect.errors import DereflectError
+from dereflect.io import atomic_output
 from dereflect.models.student import Student, StudentConfig
 from dereflect.models.teacher import Teacher, TeacherConfig
 
@@ -60,20 +60,6 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     return dataclasses.asdict(model.config)  # type: ignore[arg-type]
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> Path:
     """Write `path` (.safetensors) and its JSON sidecar atomically; returns the weights path."""
     path = Path(path)
@@ -85,8 +71,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any)
     info = {"model": name, "config": model_config(model), **meta}
     header = {"dereflect": json.dumps({"model": name, "config": info["config"]})}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic(path, lambda tmp: save_file(state, str(tmp), metadata=header))
-    _atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(info, indent=2, default=str)))
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp), metadata=header)
+    with atomic_output(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(info, indent=2, default=str))
     return path
 
 

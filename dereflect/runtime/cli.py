@@ -1,13 +1,130 @@
-"""`dereflect remove`."""
+"""`dereflect remove`: photos in, photos without the reflection out.
+
+Inputs are files, folders (their images, not recursive) and glob patterns. Each output keeps its
+input's format, size, bit depth (16-bit PNG/TIFF stay 16-bit), alpha, ICC profile and EXIF, and
+is written atomically into -o (a folder). Inputs are never overwritten: an output that would land
+on an input is refused before any work. A file that cannot be read, run or written is reported as
+`error: <file>: <problem>` on stderr and skipped; the others go on, and the exit status is 1 if
+any failed. The model is loaded once; each image's line says how long it took.
+"""
 
 from __future__ import annotations
 
+import glob
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
-from dereflect.errors import NotLandedError
+from dereflect.errors import DereflectError
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class Job:
+    """One input and where its outputs go."""
+
+    source: Path
+    target: Path
+    reflection: Path | None
+
+
+def _expand(item: str, errors: list[DereflectError]) -> list[Path]:
+    """One INPUT argument -> image files (a folder's images, a glob's matches, or the file itself)."""
+    from dereflect.io import IMAGE_SUFFIXES, list_images
+
+    path = Path(item).expanduser()
+    if path.is_dir():
+        found = list_images(path)
+        if not found:
+            errors.append(DereflectError(path, f"no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"))
+        return found
+    if path.exists() or not GLOB_CHARS & set(item):
+        return [path]  # a missing file is reported when it is read, by name
+    matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+    files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+    for folder in (m for m in matches if m.is_dir()):
+        files += list_images(folder)
+    if not files:
+        errors.append(DereflectError(item, "no image files match this pattern"))
+    return files
+
+
+def collect_inputs(items: list[str]) -> tuple[list[Path], list[DereflectError]]:
+    """All input files, in argument order, each once; plus the arguments that named nothing."""
+    errors: list[DereflectError] = []
+    seen: dict[Path, Path] = {}
+    for item in items:
+        for path in _expand(item, errors):
+            seen.setdefault(path.resolve(), path)
+    return list(seen.values()), errors
+
+
+def plan_outputs(inputs: list[Path], out: Path, suffix: str, save_reflection: bool) -> tuple[list[Job], list[DereflectError]]:
+    """Output paths for each input; refuses any that would overwrite an input or another output."""
+    if out.exists() and not out.is_dir():
+        if out.resolve() in {p.resolve() for p in inputs}:
+            raise DereflectError(out, "-o points at an input file; -o is the output folder and inputs are never overwritten")
+        raise DereflectError(out, "-o must be a folder, and this is a file")
+    if "/" in suffix or "\\" in suffix:
+        raise DereflectError(None, f"--suffix must not contain a path separator, got '{suffix}'")
+    protected = {p.resolve() for p in inputs}
+    taken: dict[Path, Path] = {}
+    jobs, errors = [], []
+    for src in inputs:
+        target = out / f"{src.stem}{suffix}{src.suffix}"
+        reflection = out / f"{src.stem}{suffix}_reflection.png" if save_reflection else None
+        problem = None
+        for dst in filter(None, (target, reflection)):
+            resolved = dst.resolve()
+            if resolved in protected:
+                problem = (f"its output {dst} would overwrite an input (refused): choose another -o folder or "
+                           "add --suffix")
+                break
+            if resolved in taken:
+                problem = f"its output {dst} would overwrite the output of {taken[resolved]} (same file name): run it separately"
+                break
+        if problem is not None:
+            errors.append(DereflectError(src, problem))
+            continue
+        for dst in filter(None, (target, reflection)):
+            taken[dst.resolve()] = src
+        jobs.append(Job(src, target, reflection))
+    return jobs, errors
+
+
+def reflection_layer(image: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """What was removed: input minus output, clipped at zero, in the input's dtype."""
+    return np.clip(image.astype(np.int32) - clean.astype(np.int32), 0, None).astype(image.dtype)
+
+
+def _process(session, job: Job, on_tile) -> tuple[tuple[int, int], int, float]:
+    """Read, run, write one image; returns ((width, height), tiles, seconds)."""
+    from dereflect.io import read_image, write_image
+
+    img = read_image(job.source)
+    plan = session.plan(*img.pixels.shape[:2])
+    started = time.perf_counter()
+    try:
+        clean = session.run(img.pixels, on_tile=on_tile)
+    except DereflectError as exc:
+        raise DereflectError(job.source, exc.problem) from None
+    except Exception as exc:  # noqa: BLE001 - a backend failing on one image must not stop the others
+        raise DereflectError(job.source, f"{session.backend} failed on this image ({type(exc).__name__}: {exc})") from None
+    seconds = time.perf_counter() - started
+    alpha = img.alpha if job.target.suffix.lower() not in (".jpg", ".jpeg") else None
+    depth = img.bit_depth if job.target.suffix.lower() in (".png", ".tif", ".tiff") else 8
+    write_image(job.target, clean, alpha=alpha, icc_profile=img.icc_profile, exif=img.exif, bit_depth=depth)
+    if job.reflection is not None:
+        write_image(job.reflection, reflection_layer(img.pixels, clean), icc_profile=img.icc_profile, bit_depth=img.bit_depth)
+    return (img.pixels.shape[1], img.pixels.shape[0]), plan.count, seconds
 
 
 def remove_command(
@@ -16,9 +133,73 @@ def remove_command(
     model: str = typer.Option("default", "--model", help="'default' (the shipped student) or a checkpoint/artifact path."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch, onnxruntime, openvino, coreml or tensorrt."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile side in pixels (default: only when the image is too big)."),
+    save_reflection: bool = typer.Option(False, "--save-reflection", help="Also write the removed layer (input - output) as NAME_reflection.png."),
+    suffix: str = typer.Option("", "--suffix", help="Appended to output names: photo.jpg -> photo<SUFFIX>.jpg."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="In an export folder, use only fp32, fp16 or int8 artifacts."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Run an artifact even if its sha256 does not match its manifest."),
 ) -> None:
     """Remove the reflection from photos.
 
-    Example: dereflect remove photo.jpg holiday/ -o clean/
+    Outputs keep the input's format, bit depth, alpha, ICC profile and EXIF; inputs are never
+    overwritten. A file that fails is reported and skipped (exit status 1 at the end).
+
+    Example: dereflect remove photo.jpg holiday/ -o clean/ --save-reflection
     """
-    raise NotLandedError("`dereflect remove`", "the runtime issue")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dereflect.runtime import load
+
+    stdout = Console(highlight=False, soft_wrap=True)
+    stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    files, failures = collect_inputs(inputs)
+    jobs, refused = plan_outputs(files, out, suffix, save_reflection)
+    failures += refused
+    for exc in failures:
+        stderr.print(f"error: {exc}", markup=False)
+    if not jobs:
+        raise DereflectError(None, "no images to process" if not failures else "nothing to do: every input failed (see above)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DereflectError(out, f"cannot create the output folder ({exc.strerror or exc})") from None
+
+    session = load(model, backend, verify=not no_verify, precision=precision, tile=tile)
+    stdout.print(f"backend {session.describe()}", markup=False)
+
+    done, pixels, busy = 0, 0, 0.0
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=stderr, transient=True, disable=not stderr.is_terminal)
+    with progress:
+        task = progress.add_task("removing reflections", total=len(jobs))
+        for job in jobs:
+            tiles_done = [0]
+
+            def on_tile() -> None:
+                tiles_done[0] += 1
+                progress.update(task, description=f"{job.source.name} (tile {tiles_done[0]})")
+
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    (w, h), tiles, seconds = _process(session, job, on_tile)
+                for warning in caught:
+                    stderr.print(f"warning: {warning.message}", markup=False)
+            except DereflectError as exc:
+                failures.append(exc)
+                progress.console.print(f"error: {exc}", markup=False)
+            else:
+                done += 1
+                pixels += w * h
+                busy += seconds
+                stdout.print(f"{job.source} -> {job.target} ({w}x{h}, {tiles} tile{'s' if tiles > 1 else ''}, "
+                             f"{seconds:.2f} s on {session.backend})", markup=False)
+            progress.advance(task)
+
+    rate = f", {busy / (pixels / 1e6):.2f} s/MP" if pixels else ""
+    stdout.print(f"{done} image(s) written to {out}, {len(failures)} failed ({busy:.1f} s on {session.backend}{rate})",
+                 markup=False)
+    if failures:
+        sys.stdout.flush()
+        raise typer.Exit(code=1)

@@ -68,12 +68,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    from dereflect.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class CsvLog:

@@ -1,0 +1,66 @@
+"""OpenVINO: runs an IR folder (xml + bin), or an .onnx directly, on the CPU plugin.
+
+fp32 artifacts are compiled with INFERENCE_PRECISION_HINT=f32: on CPUs with AVX-512 BF16 or AMX
+the plugin would otherwise compute in bf16 and an "fp32" model would not give fp32 numbers.
+fp16/int8 artifacts keep the plugin's own choice (they already traded precision for speed).
+The model is compiled once with dynamic H/W; one infer request is reused for every tile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dereflect.errors import DereflectError
+
+
+def ir_xml(path: Path, manifest: dict[str, Any] | None) -> Path:
+    """The model file OpenVINO reads: the IR's .xml (named in the manifest, or the only one), or an .onnx."""
+    if path.is_file():
+        return path
+    named = ((manifest or {}).get("openvino") or {}).get("xml")
+    if named and (path / named).is_file():
+        return path / named
+    xmls = sorted(path.glob("*.xml"))
+    if len(xmls) != 1 or not xmls[0].with_suffix(".bin").is_file():
+        raise DereflectError(path, "not an OpenVINO IR folder (needs one .xml and its .bin)")
+    return xmls[0]
+
+
+class OpenVinoBackend:
+    """A compiled model and its infer request."""
+
+    name = "openvino"
+    min_side = 0
+    max_side: int | None = None
+    fixed: tuple[int, int] | None = None
+
+    def __init__(self, path: Path, manifest: dict[str, Any] | None, device: str = "CPU") -> None:
+        import openvino as ov
+
+        manifest = manifest or {}
+        precision = manifest.get("precision", "fp32")
+        config: dict[str, str] = {"PERFORMANCE_HINT": "LATENCY"}
+        if precision == "fp32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        model_file = ir_xml(path, manifest)
+        try:
+            self.compiled = ov.Core().compile_model(str(model_file), device, config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DereflectError(path, f"OpenVINO cannot compile this model ({first})") from None
+        inputs = manifest.get("inputs") or [{"name": self.compiled.input(0).any_name}]
+        outputs = manifest.get("outputs") or [{"name": self.compiled.output(0).any_name}]
+        self.input_name = inputs[0]["name"]
+        self.output = self.compiled.output(outputs[0]["name"])
+        self.request = self.compiled.create_infer_request()
+        self.multiple = int((manifest.get("constraints") or {}).get("multiple_of", 8))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        self.detail = f"openvino {ov.get_version().split('-')[0]} on {device} (inference precision {hint})"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        result = self.request.infer({self.input_name: batch})
+        return np.array(result[self.output], copy=True)  # the request's buffer is reused by the next call

@@ -1,0 +1,232 @@
+"""What `--model` names, and which backend runs it.
+
+A model is a student checkpoint (`.safetensors`), an exported artifact (`.onnx`, `.ort`, an
+OpenVINO IR folder or its `.xml`, an `.mlpackage`, a TensorRT `.engine`), a folder an export
+wrote (several artifacts, each with its manifest), or "default" (the shipped student in
+dereflect/weights/). Artifacts are read through their manifest (export stage's contract): it
+names the format, precision, IO names and H/W multiple, and its sha256 must match the bytes.
+
+`auto` picks, per kind, the fastest backend that runs it here: TensorRT for engines, Core ML for
+.mlpackage (macOS), OpenVINO for IR, ONNX Runtime for .onnx/.ort, PyTorch for checkpoints. In an
+export folder it ranks every artifact this machine can run by backend speed (TensorRT on CUDA,
+Core ML on macOS, OpenVINO, ONNX Runtime, PyTorch), skipping those whose parity gate failed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dereflect.errors import DereflectError, UsageError
+
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino", "coreml", "tensorrt")
+#: Faster first; `auto` in an export folder takes the first one that runs here.
+SPEED_ORDER: tuple[str, ...] = ("tensorrt", "coreml", "openvino", "onnxruntime", "torch")
+#: Which backends can run a kind of model; the first is what `auto` uses.
+RUNS: dict[str, tuple[str, ...]] = {
+    "checkpoint": ("torch",),
+    "onnx": ("onnxruntime", "openvino"),
+    "ort": ("onnxruntime",),
+    "openvino": ("openvino",),
+    "coreml": ("coreml",),
+    "tensorrt": ("tensorrt",),
+}
+#: Manifest `format` -> kind (the manifest, not the file name, says what an artifact is).
+FORMAT_KIND = {"onnx": "onnx", "ort": "ort", "openvino": "openvino", "coreml": "coreml", "tensorrt": "tensorrt"}
+PRECISION_ORDER = ("fp32", "fp16", "int8")
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_NAME = "student-nano"
+
+
+@dataclass
+class ModelRef:
+    """A resolved model: what it is, where, and its manifest (None for checkpoints)."""
+
+    kind: str
+    path: Path
+    manifest: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if self.manifest is None:
+            return f"{self.path.name} (checkpoint)"
+        parity = (self.manifest.get("parity") or {}).get("status", "?")
+        return f"{self.path.name} ({self.manifest.get('format')} {self.manifest.get('precision')}, parity {parity})"
+
+
+def default_checkpoint() -> Path:
+    """The shipped student, or one DereflectError saying it is not in this checkout."""
+    path = WEIGHTS_DIR / f"{DEFAULT_NAME}.safetensors"
+    if not path.is_file():
+        raise DereflectError(path, "the default weights are not shipped in this checkout yet (the default student is "
+                                   "still being trained); pass --model with a student checkpoint or an exported artifact")
+    return path
+
+
+def backend_problem(name: str) -> str | None:
+    """Why `name` cannot run on this machine, or None when it can."""
+    if name not in BACKENDS:
+        raise UsageError(None, f"unknown backend '{name}'; choose auto or one of {', '.join(BACKENDS)}")
+    if name == "coreml":
+        from dereflect.runtime.coreml_backend import coreml_problem
+
+        return coreml_problem()
+    if name == "tensorrt":
+        from dereflect.runtime.tensorrt_backend import tensorrt_problem
+
+        return tensorrt_problem()
+    module = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}[name]
+    if importlib.util.find_spec(module) is None:
+        extra = "openvino" if name == "openvino" else None
+        return f"Python module '{module}' is not installed" + (f": pip install 'dereflect[{extra}]'" if extra else "")
+    return None
+
+
+def _manifest(path: Path, verify: bool) -> dict[str, Any] | None:
+    """The artifact's manifest, sha256-checked when `verify`; None when absent and not verifying."""
+    from dereflect.export.manifest import load_manifest_for, manifest_path
+
+    if not manifest_path(path).is_file():
+        if verify:
+            raise DereflectError(path, f"no manifest beside this artifact ({manifest_path(path).name}), so its bytes "
+                                       "cannot be checked; re-export it, or pass verify=False (--no-verify) to run it anyway")
+        return None
+    return load_manifest_for(path, verify=verify)
+
+
+def _kind_from_path(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".safetensors"):
+        return "checkpoint"
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith(".ort"):
+        return "ort"
+    if name.endswith(".engine") or name.endswith(".plan"):
+        return "tensorrt"
+    if name.endswith(".mlpackage") or name.endswith(".mlmodel"):
+        return "coreml"
+    if name.endswith(".xml") or (path.is_dir() and len(list(path.glob("*.xml"))) == 1):
+        return "openvino"
+    return None
+
+
+def resolve_artifact(path: Path, verify: bool = True) -> ModelRef:
+    """One checkpoint or artifact path -> ModelRef (manifest read and, if asked, verified)."""
+    if path.suffix.lower() == ".xml" and path.is_file():
+        path = path.parent  # the IR's manifest describes its folder
+    kind = _kind_from_path(path)
+    if kind is None:
+        raise DereflectError(path, "not a model: expected a .safetensors checkpoint, an exported artifact (.onnx, .ort, "
+                                   "OpenVINO IR folder, .mlpackage, .engine) or a folder an export wrote")
+    if kind == "checkpoint":
+        return ModelRef(kind, path)
+    manifest = _manifest(path, verify)
+    if manifest is not None:
+        kind = FORMAT_KIND.get(str(manifest.get("format")), kind)
+    return ModelRef(kind, path, manifest)
+
+
+def _folder_candidates(folder: Path) -> list[ModelRef]:
+    from dereflect.export.manifest import find_artifacts
+
+    refs = []
+    for artifact, manifest in find_artifacts(folder):
+        refs.append(ModelRef(FORMAT_KIND.get(str(manifest.get("format")), "onnx"), artifact, manifest))
+    refs += [ModelRef("checkpoint", p) for p in sorted(folder.glob("*.safetensors"))]
+    return refs
+
+
+def _rank(ref: ModelRef, backend: str) -> tuple[int, ...]:
+    m = ref.manifest or {}
+    prec = m.get("precision", "fp32")
+    web = m.get("target") == "web" or ref.path.name.endswith(".web.onnx")
+    return (
+        SPEED_ORDER.index(backend),
+        PRECISION_ORDER.index(prec) if prec in PRECISION_ORDER else len(PRECISION_ORDER),
+        int(web),
+        int(ref.kind == "ort"),  # .ort is tuned for phones: the plain .onnx first on a desktop
+    )
+
+
+def choose(folder: Path, backend: str, precision: str | None, verify: bool) -> tuple[ModelRef, str]:
+    """The best (artifact, backend) in an export folder for `backend` ('auto' or a name)."""
+    refs = _folder_candidates(folder)
+    if not refs:
+        raise DereflectError(folder, "no model in this folder (no artifact manifests, no .safetensors checkpoint)")
+    options, why_not = [], []
+    for ref in refs:
+        status = ((ref.manifest or {}).get("parity") or {}).get("status")
+        if status == "failed":
+            why_not.append(f"{ref.path.name}: failed its parity gate")
+            continue
+        for name in RUNS[ref.kind] if backend == "auto" else [backend]:
+            if name not in RUNS[ref.kind]:
+                continue
+            problem = backend_problem(name)
+            if problem is None:
+                options.append((_rank(ref, name), ref, name))
+                break
+            why_not.append(f"{ref.path.name}: {problem}")
+    if precision is not None:
+        options = [o for o in options if (o[1].manifest or {}).get("precision", "fp32") == precision]
+        why_not.append(f"no runnable {precision} artifact")
+    if not options:
+        wanted = "" if backend == "auto" else f" with --backend {backend}"
+        detail = "; ".join(dict.fromkeys(why_not)) or "no artifact of a kind this backend runs"
+        raise DereflectError(folder, f"nothing here runs on this machine{wanted} ({detail})")
+    options.sort(key=lambda o: o[0])
+    _, ref, name = options[0]
+    if verify and ref.manifest is not None:  # only the one that will run is hashed; a mismatch is refused, not skipped
+        from dereflect.export.manifest import verify_artifact
+
+        verify_artifact(ref.path, ref.manifest)
+    ref.notes.append(f"picked from {len(refs)} model(s) in {folder}")
+    return ref, name
+
+
+def resolve(model: str | Path, backend: str = "auto", precision: str | None = None, verify: bool = True) -> tuple[ModelRef, str]:
+    """`--model` and `--backend` -> (what to load, which backend). Errors say what is wrong and how to fix it."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise UsageError(None, f"unknown backend '{backend}'; choose auto or one of {', '.join(BACKENDS)}")
+    if precision is not None and precision not in PRECISION_ORDER:
+        raise UsageError(None, f"unknown precision '{precision}'; choose one of {', '.join(PRECISION_ORDER)}")
+    path = default_checkpoint() if str(model) == "default" else Path(model).expanduser()
+    if not path.exists():
+        raise DereflectError(path, "no such model file or folder")
+    if path.is_dir() and _kind_from_path(path) is None:
+        problem = backend_problem(backend) if backend != "auto" else None
+        if problem is not None:
+            raise DereflectError(path, problem)
+        return choose(path, backend, precision, verify)
+    kind = _kind_from_path(path.parent if path.suffix.lower() == ".xml" and path.is_file() else path)
+    if kind is None:
+        resolve_artifact(path, verify)  # raises: says what a model path should be
+    runners = RUNS[kind]
+    name = runners[0] if backend == "auto" else backend
+    if name not in runners:
+        hint = {
+            "checkpoint": f"export it first (dereflect export {path} --format onnx --out DIR) or use --backend torch",
+            "onnx": "use --backend onnxruntime or openvino",
+        }.get(kind, f"use --backend {runners[0]}")
+        raise UsageError(None, f"{path}: the {name} backend cannot run a {kind} model; {hint}")
+    problem = backend_problem(name)  # before the manifest: "Core ML needs macOS" says more than a hash
+    if problem is not None:
+        raise DereflectError(path, problem)
+    ref = resolve_artifact(path, verify)
+    if name not in RUNS[ref.kind]:
+        raise DereflectError(path, f"its manifest says format '{ref.kind}', which the {name} backend does not run")
+    return ref, name
+
+
+def checkpoint_info(path: Path) -> dict[str, Any]:
+    """The checkpoint's JSON sidecar, for describe() (empty when absent or unreadable)."""
+    sidecar = path.with_suffix(".json")
+    try:
+        return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}

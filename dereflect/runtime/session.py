@@ -1,0 +1,138 @@
+"""One Session API over every backend: HWC images in, HWC images out, any resolution.
+
+A backend only has to run the network: `infer((N,3,H,W) float32 in [0,1]) -> same shape`
+(the one-line protocol below). Everything between a photo and that call lives here and in
+tiling.py, once for all backends: dtype conversion (uint8 -> uint8, uint16 -> uint16,
+float -> float32), reflect padding to the network's multiple, and tiling with feathered blending
+above a size budget. `load()` resolves the model (resolve.py), builds the backend once, and
+returns a Session that is reused for every image: no per-image set-up cost.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from dereflect.errors import DereflectError, UsageError
+from dereflect.runtime import tiling
+from dereflect.runtime.resolve import ModelRef, checkpoint_info, resolve
+
+
+class BackendSession(Protocol):
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...  # (N,3,H,W) float32 [0,1] -> transmission, same shape
+
+
+class Session:
+    """A model loaded on one backend. `run(image)` removes the reflection from one HWC image.
+
+    backend: the backend's name ("onnxruntime", ...); model: what was loaded (ModelRef);
+    tile / overlap / max_pixels: the tiling policy (see tiling.plan_tiles).
+    """
+
+    def __init__(self, impl: BackendSession, ref: ModelRef | None, *, tile: int | None = None,
+                 overlap: int = tiling.DEFAULT_OVERLAP, max_pixels: int = tiling.DEFAULT_MAX_PIXELS) -> None:
+        if tile is not None and tile < 16:
+            raise UsageError(None, f"tile size must be at least 16 pixels, got {tile}")
+        if overlap < 0:
+            raise UsageError(None, f"tile overlap must be >= 0, got {overlap}")
+        self.impl = impl
+        self.model = ref
+        self.backend: str = getattr(impl, "name", type(impl).__name__)
+        self.tile = tile
+        self.overlap = overlap
+        self.max_pixels = max_pixels
+
+    def plan(self, height: int, width: int, tile: int | None = None) -> tiling.TilePlan:
+        """The tile grid `run` would use for an image of this size."""
+        impl = self.impl
+        return tiling.plan_tiles(
+            height, width, multiple=int(getattr(impl, "multiple", 8)), tile=tile if tile is not None else self.tile,
+            overlap=self.overlap, max_pixels=self.max_pixels, max_side=getattr(impl, "max_side", None),
+            fixed=getattr(impl, "fixed", None), min_side=int(getattr(impl, "min_side", 0) or 0),
+        )
+
+    def run(self, image: np.ndarray, *, tile: int | None = None, on_tile: Callable[[], None] | None = None) -> np.ndarray:
+        """HxWx3 uint8 -> uint8, uint16 -> uint16, float in [0,1] -> float32; same height and width.
+
+        tile: override the session's tile size for this image; on_tile: called after each tile.
+        """
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise DereflectError(None, f"expected an HxWx3 RGB image, got an array of shape {arr.shape}")
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise DereflectError(None, f"empty image ({arr.shape[1]}x{arr.shape[0]} pixels)")
+        if arr.dtype not in (np.uint8, np.uint16) and not np.issubdtype(arr.dtype, np.floating):
+            raise DereflectError(None, f"pixels must be uint8, uint16 or float in [0,1], got {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise DereflectError(None, "image contains NaN or infinite values")
+        plan = self.plan(arr.shape[0], arr.shape[1], tile)
+        return tiling.run_tiled(self.impl.infer, arr, plan, on_tile)
+
+    __call__ = run
+
+    def describe(self) -> str:
+        """One line for people: backend (and where it runs), model, tiling policy."""
+        model = self.model.label if self.model is not None else "in-memory model"
+        if self.model is not None and self.model.kind == "checkpoint":
+            info = checkpoint_info(self.model.path)
+            if info.get("model"):
+                model = f"{self.model.path.name} ({info['model']}{', step ' + str(info['step']) if 'step' in info else ''})"
+        if self.tile is not None:
+            policy = f"tiles of {self.tile} px"
+        else:
+            policy = f"tiles of {tiling.DEFAULT_TILE} px above {self.max_pixels / 1e6:.1f} MP"
+        detail = getattr(self.impl, "detail", self.backend)
+        notes = "".join(f"; {n}" for n in (self.model.notes if self.model is not None else []))
+        return f"{self.backend}: {detail} | model {model}{notes} | {policy}, overlap {self.overlap} px"
+
+    def __repr__(self) -> str:
+        return f"<Session {self.describe()}>"
+
+
+def _build(ref: ModelRef, backend: str, device: str | None) -> BackendSession:
+    if backend == "torch":
+        from dereflect.runtime.torch_backend import TorchBackend
+
+        return TorchBackend(ref.path, device=device)
+    if backend == "onnxruntime":
+        from dereflect.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(ref.path, ref.manifest)
+    if backend == "openvino":
+        from dereflect.runtime.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(ref.path, ref.manifest, device=device or "CPU")
+    if backend == "coreml":
+        from dereflect.runtime.coreml_backend import CoreMLBackend
+
+        return CoreMLBackend(ref.path, ref.manifest)
+    from dereflect.runtime.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(ref.path, ref.manifest)
+
+
+def load(model: str | os.PathLike[str] | Any = "default", backend: str = "auto", *, verify: bool = True,
+         precision: str | None = None, tile: int | None = None, overlap: int = tiling.DEFAULT_OVERLAP,
+         max_pixels: int = tiling.DEFAULT_MAX_PIXELS, device: str | None = None) -> Session:
+    """Load a model once and return a Session to run on many images.
+
+    model: "default" (the shipped student), a checkpoint (.safetensors), an exported artifact
+    (.onnx, .ort, OpenVINO IR folder or .xml, .mlpackage, .engine), a folder an export wrote, or
+    a student nn.Module (torch backend). backend: "auto" (the fastest that runs the model here;
+    Session.backend says which) or torch / onnxruntime / openvino / coreml / tensorrt.
+    verify=False is the explicit override that runs an artifact whose sha256 does not match its
+    manifest (or that has none). precision: in an export folder, use only fp32 / fp16 / int8.
+    tile: always tile with this side; otherwise images over max_pixels are tiled.
+    device: torch device ("cpu", "cuda") or OpenVINO device ("CPU").
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        if backend not in ("auto", "torch"):
+            raise UsageError(None, f"an in-memory model runs on the torch backend, not '{backend}'")
+        from dereflect.runtime.torch_backend import TorchBackend
+
+        return Session(TorchBackend(model, device=device), None, tile=tile, overlap=overlap, max_pixels=max_pixels)
+    ref, name = resolve(Path(model) if str(model) != "default" else "default", backend, precision, verify)
+    return Session(_build(ref, name, device), ref, tile=tile, overlap=overlap, max_pixels=max_pixels)

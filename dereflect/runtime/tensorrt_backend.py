@@ -1,0 +1,72 @@
+"""TensorRT: runs a serialized .engine on a CUDA GPU (TensorRT 10 tensor API, torch buffers).
+
+Needs the `tensorrt` package and a CUDA GPU; elsewhere one clear error says which is missing.
+The engine's optimisation profile bounds the tile size (max) and the smallest canvas (min).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dereflect.errors import DereflectError
+
+
+def tensorrt_problem() -> str | None:
+    """Why TensorRT cannot run here, or None."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - PyPI's stub packages fail in several ways
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"TensorRT is not usable here (`import tensorrt` failed: {first}); it needs an NVIDIA GPU with CUDA "
+                "and pip install 'dereflect[tensorrt]' from NVIDIA's package index")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    except Exception:  # noqa: BLE001
+        pass
+    return "TensorRT needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False)"
+
+
+class TensorRTBackend:
+    """A deserialized engine and one execution context."""
+
+    name = "tensorrt"
+    fixed: tuple[int, int] | None = None
+
+    def __init__(self, path: Path, manifest: dict[str, Any] | None) -> None:
+        problem = tensorrt_problem()
+        if problem is not None:
+            raise DereflectError(path, problem)
+        import tensorrt as trt
+        import torch
+
+        manifest = manifest or {}
+        self.input_name = (manifest.get("inputs") or [{"name": "input"}])[0]["name"]
+        self.output_name = (manifest.get("outputs") or [{"name": "transmission"}])[0]["name"]
+        self.multiple = int((manifest.get("constraints") or {}).get("multiple_of", 8))
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise DereflectError(path, "not a TensorRT engine for this TensorRT version and GPU (rebuild it here)")
+        lo, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.min_side, self.max_side = max(lo[2], lo[3]), min(hi[2], hi[3])
+        self.context = self.engine.create_execution_context()
+        self._torch = torch
+        self.detail = f"tensorrt {trt.__version__} on {torch.cuda.get_device_name(0)}"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(batch).cuda().contiguous()
+        y = torch.empty_like(x)
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, y.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise DereflectError(None, "TensorRT execution failed")
+        stream.synchronize()
+        return y.cpu().numpy()
