@@ -1,12 +1,16 @@
-"""`dereflect demo run` (the main job on built-in defaults) and `dereflect demo serve` (phone app)."""
+"""`dereflect demo run` (the main job on built-in defaults) and `dereflect demo serve` (phone app).
+
+The main job walks the pipeline with nothing but a fresh clone: synthesise sequences through
+glass from scikit-image's bundled photos, score the identity baseline (input as output) and the
+shipped default student on them, and remove reflections from the synthesised photos.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
-
-from dereflect.errors import NotLandedError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -14,14 +18,48 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("run")
 def run_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the results go."),
+    sequences: int = typer.Option(8, "--sequences", min=1, help="How many sequences to synthesise."),
+    size: int = typer.Option(256, "--size", min=32, help="Frame side in pixels."),
 ) -> None:
     """Run the main job on built-in defaults and print where the results are.
 
     Example: dereflect demo run --out runs/demo
     """
-    raise NotLandedError("`dereflect demo run`", "the Foundation issue")
+    from rich.console import Console
+    from rich.table import Table
 
+    from dereflect.data.cli import synth_command
+    from dereflect.evaluate import evaluate, load_predict
+    from dereflect.io import write_bytes_atomic
 
-from dereflect.demo_server import serve_command  # noqa: E402  (the phone demo's server lives beside its app)
+    console = Console(highlight=False)
+    synth_dir = out / "synth"
+    console.print(f"[bold]1/3[/] synthesising {sequences} sequences through glass from scikit-image's photos")
+    synth_command(out=synth_dir, images=None, sequences=sequences, frames=5, size=size, seed=0, preview=out / "preview.png")
 
-app.command("serve", help=serve_command.__doc__)(serve_command)
+    console.print("[bold]2/3[/] scoring the identity baseline and the default student on the middle frames")
+    scores = {}
+    for model in ("identity", "default"):
+        result = evaluate(load_predict(model), synth_dir, progress=False)
+        scores[model] = result.mean
+        write_bytes_atomic(out / f"scores-{model}.json", json.dumps(result.to_json(model, synth_dir), indent=2).encode())
+    table = Table(title=f"middle frames of {sequences} synthetic sequences ({size}px)")
+    for col in ("model", "PSNR (dB)", "SSIM", "LMSE", "NCC"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for model, m in scores.items():
+        table.add_row(model, f"{m['psnr']:.2f}", f"{m['ssim']:.4f}", f"{m['lmse']:.4f}", f"{m['ncc']:.4f}")
+    console.print(table)
+
+    console.print("[bold]3/3[/] removing reflections from the synthesised photos with the default student")
+    from dereflect.io import read_image, write_image
+    from dereflect.runtime import load
+
+    session = load("default")
+    removed = out / "removed"
+    for seq in sorted(p.parent for p in synth_dir.glob("*/frame_000.png")):
+        frames = sorted(seq.glob("frame_*.png"))
+        photo = read_image(frames[len(frames) // 2]).pixels
+        write_image(removed / f"{seq.name}_photo.png", photo)
+        write_image(removed / f"{seq.name}_clean.png", session.run(photo))
+    console.print(f"\nbackend: {session.describe()}")
+    console.print(f"results in {out}/: preview.png (the synthetic sequences), scores-*.json, removed/ (photo and clean pairs)")

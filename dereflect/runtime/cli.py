@@ -11,7 +11,6 @@ any failed. The model is loaded once; each image's line says how long it took.
 from __future__ import annotations
 
 import glob
-import os
 import sys
 import time
 import warnings
