@@ -123,17 +123,24 @@ def test_missing_dir_and_no_pairs(tmp_path: Path, capsys: pytest.CaptureFixture)
         find_pairs(tmp_path)
 
 
-def test_models_other_than_identity_wait_for_the_runtime(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    try:
-        from dereflect.runtime import load  # noqa: F401
-    except ImportError:
-        with pytest.raises(SystemExit) as info:
-            main(["eval", "model.onnx", "--pairs", str(tmp_path)])
-        assert info.value.code == 2
-        assert "loading models for `dereflect eval` is not available yet" in capsys.readouterr().err
-    else:
-        pytest.skip("dereflect.runtime.load has landed")
-    assert load_predict("identity")(np.zeros((2, 2, 3), np.uint8)).shape == (2, 2, 3)
+def test_eval_a_checkpoint_scores_what_the_runtime_outputs(paired_set: Path, tmp_path: Path) -> None:
+    from dereflect.io import read_rgb
+    from dereflect.metrics import ssim
+    from dereflect.runtime import load
+
+    weights = Path(__file__).parents[1] / "dereflect" / "weights" / "student-nano.safetensors"
+    out = tmp_path / "scores.json"
+    with pytest.raises(SystemExit) as info:
+        main(["eval", str(weights), "--pairs", str(paired_set), "--json", str(out)])
+    assert info.value.code in (0, None)
+    rows = json.loads(out.read_text())["rows"]
+    assert rows
+    session = load(str(weights))
+    with pytest.warns(UnpairedWarning):
+        pairs = find_pairs(paired_set)
+    for row, pair in zip(rows, pairs):
+        expected = ssim(read_rgb(pair.transmission), session.run(read_rgb(pair.blended)))
+        assert row["ssim"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_wrong_model_output_is_a_failure_not_a_crash(paired_set: Path) -> None:
