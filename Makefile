@@ -28,7 +28,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/dereflect demo run --out $(DEMO_OUT)
 
-test: install
+test: install demo-app
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -36,3 +36,25 @@ test-fast: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
+
+# ==== phone demo app (android_demo/) =================================================================
+# demo-app: builds android_demo/www (onnxruntime-web from the npm registry via `npm ci`, the student
+# exported by `dereflect export`, PWA icons; cached, ~2 s when nothing changed) and makes sure the
+# browser tests have a Chromium and npm: as root with apt-get it installs Debian's; elsewhere it says
+# so and tests/test_demo_browser.py skips with the reason. Serve the app with `dereflect demo serve`.
+.PHONY: demo-app demo-system-deps
+demo-app: install demo-system-deps
+	@if command -v npm >/dev/null; then $(PY) android_demo/build.py; \
+	else echo "note: npm not found: android_demo/www not built; the browser tests will skip"; fi
+
+demo-system-deps:
+	@missing=""; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	[ -n "$$DEREFLECT_CHROMIUM" ] || command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "apt-get install$$missing (phone demo build and browser tests)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	    || echo "note: apt-get could not install$$missing: the browser tests will skip"; \
+	else echo "note: missing$$missing and no root apt-get: the browser tests will skip"; fi
+# ==== end phone demo app =============================================================================

@@ -63,3 +63,8 @@ def run_command(
         write_image(removed / f"{seq.name}_clean.png", session.run(photo))
     console.print(f"\nbackend: {session.describe()}")
     console.print(f"results in {out}/: preview.png (the synthetic sequences), scores-*.json, removed/ (photo and clean pairs)")
+
+
+from dereflect.demo_server import serve_command  # noqa: E402  (the phone demo's server lives beside its app)
+
+app.command("serve", help=serve_command.__doc__)(serve_command)

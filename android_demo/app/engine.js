@@ -1,0 +1,91 @@
+// The network on the phone: onnxruntime-web, WebGPU when the phone has a usable adapter, else
+// WASM (SIMD always; threads when the page is cross-origin isolated, which the server's
+// COOP/COEP headers make it). Each backend gets the model that suits it (build.json says which):
+// INT8 QDQ for WASM (integer kernels), fp16 for WebGPU with shader-f16, else fp32 (GPUs have no
+// int8 conv path in ORT). If the WebGPU session cannot be made, the WASM one is used instead.
+
+const ORT_BUNDLES = {
+  wasm: './ort/ort.wasm.min.mjs', // plain threaded SIMD build: the smallest download
+  webgpu: './ort/ort.webgpu.min.mjs', // WebGPU EP + the same WASM EP as a fallback
+};
+
+async function webgpuAdapter() {
+  if (!('gpu' in navigator)) return null;
+  try {
+    return await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+  } catch {
+    return null;
+  }
+}
+
+/** Threads the WASM backend may use: all cores up to 4 when SharedArrayBuffer is allowed, else 1. */
+export function wasmThreads(requested) {
+  if (!globalThis.crossOriginIsolated) return 1;
+  const cores = navigator.hardwareConcurrency || 1;
+  if (requested) return Math.max(1, Math.min(requested, cores));
+  return Math.max(1, Math.min(4, cores));
+}
+
+async function fetchModel(url) {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`cannot load the model ${url}: HTTP ${res.status}`);
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+/**
+ * Load onnxruntime-web and the model. options: {backend: 'auto'|'wasm'|'webgpu', threads, build}
+ * where build is the parsed build.json. Resolves to an engine {backend, threads, model, run}.
+ */
+export async function createEngine({ backend = 'auto', threads = 0, build }) {
+  const adapter = backend === 'wasm' ? null : await webgpuAdapter();
+  if (backend === 'webgpu' && !adapter) throw new Error('WebGPU was asked for but this browser has no adapter');
+  const useGpu = !!adapter;
+  const ort = await import(useGpu ? ORT_BUNDLES.webgpu : ORT_BUNDLES.wasm);
+  ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
+  ort.env.wasm.numThreads = wasmThreads(threads);
+  ort.env.wasm.proxy = false;
+  ort.env.logLevel = 'error';
+
+  // fp16 needs the GPU's shader-f16 feature (most recent phone GPUs; not SwiftShader): else fp32
+  const gpuModel = adapter?.features?.has('shader-f16') ? build.models.webgpu : (build.models.webgpu_fp32 ?? build.models.webgpu);
+  const attempts = useGpu ? [['webgpu', gpuModel], ['wasm', build.models.wasm]] : [['wasm', build.models.wasm]];
+  let lastError = null;
+  for (const [ep, model] of attempts) {
+    try {
+      const bytes = await fetchModel(`./model/${model.file}`);
+      const session = await ort.InferenceSession.create(bytes, {
+        executionProviders: [ep],
+        graphOptimizationLevel: 'all',
+      });
+      return makeEngine(ort, session, ep, model);
+    } catch (err) {
+      lastError = err;
+      console.warn(`dereflect: ${ep} backend failed, trying the next`, err);
+    }
+  }
+  throw lastError;
+}
+
+function makeEngine(ort, session, ep, model) {
+  const input = session.inputNames[0];
+  const output = session.outputNames[0];
+  let busy = Promise.resolve();
+  return {
+    backend: ep,
+    threads: ep === 'wasm' ? ort.env.wasm.numThreads : 0,
+    model,
+    inputName: input,
+    /** (1,3,h,w) float32 planar -> same-shaped Float32Array; calls are serialised. */
+    run(tensorData, width, height) {
+      const job = busy.then(async () => {
+        const feeds = { [input]: new ort.Tensor('float32', tensorData, [1, 3, height, width]) };
+        const results = await session.run(feeds);
+        const out = results[output];
+        const data = out.location === 'gpu-buffer' ? await out.getData(true) : out.data;
+        return new Float32Array(data);
+      });
+      busy = job.catch(() => {});
+      return job;
+    },
+  };
+}

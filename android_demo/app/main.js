@@ -1,0 +1,365 @@
+// The phone app: camera -> capture -> reflection removal on the device -> before/after -> save.
+//
+// Preview runs at a phone-friendly size (long side 512, Pillow-exact bilinear resize); "Full
+// resolution" runs the whole photo in overlapping tiles with feathered blending. Nothing leaves
+// the phone. For tests and benchmarks the page exposes window.__dereflect (see `api` below).
+//
+// URL options: ?backend=auto|wasm|webgpu  ?threads=N  ?size=512 (preview long side)  ?camera=user
+
+import { createEngine } from './engine.js';
+import { cropToTensor, fitLongSide, planTiles, resizeBilinear, roundUp, runTiled, tensorToImage } from './imageops.js';
+
+const params = new URLSearchParams(location.search);
+const PREVIEW_LONG_SIDE = clampInt(params.get('size'), 64, 2048, 512);
+const FULL_TILE = 512; // tile side for full resolution (phone memory: one band + one tile)
+const FULL_OVERLAP = 64;
+const MAX_SOURCE_PIXELS = 24e6; // bigger gallery photos are scaled down to this on decode
+const MULTIPLE = 8; // the student needs H and W multiples of 8
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  stage: $('stage'), status: $('status'), metrics: $('metrics'), video: $('camera'), cameraNote: $('camera-note'),
+  compare: $('compare'), before: $('before'), after: $('after'), divider: $('divider'), slider: $('slider'),
+  progress: $('progress'), capture: $('capture'), file: $('file'), retake: $('retake'), full: $('full'), share: $('share'),
+  rowCamera: document.querySelector('[data-for="camera"]'), rowResult: document.querySelector('[data-for="result"]'),
+};
+
+const state = {
+  build: null, engine: null, stream: null, busy: false,
+  source: null, // full-resolution RGBA of the captured frame / picked photo
+  last: null, // the preview run: {source, input, output, outputFloat, latencyMs, totalMs, backend, threads}
+  full: null, // the full-resolution run: {output, ms, tiles}
+  shareBlob: null, shareName: '',
+};
+let runs = 0; // finished preview runs (api.runs)
+
+function clampInt(text, lo, hi, fallback) {
+  const n = Number.parseInt(text ?? '', 10);
+  return Number.isFinite(n) ? Math.min(hi, Math.max(lo, n)) : fallback;
+}
+
+function setStatus(text) { ui.status.textContent = text; }
+function setMetrics(text) { ui.metrics.textContent = text; }
+
+// ---------------------------------------------------------------- start-up
+let resolveReady, rejectReady;
+const ready = new Promise((res, rej) => { resolveReady = res; rejectReady = rej; });
+ready.catch(() => {}); // reported on screen and through api.error
+
+async function start() {
+  registerServiceWorker();
+  startCamera();
+  try {
+    const res = await fetch('build.json', { cache: 'no-cache' });
+    if (!res.ok) throw new Error(`build.json: HTTP ${res.status}`);
+    state.build = await res.json();
+    const t0 = performance.now();
+    state.engine = await createEngine({
+      backend: params.get('backend') || 'auto', threads: clampInt(params.get('threads'), 1, 16, 0), build: state.build,
+    });
+    const e = state.engine;
+    const loadMs = performance.now() - t0;
+    setStatus(`${describeBackend(e)} · ${e.model.precision} · ready`);
+    setMetrics(`model loaded in ${loadMs.toFixed(0)} ms`);
+    ui.capture.disabled = !state.stream;
+    cacheRuntimeFiles(e.backend);
+    resolveReady(api.info());
+  } catch (err) {
+    api.error = String(err?.message || err);
+    setStatus(`cannot run the model: ${api.error}`);
+    rejectReady(err);
+  }
+}
+
+function describeBackend(e) {
+  return e.backend === 'wasm' ? `wasm · ${e.threads} thread${e.threads === 1 ? '' : 's'}` : e.backend;
+}
+
+function registerServiceWorker() {
+  if (!('serviceWorker' in navigator) || !isSecureContext) return;
+  navigator.serviceWorker.register('sw.js').catch((err) => console.warn('dereflect: no offline mode', err));
+}
+
+/** Put the onnxruntime files this backend loaded into the offline cache (the worker precaches the rest). */
+async function cacheRuntimeFiles(backend) {
+  if (!('caches' in globalThis) || !state.build?.ort) return;
+  try {
+    const cache = await caches.open(`dereflect-${state.build.build_id}`);
+    const files = state.build.ort[backend === 'webgpu' ? 'webgpu' : 'wasm'] || [];
+    const missing = [];
+    for (const f of files) if (!(await cache.match(f))) missing.push(f);
+    if (missing.length) await cache.addAll(missing);
+  } catch (err) {
+    console.warn('dereflect: could not cache the runtime for offline use', err);
+  }
+}
+
+async function startCamera() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    showCameraNote(isSecureContext ? 'This browser has no camera access: pick a photo from the gallery.'
+      : 'The camera needs a secure origin (https or localhost): pick a photo from the gallery.');
+    return;
+  }
+  const facingMode = params.get('camera') === 'user' ? 'user' : 'environment';
+  try {
+    state.stream = await navigator.mediaDevices.getUserMedia({
+      audio: false,
+      video: { facingMode: { ideal: facingMode }, width: { ideal: 3840 }, height: { ideal: 2160 } },
+    });
+    ui.video.srcObject = state.stream;
+    await ui.video.play().catch(() => {});
+    ui.capture.disabled = !state.engine;
+  } catch (err) {
+    showCameraNote(`No camera (${err.name || err}): pick a photo from the gallery.`);
+  }
+}
+
+function showCameraNote(text) {
+  ui.cameraNote.textContent = text;
+  ui.cameraNote.hidden = false;
+}
+
+// ---------------------------------------------------------------- sources
+async function waitForFrame(video) {
+  if (video.readyState >= 2 && video.videoWidth) return;
+  await new Promise((res) => video.addEventListener('loadeddata', res, { once: true }));
+}
+
+async function grabFrame() {
+  const v = ui.video;
+  await waitForFrame(v);
+  const canvas = document.createElement('canvas');
+  canvas.width = v.videoWidth;
+  canvas.height = v.videoHeight;
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(v, 0, 0);
+  return ctx.getImageData(0, 0, canvas.width, canvas.height);
+}
+
+async function decodeFile(file) {
+  const probe = await createImageBitmap(file, { imageOrientation: 'from-image' });
+  let { width, height } = probe;
+  let bitmap = probe;
+  if (width * height > MAX_SOURCE_PIXELS) {
+    const s = Math.sqrt(MAX_SOURCE_PIXELS / (width * height));
+    width = Math.floor(width * s);
+    height = Math.floor(height * s);
+    bitmap = await createImageBitmap(file, { imageOrientation: 'from-image', resizeWidth: width, resizeHeight: height, resizeQuality: 'high' });
+    probe.close();
+  }
+  const canvas = document.createElement('canvas');
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  return ctx.getImageData(0, 0, width, height);
+}
+
+// ---------------------------------------------------------------- inference
+/** The preview run on `source`: resize (long side 512), pad to 8, network, crop. */
+async function processPreview(source) {
+  await ready;
+  const t0 = performance.now();
+  const size = fitLongSide(source.width, source.height, PREVIEW_LONG_SIDE);
+  const input = resizeBilinear(source, size.width, size.height);
+  const tw = roundUp(input.width, MULTIPLE), th = roundUp(input.height, MULTIPLE);
+  const tensor = cropToTensor(input, 0, 0, input.width, input.height, tw, th);
+  const t1 = performance.now();
+  const out = await state.engine.run(tensor, tw, th);
+  const latencyMs = performance.now() - t1;
+  const output = tensorToImage(out, tw, th, input.width, input.height);
+  const totalMs = performance.now() - t0;
+  state.last = {
+    source, input, output, outputFloat: cropPlanar(out, tw, th, input.width, input.height),
+    latencyMs, totalMs, backend: state.engine.backend, threads: state.engine.threads,
+  };
+  state.full = null;
+  runs += 1;
+  return state.last;
+}
+
+function cropPlanar(t, tw, th, w, h) {
+  const out = new Float32Array(3 * w * h);
+  for (let c = 0; c < 3; c++) for (let y = 0; y < h; y++) {
+    out.set(t.subarray(c * tw * th + y * tw, c * tw * th + y * tw + w), c * w * h + y * w);
+  }
+  return out;
+}
+
+async function processFull(source, { tile = FULL_TILE, overlap = FULL_OVERLAP, onTile = () => {} } = {}) {
+  await ready;
+  const plan = planTiles(source.height, source.width, { multiple: MULTIPLE, tile, overlap });
+  const t0 = performance.now();
+  const output = await runTiled(source, plan, (tensor, tw, th) => state.engine.run(tensor, tw, th), onTile);
+  return { output, ms: performance.now() - t0, tiles: plan.ys.length * plan.xs.length, plan };
+}
+
+// ---------------------------------------------------------------- views
+function drawImage(canvas, img) {
+  canvas.width = img.width;
+  canvas.height = img.height;
+  canvas.getContext('2d').putImageData(new ImageData(img.data, img.width, img.height), 0, 0);
+}
+
+function showResult(before, after) {
+  drawImage(ui.before, before);
+  drawImage(ui.after, after);
+  ui.stage.dataset.mode = 'result';
+  ui.compare.hidden = false;
+  ui.rowCamera.hidden = true;
+  ui.rowResult.hidden = false;
+  setSlider(Number(ui.slider.value));
+  prepareShare(ui.after);
+}
+
+function setSlider(percent) {
+  ui.before.style.clipPath = `inset(0 ${100 - percent}% 0 0)`;
+  ui.divider.style.left = `${percent}%`;
+}
+
+function showCamera() {
+  ui.stage.dataset.mode = 'camera';
+  ui.compare.hidden = true;
+  ui.rowResult.hidden = true;
+  ui.rowCamera.hidden = false;
+  ui.full.disabled = false;
+  setMetrics(state.engine ? `${describeBackend(state.engine)}` : '');
+}
+
+function prepareShare(canvas) {
+  state.shareBlob = null;
+  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
+  state.shareName = `dereflect-${stamp}.jpg`;
+  canvas.toBlob((blob) => { state.shareBlob = blob; }, 'image/jpeg', 0.92);
+  const file = new File([new Uint8Array(1)], state.shareName, { type: 'image/jpeg' });
+  ui.share.textContent = navigator.canShare?.({ files: [file] }) ? 'Share' : 'Save';
+}
+
+async function share() {
+  const blob = state.shareBlob ?? await new Promise((res) => ui.after.toBlob(res, 'image/jpeg', 0.92));
+  const file = new File([blob], state.shareName, { type: 'image/jpeg' });
+  if (navigator.canShare?.({ files: [file] })) {
+    try {
+      await navigator.share({ files: [file], title: 'dereflect' });
+      return;
+    } catch (err) {
+      if (err.name === 'AbortError') return; // the person closed the share sheet
+    }
+  }
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = state.shareName;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+async function runOn(getSource) {
+  if (state.busy) return;
+  state.busy = true;
+  ui.capture.disabled = true;
+  try {
+    setMetrics('working…');
+    const source = await getSource();
+    state.source = source;
+    const r = await processPreview(source);
+    showResult(r.input, r.output);
+    setMetrics(`${r.input.width}×${r.input.height} · ${state.engine.backend} · ` +
+      `${r.latencyMs.toFixed(0)} ms (total ${r.totalMs.toFixed(0)} ms)`);
+  } catch (err) {
+    api.error = String(err?.message || err);
+    setMetrics(`failed: ${api.error}`);
+  } finally {
+    state.busy = false;
+    ui.capture.disabled = !(state.engine && state.stream);
+  }
+}
+
+async function runFullResolution() {
+  if (state.busy || !state.source) return;
+  state.busy = true;
+  ui.full.disabled = true;
+  ui.progress.hidden = false;
+  ui.progress.value = 0;
+  try {
+    const r = await processFull(state.source, { onTile: (done, total) => { ui.progress.value = done / total; } });
+    state.full = r;
+    showResult(state.source, r.output);
+    setMetrics(`${state.source.width}×${state.source.height} · ${r.tiles} tiles · ${(r.ms / 1000).toFixed(1)} s`);
+  } catch (err) {
+    api.error = String(err?.message || err);
+    setMetrics(`failed: ${api.error}`);
+    ui.full.disabled = false;
+  } finally {
+    ui.progress.hidden = true;
+    state.busy = false;
+  }
+}
+
+ui.capture.addEventListener('click', () => runOn(grabFrame));
+ui.file.addEventListener('change', () => {
+  const file = ui.file.files?.[0];
+  ui.file.value = '';
+  if (file) runOn(() => decodeFile(file));
+});
+ui.retake.addEventListener('click', showCamera);
+ui.full.addEventListener('click', runFullResolution);
+ui.share.addEventListener('click', share);
+ui.slider.addEventListener('input', () => setSlider(Number(ui.slider.value)));
+
+// ---------------------------------------------------------------- the test / benchmark surface
+function toBase64(bytes) {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+const imagePayload = (img) => ({ width: img.width, height: img.height, rgba: toBase64(new Uint8Array(img.data.buffer, img.data.byteOffset, img.data.byteLength)) });
+
+const api = {
+  ready,
+  error: null,
+  info: () => ({
+    backend: state.engine?.backend ?? null, threads: state.engine?.threads ?? null, model: state.engine?.model ?? null,
+    crossOriginIsolated: globalThis.crossOriginIsolated === true, previewLongSide: PREVIEW_LONG_SIDE,
+    camera: state.stream ? state.stream.getVideoTracks()[0]?.getSettings() : null,
+  }),
+  /** Count of preview runs so far (a test waits for it to grow after tapping capture). */
+  get runs() { return runs; },
+  /** The last preview run: source frame, model input and output as RGBA base64, the float output, timings. */
+  lastResult() {
+    const l = state.last;
+    if (!l) return null;
+    return {
+      source: imagePayload(l.source), input: imagePayload(l.input), output: imagePayload(l.output),
+      outputFloat: toBase64(new Uint8Array(l.outputFloat.buffer)), latencyMs: l.latencyMs, totalMs: l.totalMs,
+      backend: l.backend, threads: l.threads,
+    };
+  },
+  /** Full resolution on the last source with a given tile size; the output as RGBA base64. */
+  async runFull(tile = FULL_TILE, overlap = FULL_OVERLAP) {
+    if (!state.source) throw new Error('nothing captured yet');
+    const r = await processFull(state.source, { tile, overlap });
+    return { ...imagePayload(r.output), ms: r.ms, tiles: r.tiles, plan: { ys: r.plan.ys, xs: r.plan.xs, tileH: r.plan.tileH, tileW: r.plan.tileW, overlap: r.plan.overlap } };
+  },
+  /** Model latency (ms per run) at size x size after `warmup` runs: what the bench ledger records. */
+  async bench(size, runsWanted = 10, warmup = 2) {
+    await ready;
+    const s = roundUp(size, MULTIPLE);
+    const t = new Float32Array(3 * s * s);
+    for (let i = 0; i < t.length; i++) t[i] = ((i * 2654435761) >>> 0) / 4294967296; // fixed pseudo-random pixels
+    for (let i = 0; i < warmup; i++) await state.engine.run(t, s, s);
+    const times = [];
+    for (let i = 0; i < runsWanted; i++) {
+      const t0 = performance.now();
+      await state.engine.run(t, s, s);
+      times.push(performance.now() - t0);
+    }
+    return times;
+  },
+};
+window.__dereflect = api;
+
+start();

@@ -1,0 +1,316 @@
+"""The phone demo in a real headless Chromium, as a phone: camera, capture, on-device inference.
+
+One browser and one server for the module (start-up is most of the cost). A synthetic
+through-glass frame (dereflect.data.synth: a photo seen through glass + a reflection) is written
+as .y4m and played by Chromium's fake camera; the test taps the capture button on a phone
+viewport, reads the app's input and output pixels back (window.__dereflect) and compares them
+with Pillow + onnxruntime's Python InferenceSession on the same .onnx file: the web target's
+parity check. Numbers (max/mean |diff|) go to runs/demo-browser/parity.json, the screenshot to
+runs/demo-browser/phone-*.png, the measured latency to the bench ledger (runs/bench/browser-ledger-test.json).
+
+Needs: the built app (built here with android_demo/build.py when npm is there, else skipped with
+the make target to run), Chromium (`make test` installs Debian's when it can), Playwright.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "android_demo"
+ARTIFACTS = Path(os.environ.get("DEREFLECT_DEMO_ARTIFACTS", REPO / "runs" / "demo-browser"))
+LEDGER = Path(os.environ.get("DEREFLECT_BENCH_LEDGER", REPO / "runs" / "bench" / "browser-ledger-test.json"))
+FRAME_W, FRAME_H = 640, 424  # -> preview 512x339 (Pillow bilinear), padded to 512x344: resize and padding both exercised
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"android_demo_{name}", DEMO / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def app_root() -> Path:
+    from dereflect.demo_server import APP_ROOT
+
+    if not (APP_ROOT / "build.json").is_file():
+        if shutil.which("npm") is None:
+            pytest.skip("the demo app is not built and npm is missing: run `make demo-app`")
+        assert _load("build").main([]) == 0, "android_demo/build.py failed"
+    return APP_ROOT
+
+
+@pytest.fixture(scope="module")
+def harness():
+    pytest.importorskip("playwright", reason="Playwright is not installed: pip install 'dereflect[dev]'")
+    browser = _load("browser")
+    if browser.find_chromium() is None:
+        pytest.skip("no Chromium: `make test` installs Debian's chromium when it runs as root with apt-get; "
+                    "elsewhere install it or set DEREFLECT_CHROMIUM")
+    return browser
+
+
+@pytest.fixture(scope="module")
+def frame() -> np.ndarray:
+    """A through-glass photo: skimage's coffee behind the glass, the astronaut reflected in it."""
+    from skimage import data
+
+    from dereflect.data.synth import synthesize_sequence
+
+    seq = synthesize_sequence(data.coffee(), data.astronaut(), n_frames=3, size=FRAME_W, rng=np.random.default_rng(3))
+    middle = seq.frames[seq.middle]
+    top = (FRAME_W - FRAME_H) // 2
+    img = np.rint(middle[top:top + FRAME_H] * 255).astype(np.uint8)
+    assert np.abs(middle - seq.transmission[seq.middle]).mean() > 0.02, "the synthetic frame shows no reflection"
+    return img
+
+
+@pytest.fixture(scope="module")
+def playwright(harness):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:  # one per thread can run: every browser of the module shares it
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def page(app_root, harness, playwright, frame, tmp_path_factory):
+    video = harness.write_y4m(tmp_path_factory.mktemp("camera") / "frame.y4m", frame)
+    with harness.serving(app_root) as server, harness.chromium(video=video, playwright=playwright) as context:
+        page = harness.open_app(context, f"http://127.0.0.1:{server.port}/?backend=wasm")
+        page.browser_version = harness.chromium_version()
+        yield page
+
+
+@pytest.fixture(scope="module")
+def ort_session(app_root):
+    import onnxruntime as ort
+
+    build = json.loads((app_root / "build.json").read_text())
+    model = app_root / "model" / build["models"]["wasm"]["file"]
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+
+def _rgb(payload: dict) -> np.ndarray:
+    raw = np.frombuffer(base64.b64decode(payload["rgba"]), np.uint8)
+    return raw.reshape(payload["height"], payload["width"], 4)[..., :3].copy()
+
+
+def _reference(sess, rgb: np.ndarray) -> np.ndarray:
+    """onnxruntime (Python) on the same pixels, padded as the app pads: reflect at bottom/right to 8."""
+    h, w = rgb.shape[:2]
+    ph, pw = -h % 8, -w % 8
+    padded = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+    x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], np.float32) / np.float32(255)
+    y = sess.run(["transmission"], {"input": x})[0]
+    return y[0, :, :h, :w]
+
+
+def _record(name: str, data: dict) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / "parity.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report[name] = data
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{name}: {json.dumps(data)}")
+
+
+def _capture(page) -> dict:
+    before = page.evaluate("window.__dereflect.runs")
+    page.wait_for_function("() => !document.getElementById('capture').disabled", timeout=30_000)
+    page.locator("#capture").tap()
+    page.wait_for_function("n => window.__dereflect.runs > n || window.__dereflect.error", arg=before, timeout=60_000)
+    assert page.evaluate("window.__dereflect.error") is None
+    return page.evaluate("window.__dereflect.lastResult()")
+
+
+def test_page_is_cross_origin_isolated_with_wasm_threads(page):
+    info = page.evaluate("window.__dereflect.info()")
+    assert info["crossOriginIsolated"] is True, "COOP/COEP missing: onnxruntime-web would run single-threaded"
+    assert info["backend"] == "wasm"
+    cores = page.evaluate("navigator.hardwareConcurrency")
+    assert info["threads"] == max(1, min(4, cores))
+    assert info["model"]["precision"] == "int8"
+    assert info["camera"]["width"] == FRAME_W and info["camera"]["height"] == FRAME_H
+    assert page.page_errors == []
+    page.wait_for_function("() => document.getElementById('camera').readyState >= 2", timeout=30_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "phone-camera.png"))
+
+
+def test_capture_matches_onnxruntime(page, frame, ort_session):
+    from PIL import Image
+
+    result = _capture(page)
+    source, inp, out = _rgb(result["source"]), _rgb(result["input"]), _rgb(result["output"])
+    # 1. the camera delivered our frame (through 4:2:0 YUV, so chroma edges differ a little)
+    assert source.shape == frame.shape
+    camera_diff = np.abs(source.astype(np.int16) - frame).mean()
+    assert camera_diff < 4.0, f"captured frame differs from the y4m frame by {camera_diff:.2f} levels on average"
+    # 2. the preview resize is Pillow's bilinear, to the level
+    assert inp.shape == (339, 512, 3)
+    pil = np.asarray(Image.fromarray(source).resize((512, 339), Image.BILINEAR))
+    resize_diff = int(np.abs(pil.astype(np.int16) - inp).max())
+    assert resize_diff <= 1, f"JS resize differs from Pillow's by up to {resize_diff} levels"
+    # 3. the web target's parity: onnxruntime-web (wasm, int8) vs onnxruntime (Python) on the same input
+    ref = _reference(ort_session, inp)
+    got = np.frombuffer(base64.b64decode(result["outputFloat"]), np.float32).reshape(3, *inp.shape[:2])
+    diff = np.abs(got - ref)
+    out_ref = np.rint(np.clip(ref, 0, 1) * 255).transpose(1, 2, 0)
+    byte_diff = np.abs(out_ref.astype(np.int16) - out)
+    # 4. end to end from the original frame (camera YUV + resize + network), for the record
+    e2e_in = np.asarray(Image.fromarray(frame).resize((512, 339), Image.BILINEAR))
+    e2e = np.abs(_reference(ort_session, e2e_in) - got)
+    _record("capture", {
+        "frame": [FRAME_W, FRAME_H], "preview": [512, 339], "camera_mean_abs_levels": round(float(camera_diff), 3),
+        "resize_max_abs_levels": resize_diff, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+        "output_max_abs_levels": int(byte_diff.max()), "output_mean_abs_levels": float(byte_diff.mean()),
+        "end_to_end_max_abs_diff": float(e2e.max()), "end_to_end_mean_abs_diff": float(e2e.mean()),
+        "latency_ms": result["latencyMs"], "backend": result["backend"], "threads": result["threads"],
+    })
+    assert diff.max() < 0.02 and diff.mean() < 1e-3, f"wasm vs onnxruntime: max {diff.max():.4g}, mean {diff.mean():.4g}"
+    assert byte_diff.max() <= 5
+    # the network did something: the output is not the input
+    assert np.abs(got - inp.transpose(2, 0, 1) / 255.0).mean() > 0.003
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "phone-capture.png"))
+
+
+def test_full_resolution_tiles_match_the_runtime_tiling(page, ort_session):
+    tiling = pytest.importorskip("dereflect.runtime.tiling", reason="dereflect.runtime is not importable")
+    if page.evaluate("window.__dereflect.lastResult()") is None:
+        _capture(page)
+    source = _rgb(page.evaluate("window.__dereflect.lastResult()")["source"])
+    full = page.evaluate("window.__dereflect.runFull(256, 64)")
+    plan = tiling.plan_tiles(FRAME_H, FRAME_W, tile=256, overlap=64)
+    assert (full["plan"]["ys"], full["plan"]["xs"]) == (list(plan.ys), list(plan.xs))
+    assert (full["plan"]["tileH"], full["plan"]["tileW"], full["plan"]["overlap"]) == (plan.tile_h, plan.tile_w, plan.overlap)
+    assert full["tiles"] == plan.count > 1
+    ref = tiling.run_tiled(lambda x: ort_session.run(["transmission"], {"input": x})[0], source, plan)
+    got = _rgb(full)
+    diff = np.abs(got.astype(np.int16) - ref)
+    _record("full_resolution", {"size": [FRAME_W, FRAME_H], "tiles": plan.count, "tile": [plan.tile_h, plan.tile_w],
+                                "overlap": plan.overlap, "max_abs_levels": int(diff.max()),
+                                "mean_abs_levels": float(diff.mean()), "ms": full["ms"]})
+    assert diff.max() <= 5 and diff.mean() < 0.2
+    # the button: default 512 px tiles, progress, then the full-size before/after
+    page.locator("#full").tap()
+    page.wait_for_function("() => document.getElementById('metrics').textContent.includes('tiles')", timeout=60_000)
+    assert page.evaluate("[document.getElementById('after').width, document.getElementById('after').height]") == [FRAME_W, FRAME_H]
+    assert page.evaluate("document.getElementById('full').disabled") is True
+
+
+def test_gallery_photo_and_save(page, frame, ort_session, tmp_path):
+    from PIL import Image
+
+    photo = frame[40:340, 100:548]  # 448x300: below the preview size, so no resize, padding 300 -> 304
+    path = tmp_path / "gallery.png"
+    Image.fromarray(photo).save(path)
+    page.locator("button#retake").tap()
+    before = page.evaluate("window.__dereflect.runs")
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("n => window.__dereflect.runs > n", arg=before, timeout=60_000)
+    result = page.evaluate("window.__dereflect.lastResult()")
+    assert np.array_equal(_rgb(result["input"]), photo), "the picked photo did not reach the model unchanged"
+    got = np.frombuffer(base64.b64decode(result["outputFloat"]), np.float32).reshape(3, 300, 448)
+    diff = np.abs(got - _reference(ort_session, photo))
+    _record("gallery", {"size": [448, 300], "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())})
+    assert diff.max() < 0.02 and diff.mean() < 1e-3
+    # the before/after slider moves the divide
+    page.evaluate("(() => { const s = document.getElementById('slider'); s.value = 25; s.dispatchEvent(new Event('input')); })()")
+    assert page.evaluate("document.getElementById('before').style.clipPath") == "inset(0px 75% 0px 0px)"
+    # no Web Share on desktop Linux: Save falls back to a download of the result as JPEG
+    with page.expect_download(timeout=15_000) as info:
+        page.locator("#share").tap()
+    saved = Image.open(info.value.path())
+    assert saved.format == "JPEG" and saved.size == (448, 300)
+    assert info.value.suggested_filename.startswith("dereflect-")
+
+
+def test_offline_after_first_load(page):
+    """Installable and offline: manifest + icons, a service worker that precached the app, the
+    models and the runtime; reloaded with the network cut, the app loads the model again."""
+    manifest = page.evaluate("fetch('manifest.webmanifest').then(r => r.json())")
+    assert manifest["display"] == "standalone" and {"192x192", "512x512"} <= {i["sizes"] for i in manifest["icons"]}
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    build_id = page.evaluate("fetch('build.json').then(r => r.json()).then(b => b.build_id)")
+    page.wait_for_function(
+        "id => caches.open(`dereflect-${id}`).then(c => c.match('ort/ort-wasm-simd-threaded.wasm')).then(Boolean)",
+        arg=build_id, timeout=30_000)
+    context = page.context
+    context.set_offline(True)
+    try:
+        page.reload()
+        page.wait_for_function("() => window.__dereflect !== undefined", timeout=30_000)
+        info = page.evaluate("window.__dereflect.ready")
+        assert info["backend"] == "wasm" and info["crossOriginIsolated"] is True
+    finally:
+        context.set_offline(False)
+
+
+def test_latency_goes_to_the_bench_ledger(page):
+    from dereflect.demo_server import ledger_row
+
+    info = page.evaluate("window.__dereflect.info()")
+    rows = []
+    for size in (256, 512):
+        times = page.evaluate(f"window.__dereflect.bench({size}, 5, 2)")
+        assert len(times) == 5 and all(t > 0 for t in times)
+        rows.append(ledger_row(times, size=size, device=f"headless Chromium on {platform.machine()} ({os.cpu_count()} cores)",
+                               precision=info["model"]["precision"], threads=info["threads"],
+                               cross_origin_isolated=info["crossOriginIsolated"], model=info["model"]["file"],
+                               browser=page.browser_version,
+                               source="tests/test_demo_browser.py"))
+    LEDGER.parent.mkdir(parents=True, exist_ok=True)
+    LEDGER.write_text(json.dumps(rows, indent=2) + "\n")
+    print("\n" + "\n".join(f"wasm {r['size']}px: median {r['latency_ms']} ms, p90 {r['p90_ms']} ms "
+                           f"({r['threads']} threads)" for r in rows))
+    assert rows[0]["backend"] == "onnxruntime-web/wasm" and rows[0]["p90_ms"] >= rows[0]["latency_ms"]
+
+
+def test_webgpu_path_matches_onnxruntime(app_root, harness, playwright, frame, tmp_path):
+    """The app's WebGPU branch on Chromium's SwiftShader adapter (no shader-f16 there, so the fp32
+    model): backend chosen, session made, output equal to onnxruntime's on the same pixels.
+    A small photo: SwiftShader compiles each shader for seconds."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    photo = frame[100:140, 200:256]  # 56x40
+    path = tmp_path / "small.png"
+    Image.fromarray(photo).save(path)
+    with harness.serving(app_root) as server, harness.chromium(webgpu=True, playwright=playwright) as context:
+        page = context.pages[0]
+        page.goto(f"http://127.0.0.1:{server.port}/build.json")
+        if not page.evaluate("async () => !!(navigator.gpu && await navigator.gpu.requestAdapter())"):
+            pytest.skip("this Chromium offers no WebGPU adapter, not even SwiftShader")
+        page = harness.open_app(context, f"http://127.0.0.1:{server.port}/?backend=webgpu")
+        info = page.evaluate("window.__dereflect.info()")
+        assert info["backend"] == "webgpu", info
+        page.set_input_files("#file", str(path))
+        page.wait_for_function("() => window.__dereflect.runs > 0 || window.__dereflect.error", timeout=90_000)
+        assert page.evaluate("window.__dereflect.error") is None
+        result = page.evaluate("window.__dereflect.lastResult()")
+    assert result["backend"] == "webgpu"
+    assert np.array_equal(_rgb(result["input"]), photo)
+    model = app_root / "model" / info["model"]["file"]
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    got = np.frombuffer(base64.b64decode(result["outputFloat"]), np.float32).reshape(3, 40, 56)
+    diff = np.abs(got - _reference(sess, photo))
+    _record("webgpu_swiftshader", {"model": info["model"]["file"], "size": [56, 40], "max_abs_diff": float(diff.max()),
+                                   "mean_abs_diff": float(diff.mean()), "latency_ms": result["latencyMs"]})
+    tol = 1e-4 if info["model"]["precision"] == "fp32" else 5e-3
+    assert diff.max() < tol
