@@ -70,12 +70,6 @@ def synth_command(
 
 
 def _write_preview(path: Path, sheet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from dereflect.io import write_image
-    except ImportError:  # dereflect.io not landed yet
-        from dereflect.data.synth import _write_png
+    from dereflect.io import write_image
 
-        _write_png(path, sheet)
-    else:
-        write_image(path, sheet)
+    write_image(path, sheet)

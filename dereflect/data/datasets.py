@@ -19,7 +19,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from dereflect.data.photos import IMAGE_SUFFIXES, read_rgb_uint8
-from dereflect.data.synth import SynthConfig, SynthSequence, _read_flow, _read_png_float, synthesize_sequence
+from dereflect.data.synth import SynthConfig, SynthSequence, _read_flow, synthesize_sequence
+from dereflect.io import read_rgb_float
 from dereflect.errors import DereflectError
 
 
@@ -193,7 +194,7 @@ class SequenceFolder(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         name = self.names[index]
         files = self.sequences[name]
-        frames = [_read_png_float(p) if p.suffix.lower() == ".png" else
+        frames = [read_rgb_float(p) if p.suffix.lower() == ".png" else
                   read_rgb_uint8(p).astype(np.float32) / 255.0 for p in files]
         shapes = {f.shape for f in frames}
         if len(shapes) != 1:
@@ -208,8 +209,8 @@ class SequenceFolder(Dataset):
         item["frames"] = frames_t
         item["input"] = frames_t[len(files) // 2].clone()
         if layers_here and flows_here:
-            t_all = np.stack([_read_png_float(folder / "transmission" / p.name) for p in files])
-            r_all = np.stack([_read_png_float(folder / "reflection" / p.name) for p in files])
+            t_all = np.stack([read_rgb_float(folder / "transmission" / p.name) for p in files])
+            r_all = np.stack([read_rgb_float(folder / "reflection" / p.name) for p in files])
             t_all, r_all = _chw(_resize_crop(t_all, self.size)), _chw(_resize_crop(r_all, self.size))
             item.update(transmission=t_all[len(files) // 2].clone(), reflection=r_all[len(files) // 2].clone(),
                         transmission_all=t_all, reflection_all=r_all)

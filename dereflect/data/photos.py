@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from dereflect.errors import DereflectError
+from dereflect.io import IMAGE_SUFFIXES, list_images, read_rgb
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # scikit-image's bundled photos (no download needed): natural colour ones first, then grey
 # ones (stacked to RGB; fine as reflections, and they widen a tiny pool).
@@ -28,12 +28,7 @@ def list_photo_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DereflectError(folder, "not a folder" if folder.exists() else "folder does not exist")
-    try:
-        from dereflect.io import list_images
-    except ImportError:  # dereflect.io not landed yet
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    else:
-        files = sorted(Path(p) for p in list_images(folder))
+    files = sorted(Path(p) for p in list_images(folder))
     if not files:
         raise DereflectError(folder, f"no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return files
@@ -41,14 +36,6 @@ def list_photo_files(folder: Path) -> list[Path]:
 
 def read_rgb_uint8(path: Path) -> np.ndarray:
     """HWC uint8 RGB; DereflectError naming the file if it cannot be read."""
-    try:
-        from dereflect.io import read_rgb
-    except ImportError:
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except OSError as exc:
-            raise DereflectError(path, f"not a readable image: {exc}") from exc
     return np.asarray(read_rgb(path))
 
 

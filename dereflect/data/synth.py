@@ -44,9 +44,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
-import tempfile
-import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from dereflect.errors import DereflectError, UsageError
+from dereflect.io import atomic_output, read_rgb_float, write_bytes_atomic, write_image
 
 Range = tuple[float, float]
 
@@ -440,12 +438,12 @@ def write_sequence(seq: SynthSequence, folder: str | os.PathLike[str]) -> Path:
     (folder / "reflection").mkdir(parents=True, exist_ok=True)
     for i in range(seq.frames.shape[0]):
         name = f"frame_{i:03d}.png"
-        _write_png(folder / name, _quantize(seq.frames[i], np.uint8))
-        _write_png(folder / "transmission" / name, _quantize(seq.transmission[i], np.uint16))
-        _write_png(folder / "reflection" / name, _quantize(seq.reflection[i], np.uint16))
-    _atomic_bytes(folder / "flow_T.npy", _npy_bytes(seq.flow_T.astype(np.float32)))
-    _atomic_bytes(folder / "flow_R.npy", _npy_bytes(seq.flow_R.astype(np.float32)))
-    _atomic_bytes(folder / "params.json", json.dumps(seq.params, indent=1).encode())
+        write_image(folder / name, _quantize(seq.frames[i], np.uint8))
+        write_image(folder / "transmission" / name, _quantize(seq.transmission[i], np.uint16))
+        write_image(folder / "reflection" / name, _quantize(seq.reflection[i], np.uint16))
+    _write_npy(folder / "flow_T.npy", seq.flow_T.astype(np.float32))
+    _write_npy(folder / "flow_R.npy", seq.flow_R.astype(np.float32))
+    write_bytes_atomic(folder / "params.json", json.dumps(seq.params, indent=1).encode())
     return folder
 
 
@@ -455,13 +453,13 @@ def read_sequence(folder: str | os.PathLike[str]) -> SynthSequence:
     names = sorted(p.name for p in folder.glob("frame_*.png"))
     if not names:
         raise DereflectError(folder, "no frame_*.png files: not a sequence folder")
-    frames = np.stack([_read_png_float(folder / n) for n in names])
+    frames = np.stack([read_rgb_float(folder / n) for n in names])
     layers = []
     for sub in ("transmission", "reflection"):
         missing = [n for n in names if not (folder / sub / n).is_file()]
         if missing:
             raise DereflectError(folder / sub, f"missing {', '.join(missing)}")
-        layers.append(np.stack([_read_png_float(folder / sub / n) for n in names]))
+        layers.append(np.stack([read_rgb_float(folder / sub / n) for n in names]))
     flows = [_read_flow(folder / f"flow_{k}.npy", frames.shape) for k in ("T", "R")]
     params_path = folder / "params.json"
     try:
@@ -488,112 +486,9 @@ def _quantize(x: np.ndarray, dtype: type) -> np.ndarray:
     return np.round(np.clip(x, 0.0, 1.0) * top).astype(dtype)
 
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    """Write next to the target, then rename: a killed run never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_png(path: Path, pixels: np.ndarray) -> None:
-    """8- or 16-bit RGB PNG. Pillow cannot write 16-bit RGB, so PNG is encoded here (filter 0,
-    zlib) - a few lines of the PNG spec rather than a new dependency."""
-    h, w, c = pixels.shape
-    depth = 16 if pixels.dtype == np.uint16 else 8
-    rows = pixels.astype(">u2" if depth == 16 else np.uint8).reshape(h, w * c).view(np.uint8).reshape(h, -1)
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    _atomic_bytes(path, data)
-
-
-def _read_png_float(path: Path) -> np.ndarray:
-    """RGB float32 [0,1] from an 8- or 16-bit PNG (16-bit kept at full precision)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(33)
-    except OSError as exc:
-        raise DereflectError(path, f"unreadable: {exc.strerror or exc}") from exc
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 33 and head[24] == 16:
-        return _read_png16(path)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DereflectError(path, f"not a readable image: {exc}") from exc
-
-
-def _read_png16(path: Path) -> np.ndarray:
-    """Decode a 16-bit RGB/RGBA/grey PNG (Pillow would drop it to 8 bits). Non-interlaced only."""
-    data = path.read_bytes()
-    pos, idat, hdr = 8, [], None
-    while pos + 8 <= len(data):
-        (length,), tag = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        if tag == b"IHDR":
-            hdr = struct.unpack(">IIBBBBB", body)
-        elif tag == b"IDAT":
-            idat.append(body)
-        elif tag == b"IEND":
-            break
-        pos += 12 + length
-    if hdr is None or hdr[6] != 0 or hdr[3] not in (0, 2, 4, 6):
-        raise DereflectError(path, "unsupported 16-bit PNG (interlaced or paletted)")
-    w, h, _, ctype = hdr[0], hdr[1], hdr[2], hdr[3]
-    chans = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
-    bpp, stride = 2 * chans, 2 * chans * w
-    try:
-        raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, stride + 1)
-    except (zlib.error, ValueError) as exc:
-        raise DereflectError(path, f"corrupt PNG data: {exc}") from exc
-    out = np.empty((h, stride), np.uint8)
-    prev = np.zeros(stride, np.int32)
-    for y in range(h):  # undo the PNG row filters (only filter 0 rows are vectorised fully)
-        ftype, row = raw[y, 0], raw[y, 1:].astype(np.int32)
-        if ftype == 0:
-            cur = row
-        elif ftype == 2:
-            cur = (row + prev) & 0xFF
-        else:
-            cur = np.empty(stride, np.int32)
-            for x in range(stride):
-                a = cur[x - bpp] if x >= bpp else 0
-                b = prev[x]
-                c = prev[x - bpp] if x >= bpp else 0
-                if ftype == 1:
-                    pred = a
-                elif ftype == 3:
-                    pred = (a + b) // 2
-                else:
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                cur[x] = (row[x] + pred) & 0xFF
-        out[y] = cur
-        prev = cur
-    px = out.view(">u2").reshape(h, w, chans).astype(np.float32) / 65535.0
-    if chans <= 2:
-        px = np.repeat(px[:, :, :1], 3, axis=2)
-    return np.ascontiguousarray(px[:, :, :3])
+def _write_npy(path: Path, a: np.ndarray) -> None:
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, a, allow_pickle=False)
 
 
 def contact_sheet(seqs: list[SynthSequence], gap: int = 4) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dereflect.data.photos import IMAGE_SUFFIXES
+from dereflect.io import IMAGE_SUFFIXES
 from dereflect.errors import DereflectError
 
 
