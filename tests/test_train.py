@@ -131,3 +131,20 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = (tmp_path / "ddp" / "last.json").read_text()
     assert '"world_size": 2' in meta and '"step": 2' in meta
+
+
+def test_teacher_trains_on_written_sequence_folders(tmp_path):
+    from dereflect.data.datasets import draw_sequence
+    from dereflect.data.photos import load_photos
+    from dereflect.data.synth import write_sequence
+
+    photos = load_photos(None, max_side=96)
+    for k in range(2):
+        write_sequence(draw_sequence(photos, k, seed=5, n_frames=3, size=32), tmp_path / "seqs" / f"s{k}")
+    trainer = TeacherTrainer(tiny_cfg("teacher", steps=2, sequence_fraction=1.0), tmp_path / "r",
+                             data_dirs=[tmp_path / "seqs"], device="cpu", progress=False)
+    assert [trainer.dataset.source(s) for s in range(4)] == ["sequence"] * 4
+    item = trainer.dataset[0]
+    assert item["frames"].shape == (3, 3, 32, 32) and item["flow_T"].shape == (3, 2, 32, 32)
+    trainer.run()
+    assert "sequences: " in trainer.data_description()

@@ -191,6 +191,13 @@ class SequenceFolder(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
+    def has_ground_truth(self, index: int) -> bool:
+        """True when the sequence has its layers and flows (a synthetic one): trainable with supervision."""
+        files = self.sequences[self.names[index]]
+        folder = files[0].parent
+        return (all((folder / sub / p.name).is_file() for sub in ("transmission", "reflection") for p in files)
+                and (folder / "flow_T.npy").is_file() and (folder / "flow_R.npy").is_file())
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         name = self.names[index]
         files = self.sequences[name]

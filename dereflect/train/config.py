@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0  # DataLoader workers (items are pure functions of their index: order is fixed)
     real_fraction: float = 0.5  # student: share of steps drawn from real pairs when --data has some
+    sequence_fraction: float = 0.5  # share of steps drawn from written sequence folders when --data has some
     val_fraction: float = 0.1  # photos held out for synthetic validation
     val_samples: int = 16
     val_every: int = 200

@@ -80,6 +80,30 @@ def load_pairs(folders: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
+class LabelledSequences(Dataset):
+    """The sequences of `--data` sequence folders that have layers and flows (written by
+    `dereflect data synth`), at the training size. Real sequences without ground truth cannot be
+    supervised and are left out with a warning naming how many."""
+
+    def __init__(self, folders: list[Path], size: int) -> None:
+        from dereflect.data.datasets import SequenceFolder
+
+        self.items: list[tuple[Dataset, int]] = []
+        for folder in folders:
+            seqs = SequenceFolder(folder, size=size)
+            keep = [i for i in range(len(seqs)) if seqs.has_ground_truth(i)]
+            if len(keep) < len(seqs):
+                warnings.warn(f"{folder}: {len(seqs) - len(keep)} sequence(s) without layers/flows are not used (no ground truth)")
+            self.items += [(seqs, i) for i in keep]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        seqs, i = self.items[index]
+        return seqs[i]
+
+
 def random_pair_crop(pair: tuple[np.ndarray, np.ndarray], size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Random scale, crop and flip of a real pair, as float CHW tensors."""
     blended, target = pair
@@ -101,25 +125,39 @@ def random_pair_crop(pair: tuple[np.ndarray, np.ndarray], size: int, rng: np.ran
 
 
 class StepData(Dataset):
-    """Item i of step i // batch: a synthetic sequence, or (student, with real pairs) a real crop.
+    """Item i of step i // batch: a synthetic sequence made on the fly, a written sequence from
+    `--data` (with `sequence_fraction`), or (student, with real pairs) a real crop.
 
-    Synthetic items carry `frames` for the teacher; real ones only `input` and `transmission`.
+    Sequence items carry `frames` for the teacher; real pairs only `input` and `transmission`.
     """
 
-    def __init__(self, synthetic: Dataset, batch: int, seed: int, real_pairs=None, real_fraction: float = 0.0, size: int = 128):
+    def __init__(self, synthetic: Dataset, batch: int, seed: int, real_pairs=None, real_fraction: float = 0.0,
+                 size: int = 128, sequences: Dataset | None = None, sequence_fraction: float = 0.0):
         self.synthetic, self.batch, self.seed = synthetic, batch, seed
         self.real_pairs, self.real_fraction, self.size = real_pairs or [], real_fraction, size
+        self.sequences = sequences if sequences is not None and len(sequences) else None
+        self.sequence_fraction = sequence_fraction
 
     def __len__(self) -> int:
         return len(self.synthetic)
 
-    def step_is_real(self, step: int) -> bool:
-        return bool(self.real_pairs) and np.random.default_rng([self.seed, step, 1]).random() < self.real_fraction
+    def source(self, step: int) -> str:
+        """"real", "sequence" or "synthetic": one draw per step, so a batch never mixes sources."""
+        u = np.random.default_rng([self.seed, step, 1]).random()
+        real = self.real_fraction if self.real_pairs else 0.0
+        if u < real:
+            return "real"
+        if self.sequences is not None and u < real + self.sequence_fraction:
+            return "sequence"
+        return "synthetic"
 
     def __getitem__(self, i: int) -> dict:
-        if self.step_is_real(i // self.batch):
-            rng = np.random.default_rng([self.seed, i, 2])
+        source = self.source(i // self.batch)
+        rng = np.random.default_rng([self.seed, i, 2])
+        if source == "real":
             return random_pair_crop(self.real_pairs[int(rng.integers(len(self.real_pairs)))], self.size, rng)
+        if source == "sequence":
+            return self.sequences[int(rng.integers(len(self.sequences)))]
         return self.synthetic[i]
 
 

@@ -20,7 +20,7 @@ from dereflect.errors import DereflectError
 from dereflect.models import create_model, load_checkpoint
 from dereflect.models.blocks import pad_to_multiple
 from dereflect.train import losses as L
-from dereflect.train.data import StepData, discover, load_pairs
+from dereflect.train.data import LabelledSequences, StepData, discover, load_pairs
 from dereflect.train.loop import Trainer, score_batch
 from dereflect.train.teacher import adam, build_synthetic
 
@@ -64,7 +64,9 @@ class StudentTrainer(Trainer):
         synth, self.val_set, n_train, n_val = build_synthetic(cfg, self.sources, stage_seed=1)
         self.n_photos = (n_train, n_val)
         self.real_pairs = load_pairs(self.sources.pairs) if self.sources.pairs else []
-        self.dataset = StepData(synth, cfg.batch, cfg.seed + 1, self.real_pairs, cfg.real_fraction, cfg.size)
+        sequences = LabelledSequences(self.sources.sequences, cfg.size) if self.sources.sequences else None
+        self.dataset = StepData(synth, cfg.batch, cfg.seed + 1, self.real_pairs, cfg.real_fraction, cfg.size,
+                                sequences=sequences, sequence_fraction=cfg.sequence_fraction)
         self.val_pairs_set = PairedFolder(self.val_pairs, size=None) if self.val_pairs else None
         # KT: 1x1 projections of D_hat onto the teacher's channels (training only; not shipped).
         kt = nn.ModuleList()

@@ -14,7 +14,7 @@ from dereflect.data.photos import split_photos
 from dereflect.models import create_model
 from dereflect.models.blocks import resize_flow
 from dereflect.train import losses as L
-from dereflect.train.data import DataSources, StepData, discover, load_all_photos, warn_unused
+from dereflect.train.data import DataSources, LabelledSequences, StepData, discover, load_all_photos, warn_unused
 from dereflect.train.loop import Trainer, score_batch
 
 
@@ -43,7 +43,9 @@ class TeacherTrainer(Trainer):
         warn_unused(self.sources, "teacher")
         synth, self.val_set, n_train, n_val = build_synthetic(cfg, self.sources, stage_seed=0)
         self.n_photos = (n_train, n_val)
-        self.dataset = StepData(synth, cfg.batch, cfg.seed)
+        sequences = LabelledSequences(self.sources.sequences, cfg.size) if self.sources.sequences else None
+        self.dataset = StepData(synth, cfg.batch, cfg.seed, size=cfg.size, sequences=sequences,
+                                sequence_fraction=cfg.sequence_fraction)
         self._model = create_model(cfg.model, **cfg.model_overrides).to(self.device).train()
         self.net = self.wrap_ddp(self._model)
         self.perceptual = L.PerceptualLoss(source=cfg.perceptual).to(self.device) if cfg.perceptual != "off" and cfg.loss.perc > 0 else None
