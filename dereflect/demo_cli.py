@@ -2,7 +2,10 @@
 
 The main job walks the pipeline with nothing but a fresh clone: synthesise sequences through
 glass from scikit-image's bundled photos, score the identity baseline (input as output) and the
-shipped default student on them, and remove reflections from the synthesised photos.
+shipped default student on them, remove reflections from the synthesised photos, export the
+student to every format this machine builds (fp32, fp16, int8) and benchmark every artifact on
+every backend here with the synthesised photos as pairs (latency, SSIM/LMSE parity, a ledger and
+an HTML report).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ def run_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the results go."),
     sequences: int = typer.Option(8, "--sequences", min=1, help="How many sequences to synthesise."),
     size: int = typer.Option(256, "--size", min=32, help="Frame side in pixels."),
+    bench_sizes: str = typer.Option("256", "--bench-sizes", help="Square sizes (px) the benchmark times."),
+    formats: str = typer.Option("all", "--formats", help="Export formats to benchmark (comma-separated, or all)."),
+    precisions: str = typer.Option("fp32,fp16,int8", "--precisions", help="Export precisions to benchmark."),
 ) -> None:
     """Run the main job on built-in defaults and print where the results are.
 
@@ -34,10 +40,10 @@ def run_command(
 
     console = Console(highlight=False)
     synth_dir = out / "synth"
-    console.print(f"[bold]1/3[/] synthesising {sequences} sequences through glass from scikit-image's photos")
+    console.print(f"[bold]1/5[/] synthesising {sequences} sequences through glass from scikit-image's photos")
     synth_command(out=synth_dir, images=None, sequences=sequences, frames=5, size=size, seed=0, preview=out / "preview.png")
 
-    console.print("[bold]2/3[/] scoring the identity baseline and the default student on the middle frames")
+    console.print("[bold]2/5[/] scoring the identity baseline and the default student on the middle frames")
     scores = {}
     for model in ("identity", "default"):
         result = evaluate(load_predict(model), synth_dir, progress=False)
@@ -50,7 +56,7 @@ def run_command(
         table.add_row(model, f"{m['psnr']:.2f}", f"{m['ssim']:.4f}", f"{m['lmse']:.4f}", f"{m['ncc']:.4f}")
     console.print(table)
 
-    console.print("[bold]3/3[/] removing reflections from the synthesised photos with the default student")
+    console.print("[bold]3/5[/] removing reflections from the synthesised photos with the default student")
     from dereflect.io import read_image, write_image
     from dereflect.runtime import load
 
@@ -62,7 +68,31 @@ def run_command(
         write_image(removed / f"{seq.name}_photo.png", photo)
         write_image(removed / f"{seq.name}_clean.png", session.run(photo))
     console.print(f"\nbackend: {session.describe()}")
-    console.print(f"results in {out}/: preview.png (the synthetic sequences), scores-*.json, removed/ (photo and clean pairs)")
+
+    from dereflect.bench.exporting import export_all
+    from dereflect.bench.runner import BenchOptions
+    from dereflect.bench_cli import BROWSER_LEDGER, bench_and_report, parse_sizes
+    from dereflect.errors import UsageError
+    from dereflect.export.formats import PRECISIONS
+    from dereflect.runtime.resolve import default_checkpoint
+
+    wanted = tuple(p.strip() for p in precisions.split(",") if p.strip())
+    if not wanted or any(p not in PRECISIONS for p in wanted):
+        raise UsageError(None, f"--precisions takes {', '.join(PRECISIONS)} (comma-separated), got '{precisions}'")
+    opts = BenchOptions(sizes=parse_sizes(bench_sizes), runs=10, warmup=2, time_cap_s=2.0, pairs=synth_dir, thumbs=4)
+    opts.check()
+    artifacts = out / "artifacts"
+    console.print(f"[bold]4/5[/] exporting the default student ({formats}; {', '.join(wanted)}) into {artifacts}")
+    export_all(default_checkpoint().resolve(), artifacts, wanted, formats, log=lambda line: console.print(f"  {line}", markup=False),
+               size=128, val_count=4, calib_count=16)
+    console.print("[bold]5/5[/] benchmarking every artifact on every backend here (synthesised photos as pairs)")
+    merged = [BROWSER_LEDGER] if BROWSER_LEDGER.is_file() else []
+    try:
+        bench_and_report(console, artifacts, opts, merged, out / "bench.json", out / "bench.html")
+    finally:
+        console.print(f"results in {out}/: preview.png (the synthetic sequences), scores-*.json, removed/ (photo and "
+                      f"clean pairs), artifacts/ (exports + manifests), bench.json (ledger)")
+        console.print(f"report: {(out / 'bench.html').resolve()} (open it in a browser)")
 
 
 from dereflect.demo_server import serve_command  # noqa: E402  (the phone demo's server lives beside its app)

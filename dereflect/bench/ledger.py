@@ -30,7 +30,7 @@ GATE_FAILS = ("failed", "error")
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
     """What makes two rows the same measurement (a newer one replaces an older one)."""
     return (row.get("device"), row.get("backend"), row.get("format"), row.get("precision"), row.get("size"),
-            row.get("artifact") or row.get("model"))
+            row.get("artifact") or row.get("model"), row.get("threads"))
 
 
 def clean(value: Any) -> Any:

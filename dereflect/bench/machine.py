@@ -34,7 +34,7 @@ def _os_name() -> str:
         try:
             for line in Path("/etc/os-release").read_text().splitlines():
                 if line.startswith("PRETTY_NAME="):
-                    return f"Linux ({line.split('=', 1)[1].strip().strip(chr(34))})"
+                    return line.split("=", 1)[1].strip().strip('"') or "Linux"
         except OSError:
             pass
         return "Linux"
@@ -57,7 +57,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def device_name(info: dict[str, Any] | None = None) -> str:
-    """'AMD EPYC (2 cores), Linux (Debian GNU/Linux 12 (bookworm)) x86_64': the ledger's device key."""
+    """'AMD EPYC (2 cores), Debian GNU/Linux 12 (bookworm) x86_64': the ledger's device key."""
     info = info or machine_info()
     return f"{info['cpu']} ({info['cores']} cores), {info['os']} {info['arch']}"
 

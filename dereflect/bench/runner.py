@@ -175,7 +175,7 @@ def reference_checkpoint(manifest: dict[str, Any], folder: Path) -> Path | None:
     named = Path(named)
     for candidate in (named, folder / named.name, REPO / named):
         if candidate.is_file() and (not source.get("sha256") or sha256_file(candidate) == source["sha256"]):
-            return candidate
+            return candidate.resolve()
     return None
 
 
