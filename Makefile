@@ -58,3 +58,33 @@ demo-system-deps:
 	    || echo "note: apt-get could not install$$missing: the browser tests will skip"; \
 	else echo "note: missing$$missing and no root apt-get: the browser tests will skip"; fi
 # ==== end phone demo app =============================================================================
+
+# ==== reliability: fuzz and soak ====================================================================
+# fuzz: coverage-guided fuzzing (atheris/libFuzzer) of image decoding + the runtime's padding/tiling
+# for FUZZ_SECONDS (default 600); not part of `make test`. The working corpus grows in runs/fuzz/
+# (seeded from fuzz/corpus/decode); a crash or hang is saved in fuzz/findings/ and stops the run:
+# add it to tests/test_fuzz_regressions.py once fixed. soak: tools/soak.py (1,000 images through
+# `dereflect remove` with bounded RSS, bad files reported by name; 20 benchmarks in one process
+# leak no fds or threads). Both exit non-zero on a failure.
+FUZZ_SECONDS ?= 600
+FUZZ_CORPUS ?= runs/fuzz/corpus
+.PHONY: fuzz soak
+fuzz: install
+	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[fuzz]'
+	mkdir -p $(FUZZ_CORPUS) fuzz/findings
+	$(PY) fuzz/fuzz_decode.py $(FUZZ_CORPUS) fuzz/corpus/decode -max_total_time=$(FUZZ_SECONDS) \
+	  -timeout=20 -rss_limit_mb=3072 -artifact_prefix=fuzz/findings/ -print_final_stats=1 2>&1 \
+	  | grep -v '^INFO: Instrumenting'; test $${PIPESTATUS[0]} -eq 0
+
+soak: install
+	$(PY) tools/soak.py
+# ==== end reliability: fuzz and soak ================================================================
+
+# ==== reliability: faults ====
+# kill-resume: SIGKILLs a tiny `dereflect train teacher` (then student) run at random moments and
+# mid-checkpoint-write, resumes it each time, checks every checkpoint on disk is whole and the final
+# weights equal an uninterrupted run bit for bit (CPU, fixed seed). Prints the counts; exit 1 on any problem.
+.PHONY: kill-resume
+kill-resume: install
+	$(PY) tools/kill_resume.py --stage both --kills 12
+# ==== end reliability: faults ====

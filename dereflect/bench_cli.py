@@ -74,6 +74,11 @@ def bench_command(
 
     for path in merged:
         load_ledger(path)  # bad files refused before any work
+    from dereflect.io import check_writable
+
+    for path, option in ((json_out, "--json"), (report, "--report")):
+        if path is not None:
+            check_writable(path, option)  # before minutes of benchmarking, not after
     if not artifact_dir.exists():
         raise DereflectError(artifact_dir, "no such folder or checkpoint")
     if artifact_dir.is_file():

@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     except DereflectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A file-system failure no stage anticipated (disk full, folder gone, permissions) is still
+        # the user's to fix, not a bug report: one line naming the file, never a traceback.
+        where = exc.filename if exc.filename is not None else "file system"
+        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

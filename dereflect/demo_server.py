@@ -106,6 +106,12 @@ def check_built(root: Path) -> Path:
     return root.resolve()
 
 
+def _inside(root: Path, target: Path) -> bool:
+    """`target` (resolved) is under `root` and, once symlinks are followed, still no dotfile:
+    a link in the app folder must not publish `.env` or `.git/` from beside it."""
+    return target.is_relative_to(root) and not any(p.startswith(".") for p in target.relative_to(root).parts)
+
+
 def resolve_request_path(root: Path, url: str) -> Path | None:
     """The regular file under `root` (already resolved) a request URL names, or None.
 
@@ -126,11 +132,11 @@ def resolve_request_path(root: Path, url: str) -> Path | None:
         return None
     try:
         target = root.joinpath(*parts).resolve(strict=True)
-        if not target.is_relative_to(root):
+        if not _inside(root, target):
             return None
         if target.is_dir():
             target = (target / "index.html").resolve(strict=True)
-            if not target.is_relative_to(root):
+            if not _inside(root, target):
                 return None
         return target if target.is_file() else None
     except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, a name the OS refuses
@@ -144,6 +150,9 @@ class DemoRequestHandler(BaseHTTPRequestHandler):
     server_version = "dereflect-demo"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # Errors in a request line that names no version (or a bad one) are answered as HTTP/1.0, with
+    # a status line and the security headers; the stdlib's HTTP/0.9 default sends a bare HTML body.
+    default_request_version = "HTTP/1.0"
     timeout = 30  # a client that stops sending mid-request frees its thread
 
     def __getattr__(self, name: str) -> Any:
@@ -206,7 +215,7 @@ class DemoRequestHandler(BaseHTTPRequestHandler):
             self._plain(HTTPStatus.NOT_FOUND, "not found")
             return
         gz = path.with_name(path.name + ".gz")
-        use_gz = "gzip" in self.headers.get("Accept-Encoding", "") and gz.is_file() and gz.resolve().is_relative_to(self.server.root)
+        use_gz = "gzip" in self.headers.get("Accept-Encoding", "") and gz.is_file() and _inside(self.server.root, gz.resolve())
         source = gz if use_gz else path
         try:
             fh = open(source, "rb")

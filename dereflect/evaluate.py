@@ -27,7 +27,7 @@ import typer
 
 from dereflect import metrics
 from dereflect.errors import DereflectError, NotLandedError
-from dereflect.io import list_images, read_rgb, write_bytes_atomic
+from dereflect.io import check_writable, list_images, read_rgb, write_bytes_atomic
 
 Predict = Callable[[np.ndarray], np.ndarray]
 METRIC_NAMES = ("psnr", "ssim", "lmse", "ncc")
@@ -223,6 +223,8 @@ def eval_command(
     """
     from rich.console import Console
 
+    if json_out is not None:
+        check_writable(json_out, "--json")  # before minutes of scoring, not after
     predict = load_predict(model)
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -238,6 +240,9 @@ def eval_command(
         Console(highlight=False, soft_wrap=True).print(_table(result, f"{model} on {pairs}"))
     if json_out is not None:
         text = json.dumps(result.to_json(model, pairs), indent=2, allow_nan=False) + "\n"
-        write_bytes_atomic(json_out, text.encode())
+        try:
+            write_bytes_atomic(json_out, text.encode())
+        except OSError as exc:
+            raise DereflectError(json_out, f"could not write the scores ({exc.strerror or exc})") from None
     if result.failures:
         raise typer.Exit(code=1)

@@ -14,7 +14,11 @@ takes care of so no one else has to:
 - Animated / multi-page files: the first frame is used, with a MultiFrameWarning naming the file.
 - CMYK: converted to sRGB through its ICC profile when it has one (the CMYK profile would
   mislabel RGB pixels, so the returned profile is then sRGB), else with Pillow's plain formula.
-- Every problem is one DereflectError(path, problem); nothing half-read escapes.
+- Every problem is one DereflectError(path, problem); nothing half-read escapes. Pillow's plugins
+  raise many exception types on malformed files (IndexError, TypeError, struct.error... found by
+  fuzz/fuzz_decode.py), so decoding is guarded as a whole, not call by call.
+- Only the formats we document are decoded (DECODE_FORMATS): every other Pillow plugin is attack
+  surface without a use here.
 - Writes are atomic: a temporary file in the target folder, then os.replace.
 
 Do not enable ImageFile.LOAD_TRUNCATED_IMAGES: a truncated photo must be an error, not grey rows.
@@ -23,6 +27,7 @@ Do not enable ImageFile.LOAD_TRUNCATED_IMAGES: a truncated photo must be an erro
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import struct
 import tempfile
@@ -51,6 +56,8 @@ _EIGHT_BIT_MODES = {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"}
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 _GREY16_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+#: Pillow format names read_image decodes (JPEG includes multi-picture MPO files from phones; GIF: first frame).
+DECODE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -101,14 +108,14 @@ def _open(path: Path) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            return Image.open(path)
+            return Image.open(path, formats=DECODE_FORMATS)
         except Image.DecompressionBombError as exc:
             raise DereflectError(path, f"too many pixels to decode safely ({exc})") from None
         except UnidentifiedImageError:
             size = _png_header_size(path)
             if size is not None and 0 in size:
                 raise DereflectError(path, f"zero-size image ({size[0]}x{size[1]} pixels)") from None
-            raise DereflectError(path, "not an image (or a format Pillow cannot read)") from None
+            raise DereflectError(path, "not an image (or a format Pillow cannot read)") from None  # or not in DECODE_FORMATS
         except _DECODE_ERRORS as exc:
             raise DereflectError(path, f"corrupt image header ({exc})") from None
 
@@ -200,6 +207,24 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
+def _exif(p: Path, im: Image.Image) -> tuple[int, Optional[bytes]]:
+    """(orientation 1-8, EXIF block with orientation reset to 1 or None). Broken EXIF in an image
+    whose pixels decode is dropped with a warning, not an error: the photo is still usable."""
+    try:
+        exif_obj = im.getexif()
+        value = exif_obj.get(_ORIENTATION, 1)
+        orientation = int(value) if isinstance(value, numbers.Real) and 1 <= value <= 8 else 1
+        exif = None
+        if im.info.get("exif"):
+            if _ORIENTATION in exif_obj:
+                exif_obj[_ORIENTATION] = 1
+            exif = exif_obj.tobytes()
+        return orientation, exif
+    except Exception as exc:  # noqa: BLE001 - Pillow's EXIF parser raises many types on bad blocks
+        warnings.warn(f"{p}: unreadable EXIF metadata ignored ({type(exc).__name__}: {exc})", stacklevel=4)
+        return 1, None
+
+
 def read_image(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Read PNG/JPEG/WebP/TIFF/BMP as RGB (+ alpha), orientation applied, metadata kept.
 
@@ -208,28 +233,45 @@ def read_image(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedIm
     """
     p = Path(path)
     _check_file(p)
+    try:
+        return _decode(p, max_pixels)
+    except DereflectError:
+        raise
+    except MemoryError:
+        raise DereflectError(p, "not enough memory to decode this image") from None
+    except RecursionError:
+        raise DereflectError(p, "corrupt image (nested too deeply to parse)") from None
+    except Exception as exc:  # noqa: BLE001 - a malformed file makes Pillow's plugins raise anything
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise DereflectError(p, f"corrupt image ({type(exc).__name__}{': ' + detail if detail else ''})") from None
+
+
+def _check_size(p: Path, width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise DereflectError(p, f"zero-size image ({width}x{height} pixels)")
+    if width * height > max_pixels:
+        raise DereflectError(p, f"too many pixels ({width}x{height} = {width * height:,}; limit {max_pixels:,})")
+
+
+def _decode(p: Path, max_pixels: int) -> LoadedImage:
+    """read_image's work, for a file that exists and is not empty (read_image guards the errors)."""
     with _open(p) as im:
-        width, height = im.size
-        if width == 0 or height == 0:
-            raise DereflectError(p, f"zero-size image ({width}x{height} pixels)")
-        if width * height > max_pixels:
-            raise DereflectError(p, f"too many pixels ({width}x{height} = {width * height:,}; limit {max_pixels:,})")
-        if getattr(im, "n_frames", 1) > 1:
-            warnings.warn(f"{p}: has {im.n_frames} frames; using the first", MultiFrameWarning, stacklevel=2)
+        _check_size(p, *im.size, max_pixels)
+        try:
+            frames = getattr(im, "n_frames", 1)  # walks the frame table: a broken one raises here
+        except _DECODE_ERRORS + (TypeError, KeyError) as exc:
+            raise DereflectError(p, f"corrupt image: unreadable frame table ({type(exc).__name__}: {exc})") from None
+        if frames > 1:
+            warnings.warn(f"{p}: has {frames} frames; using the first", MultiFrameWarning, stacklevel=3)
         rawmode = _tile_rawmode(im)
         fmt = im.format
         try:
             im.load()
         except _DECODE_ERRORS as exc:
             raise DereflectError(p, f"corrupt or truncated image ({exc})") from None
+        _check_size(p, *im.size, max_pixels)  # a few formats only know their real size after load()
         icc = im.info.get("icc_profile") or None
-        exif_obj = im.getexif()
-        orientation = int(exif_obj.get(_ORIENTATION, 1) or 1)
-        exif = None
-        if im.info.get("exif"):
-            if _ORIENTATION in exif_obj:
-                exif_obj[_ORIENTATION] = 1
-            exif = exif_obj.tobytes()
+        orientation, exif = _exif(p, im)
 
         mode = im.mode
         alpha: Optional[np.ndarray] = None
@@ -444,6 +486,21 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: PathLike, option: str) -> None:
+    """Refuse an output file path up front (before minutes of work): it must not be a folder and
+    must lie in a folder that exists (or can be made) and is writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise DereflectError(path, f"{option} names a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DereflectError(path, f"cannot write here: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise DereflectError(path, f"cannot write here: folder {parent} is not writable")
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:

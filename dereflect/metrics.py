@@ -204,7 +204,8 @@ def ssim_per_channel(gt: np.ndarray, est: np.ndarray) -> np.ndarray:
     # Each band of output rows reads its rows plus the window's 6 extra rows of input.
     for r0, r1 in bands:
         total += _ssim_band_sums(ws, g2[r0 : r1 + pad], e2[r0 : r1 + pad])
-    return total / (out_h * (w - pad))
+    # SSIM <= 1 by construction (equality for identical windows); rounding can add an ulp.
+    return np.minimum(total / (out_h * (w - pad)), 1.0)
 
 
 def ssim(gt: np.ndarray, est: np.ndarray) -> float:
@@ -249,6 +250,8 @@ def lmse(gt: np.ndarray, est: np.ndarray) -> float:
     alpha = np.divide(ge, ee, out=np.zeros_like(ge), where=ee > LMSE_MIN_ENERGY)
     # sum over the window of (g - a*e)^2, expanded: gg - 2a*ge + a^2*ee.
     ssq = gg - 2.0 * alpha * ge + alpha * alpha * ee
+    # A window's squared error is >= 0; the expanded form can cancel to -1e-16 when est ~ gt.
+    np.maximum(ssq, 0.0, out=ssq)
     total = float(gg.sum())
     if total == 0.0:  # black ground truth: only a perfect estimate scores 0
         return 0.0 if float(ssq.sum()) == 0.0 else math.inf

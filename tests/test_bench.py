@@ -173,3 +173,14 @@ def test_reference_checkpoint_needs_matching_sha(tmp_path):
     assert reference_checkpoint(good, tmp_path) == Path(__file__).resolve().parents[1] / "dereflect/weights/student-nano.safetensors"
     assert reference_checkpoint({"source": {**good["source"], "sha256": "0" * 64}}, tmp_path) is None
     assert reference_checkpoint({"source": {}}, tmp_path) is None
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys):
+    from dereflect.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as info:
+        main(["bench", str(tmp_path / "no-artifacts-needed"), "--json", str(blocker / "b.json")])
+    assert info.value.code == 1
+    assert f"cannot write here: {blocker} is not a folder" in capsys.readouterr().err

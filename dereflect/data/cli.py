@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -46,14 +48,19 @@ def synth_command(
     from dereflect.data.synth import SynthConfig, contact_sheet, write_sequence
 
     photos = load_photos(images)  # every photo is read (and checked) before any output
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DereflectError(out, f"cannot create the output folder ({exc.strerror or exc})") from None
+    for stale in out.glob(".seq_*.tmp"):  # a killed run's half-written sequence
+        shutil.rmtree(stale, ignore_errors=True)
     shown = []
     columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("synth", total=sequences)
         for k in range(sequences):
             seq = draw_sequence(photos, k, seed=seed, n_frames=frames, size=size, augment=True)
-            write_sequence(seq, out / f"seq_{k:05d}")
+            _write_whole(seq, out / f"seq_{k:05d}", write_sequence)
             if preview is not None and len(shown) < PREVIEW_ROWS:
                 shown.append(seq)
             bar.advance(task)
@@ -62,11 +69,49 @@ def synth_command(
         "photos": len(photos), "sequences": sequences, "frames": frames, "size": size, "seed": seed,
         "config": asdict(SynthConfig()),
     }
-    (out / "dataset.json").write_text(json.dumps(info, indent=1))
+    from dereflect.io import write_bytes_atomic
+
+    try:
+        write_bytes_atomic(out / "dataset.json", json.dumps(info, indent=1).encode())
+    except OSError as exc:
+        raise DereflectError(out / "dataset.json", f"could not write ({exc.strerror or exc})") from None
     if preview is not None:
         _write_preview(preview, contact_sheet(shown))
     typer.echo(f"wrote {sequences} sequences of {frames} frames ({size}x{size}) to {out}"
                + (f"; preview {preview}" if preview else ""))
+
+
+def _write_whole(seq, folder: Path, write_sequence) -> None:
+    """Write a sequence into a hidden temp folder and rename it into place: a full disk or a kill
+    never leaves a half sequence that training would later pick up as data."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_sequence(seq, tmp)
+        if folder.exists():
+            shutil.rmtree(folder)  # re-running synth into the same folder replaces its sequences
+        os.replace(tmp, folder)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DereflectError(folder, f"could not write the sequence ({_reason(exc, folder.parent)})") from None
+    except DereflectError as exc:  # write_image's own error names the temp folder: name the real one
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DereflectError(folder, f"could not write the sequence: {Path(exc.path or '').name}: {exc.problem}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _reason(exc: OSError, folder: Path) -> str:
+    """numpy reports a short write as '24576 requested and 5088 written' with no errno: say why."""
+    if exc.strerror:
+        return exc.strerror
+    try:
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return f"{os.strerror(28)}: {exc}"
+    except OSError:
+        pass
+    return str(exc)
 
 
 def _write_preview(path: Path, sheet) -> None:

@@ -63,6 +63,8 @@ def export_command(
         coreml_shapes=coreml_shapes, palettize=palettize, trt_shapes=(trt_min, trt_opt, trt_max), name=name, seed=seed,
     )
     check_options(formats, opts)
+    if out.exists() and not out.is_dir():
+        raise DereflectError(out, "--out must be a folder, and this is a file")
     for fmt, reason in skipped:
         console.print(f"skip {fmt.name}: {reason}", markup=False)
     exporter = Exporter(checkpoint, out, opts, log=lambda line: console.print(line, markup=False))
@@ -115,7 +117,13 @@ def _print_results(console, results, skipped) -> None:
 
 def _write_report(out: Path, checkpoint: Path, precision: str, results, skipped) -> None:
     """export-report.json: the run at a glance (not a manifest; `find_artifacts` ignores it)."""
+    from dereflect.io import write_bytes_atomic
+
     report = {"kind": "dereflect-export-report", "checkpoint": str(checkpoint), "precision": precision,
               "results": [r.as_dict() for r in results],
               "skipped": [{"format": f.name, "reason": reason} for f, reason in skipped]}
-    (out / f"export-report-{precision}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    path = out / f"export-report-{precision}.json"
+    try:
+        write_bytes_atomic(path, (json.dumps(report, indent=2, default=str) + "\n").encode())
+    except OSError as exc:
+        raise DereflectError(path, f"could not write the export report ({exc.strerror or exc})") from None

@@ -30,6 +30,10 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "inputs": list, "outputs": list, "constraints": dict, "value_range": list, "source": dict, "tools": dict,
     "parity": dict,
 }
+#: A manifest is a few KB; anything far bigger is not one (and is not read into memory).
+MAX_MANIFEST_BYTES = 16 << 20
+#: Largest `multiple_of` accepted (the student needs 8; a huge one would pad photos to giant canvases).
+MAX_SIDE_CONSTRAINT = 1024
 TOOL_PACKAGES = ("dereflect", "torch", "numpy", "onnx", "onnxruntime", "onnxslim", "onnxconverter-common",
                  "openvino", "nncf", "coremltools", "tensorrt", "polygraphy")
 
@@ -142,16 +146,74 @@ def validate_manifest(data: Any, where: str | os.PathLike[str] | None = None) ->
         for tensor in data[side]:
             if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) or not isinstance(tensor.get("shape"), list):
                 raise DereflectError(where, f"manifest '{side}' entries need a name and a shape")
-    multiple = data["constraints"].get("multiple_of")
-    if not isinstance(multiple, int) or multiple < 1:
-        raise DereflectError(where, "manifest constraints need an integer 'multiple_of' >= 1")
+    if not _plain_name(data["artifact"]):
+        raise DereflectError(where, f"manifest 'artifact' must be a file name beside the manifest, got {data['artifact']!r}")
+    _check_constraints(data["constraints"], where)
     status = data["parity"].get("status")
-    if status not in PARITY_STATUSES:
+    if not isinstance(status, str) or status not in PARITY_STATUSES:
         raise DereflectError(where, f"manifest parity status {status!r} is not one of {', '.join(PARITY_STATUSES)}")
     sha = data["artifact_sha256"]
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise DereflectError(where, "manifest artifact_sha256 is not a sha256 hex digest")
+    _check_optional(data, where)
     return data
+
+
+def _plain_name(name: str) -> bool:
+    """A file name with no folder part: what `artifact` (and `openvino.xml`) must be, so a
+    manifest can only ever point at a file beside it, never `../..` or an absolute path."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_constraints(constraints: dict[str, Any], where: str | os.PathLike[str] | None) -> None:
+    """The H/W constraints the runtime plans tiles with: small positive integers only (a huge
+    multiple would make the runtime pad every photo to a giant canvas)."""
+    if not _is_int(constraints.get("multiple_of"), 1, MAX_SIDE_CONSTRAINT):
+        raise DereflectError(where, f"manifest constraints need an integer 'multiple_of' in 1..{MAX_SIDE_CONSTRAINT}")
+    for key in ("min_side", "max_side"):
+        if constraints.get(key) is not None and not _is_int(constraints[key], 1, 1 << 20):
+            raise DereflectError(where, f"manifest constraint '{key}' must be a positive integer")
+    sizes = constraints.get("sizes_hw")
+    if sizes is not None and not (isinstance(sizes, list) and all(
+            isinstance(hw, list) and len(hw) == 2 and all(_is_int(v, 1, 1 << 20) for v in hw) for hw in sizes)):
+        raise DereflectError(where, "manifest constraint 'sizes_hw' must be a list of [height, width] integer pairs")
+
+
+def _check_optional(data: dict[str, Any], where: str | os.PathLike[str] | None) -> None:
+    """Optional sections a backend reads, when present, must have the shape it expects."""
+    ort_format = data.get("ort_format")
+    if ort_format is not None and not (isinstance(ort_format, dict)
+                                       and isinstance(ort_format.get("session_options", {}), dict)):
+        raise DereflectError(where, "manifest 'ort_format' must be an object with a 'session_options' object")
+    openvino = data.get("openvino")
+    if openvino is not None:
+        xml = openvino.get("xml") if isinstance(openvino, dict) else None
+        if not isinstance(openvino, dict) or (xml is not None and not (isinstance(xml, str) and _plain_name(xml))):
+            raise DereflectError(where, "manifest 'openvino' must be an object whose 'xml' is a file name")
+    for key in ("target", "artifact_kind"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise DereflectError(where, f"manifest field '{key}' has the wrong type ({type(data[key]).__name__})")
+
+
+def _load_json(path: Path) -> Any:
+    """A manifest file's JSON, or one DereflectError: too big, not UTF-8, not JSON, nested
+    deeper than the parser goes, or numbers Python will not convert."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise DereflectError(path, f"manifest is {size:,} bytes; a real one is a few KB (limit {MAX_MANIFEST_BYTES:,})")
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise DereflectError(path, f"corrupt manifest: not UTF-8 text ({exc.reason})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; so is a 5000-digit number
+        raise DereflectError(path, f"corrupt manifest: not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+    except OSError as exc:
+        raise DereflectError(path, f"cannot read the manifest ({exc.strerror or exc})") from None
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -159,11 +221,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DereflectError(path, "no such manifest")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DereflectError(path, f"corrupt manifest: not valid JSON ({exc})") from None
-    return validate_manifest(data, path)
+    return validate_manifest(_load_json(path), path)
 
 
 def verify_artifact(artifact: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
@@ -196,10 +254,9 @@ def find_artifacts(folder: str | os.PathLike[str]) -> list[tuple[Path, dict[str,
         raise DereflectError(folder, "not a folder")
     found = []
     for path in sorted(folder.glob(f"*{MANIFEST_SUFFIX}")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DereflectError(path, f"corrupt manifest: not valid JSON ({exc})") from None
+        if not path.is_file():
+            continue
+        data = _load_json(path)
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             continue  # some other JSON (e.g. a summary): not ours to judge
         validate_manifest(data, path)

@@ -195,7 +195,11 @@ class Exporter:
 
     # ---------------------------------------------------------------- the run
     def run(self, formats: list[ExportFormat]) -> list[ExportResult]:
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.close()
+            raise DereflectError(self.out, f"cannot create the output folder ({exc.strerror or exc})") from None
         results: list[ExportResult] = []
         try:
             if any(f.name in ONNX_BASED for f in formats) and self.opts.precision == "int8":
@@ -264,11 +268,17 @@ class Exporter:
         return {"calibration": self.calib_record()} if self.opts.precision == "int8" else {}
 
     def _place(self, src: Path, dst: Path) -> Path:
+        """Copy a built file into --out atomically: a full disk leaves the previous artifact (or
+        nothing), never a truncated one that a later run would load."""
+        from dereflect.io import atomic_output
+
         if dst.is_dir():
             shutil.rmtree(dst)
-        elif dst.exists():
-            dst.unlink()
-        shutil.copyfile(src, dst)
+        try:
+            with atomic_output(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        except OSError as exc:
+            raise DereflectError(dst, f"could not write the artifact ({exc.strerror or exc})") from None
         return dst
 
     # ---------------------------------------------------------------- one builder per table row

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from dereflect.errors import DereflectError
@@ -71,10 +72,17 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any)
     info = {"model": name, "config": model_config(model), **meta}
     header = {"dereflect": json.dumps({"model": name, "config": info["config"]})}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_output(path) as tmp:
-        save_file(state, str(tmp), metadata=header)
-    with atomic_output(path.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(info, indent=2, default=str))
+    # Serialised in memory, then written by Python: a full disk is then an OSError naming ENOSPC (not a
+    # SafetensorError string), and the temp file keeps the mode atomic_output gave it (save_file
+    # re-creates the file 0600).
+    blobs = ((path, safetensors_bytes(state, metadata=header)), (path.with_suffix(".json"), json.dumps(info, indent=2, default=str).encode()))
+    for target, data in blobs:
+        try:
+            with atomic_output(target) as tmp:
+                tmp.write_bytes(data)
+        except OSError as exc:
+            raise DereflectError(target, f"could not write the checkpoint ({exc.strerror or exc}); "
+                                         "the previous file, if any, is unchanged") from None
     return path
 
 

@@ -74,11 +74,15 @@ def plan_outputs(inputs: list[Path], out: Path, suffix: str, save_reflection: bo
         raise DereflectError(out, "-o must be a folder, and this is a file")
     if "/" in suffix or "\\" in suffix:
         raise DereflectError(None, f"--suffix must not contain a path separator, got '{suffix}'")
+    from dereflect.io import IMAGE_SUFFIXES
+
     protected = {p.resolve() for p in inputs}
     taken: dict[Path, Path] = {}
     jobs, errors = [], []
     for src in inputs:
-        target = out / f"{src.stem}{suffix}{src.suffix}"
+        # A format we read but cannot write (GIF, a file without a suffix) comes out as PNG, lossless.
+        ext = src.suffix if src.suffix.lower() in IMAGE_SUFFIXES else ".png"
+        target = out / f"{src.stem}{suffix}{ext}"
         reflection = out / f"{src.stem}{suffix}_reflection.png" if save_reflection else None
         problem = None
         for dst in filter(None, (target, reflection)):
@@ -116,7 +120,8 @@ def _process(session, job: Job, on_tile) -> tuple[tuple[int, int], int, float]:
     except DereflectError as exc:
         raise DereflectError(job.source, exc.problem) from None
     except Exception as exc:  # noqa: BLE001 - a backend failing on one image must not stop the others
-        raise DereflectError(job.source, f"{session.backend} failed on this image ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(str(exc).split())  # runtimes put newlines in their messages; errors are one line
+        raise DereflectError(job.source, f"{session.backend} failed on this image ({type(exc).__name__}: {detail})") from None
     seconds = time.perf_counter() - started
     alpha = img.alpha if job.target.suffix.lower() not in (".jpg", ".jpeg") else None
     depth = img.bit_depth if job.target.suffix.lower() in (".png", ".tif", ".tiff") else 8
@@ -182,9 +187,11 @@ def remove_command(
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    (w, h), tiles, seconds = _process(session, job, on_tile)
-                for warning in caught:
-                    stderr.print(f"warning: {warning.message}", markup=False)
+                    try:
+                        (w, h), tiles, seconds = _process(session, job, on_tile)
+                    finally:  # said even when the image then fails
+                        for warning in caught:
+                            progress.console.print(f"warning: {warning.message}", markup=False)
             except DereflectError as exc:
                 failures.append(exc)
                 progress.console.print(f"error: {exc}", markup=False)

@@ -12,6 +12,7 @@ Users get `last.safetensors` and `best.safetensors` (+ JSON), loadable by `load_
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -67,11 +68,44 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
+def write_failed(path: Path, what: str, exc: OSError) -> DereflectError:
+    """One line for a write that failed (disk full, folder gone, no permission); the atomic writers
+    guarantee the file that was there before is unchanged, so the message can say so."""
+    return DereflectError(path, f"could not write the {what} ({exc.strerror or exc}); "
+                                "the previous file, if any, is unchanged")
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save, atomically. Serialised in memory first: torch's own file writer reports a full
+    disk as a cryptic 'unexpected pos' RuntimeError, a plain file write reports ENOSPC by name."""
     from dereflect.io import atomic_output
 
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    try:
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(buf.getbuffer())
+    except OSError as exc:
+        raise write_failed(path, "training state", exc) from None
+
+
+def write_text_atomic(path: Path, text: str, what: str) -> None:
+    from dereflect.io import write_bytes_atomic
+
+    try:
+        write_bytes_atomic(path, text.encode())
+    except OSError as exc:
+        raise write_failed(path, what, exc) from None
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Temp files of writes a killed run left behind (`.state.pt.*.tmp`, ...): never read, only litter."""
+    names = ("state.pt", "last.safetensors", "last.json", "best.safetensors", "best.json", "config.json",
+             "train.csv", "val.csv")
+    stale = [p for name in names for p in run_dir.glob(f".{name}.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 class CsvLog:
@@ -81,23 +115,38 @@ class CsvLog:
         self.path = path
         self.fields: list[str] | None = None
         if path.exists():
-            rows = list(csv.DictReader(path.open()))
-            rows = [r for r in rows if int(r["step"]) <= start_step]  # rows are logged after their step
+            with path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            # rows are logged after their step; a row cut short by a kill mid-append is dropped
+            rows = [r for r in rows if None not in r.values() and _step_of(r) is not None and _step_of(r) <= start_step]
             if rows:
                 self.fields = list(rows[0].keys())
-            with path.open("w", newline="") as fh:
-                if self.fields:
-                    w = csv.DictWriter(fh, self.fields)
-                    w.writeheader()
-                    w.writerows(rows)
+            buf = io.StringIO()
+            if self.fields:
+                w = csv.DictWriter(buf, self.fields)
+                w.writeheader()
+                w.writerows(rows)
+            write_text_atomic(path, buf.getvalue(), "log")  # a kill during the rewrite keeps the old log
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.fields is None:
-            self.fields = list(row.keys())
-            with self.path.open("w", newline="") as fh:
-                csv.DictWriter(fh, self.fields).writeheader()
-        with self.path.open("a", newline="") as fh:
-            csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
+        try:
+            if self.fields is None:
+                self.fields = list(row.keys())
+                with self.path.open("w", newline="") as fh:
+                    csv.DictWriter(fh, self.fields).writeheader()
+            buf = io.StringIO()
+            csv.DictWriter(buf, self.fields, extrasaction="ignore").writerow(row)
+            with self.path.open("a", newline="") as fh:
+                fh.write(buf.getvalue())  # one write call: a kill leaves a whole row or none (almost always)
+        except OSError as exc:
+            raise write_failed(self.path, "log", exc) from None
+
+
+def _step_of(row: dict[str, Any]) -> int | None:
+    try:
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class Trainer:
@@ -139,8 +188,12 @@ class Trainer:
         if resume:
             self._load_state(state_path)
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DereflectError(self.run_dir, f"cannot create the run folder ({exc.strerror or exc})") from None
+            remove_stale_temp_files(self.run_dir)
+            write_text_atomic(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2), "run config")
 
     # ---- to implement by a stage ---------------------------------------------------------
     def build(self) -> None:
