@@ -29,19 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dereflect.bench.machine import rss_mb
+
 SHAPES = {1: (864, 1152), 4: (1728, 2304), 12: (3000, 4000), 24: (4000, 6000)}  # megapixels -> (H, W), 4:3; 4 MP is the largest run untiled
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sun_hays80"
-
-
-def _rss_mb() -> float:
-    """Current resident set size (MB)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def _reset_peak() -> bool:
@@ -83,7 +74,7 @@ def worker(model: str, backend: str, mp: int, runs: int) -> dict:
     started = time.perf_counter()
     session = load(model, backend)
     load_s = time.perf_counter() - started
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     reset_ok = _reset_peak()
     times = []
     for _ in range(runs):

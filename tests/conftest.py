@@ -29,3 +29,16 @@ def photo() -> np.ndarray:
     assert img.dtype == np.uint8 and img.shape == (512, 512, 3)
     img.setflags(write=False)
     return img
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the real CLI entry point in-process: (exit status, stdout, stderr)."""
+    from dereflect.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

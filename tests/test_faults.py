@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 import torch
 from PIL import Image
 
@@ -41,16 +42,6 @@ def _harness():
     sys.modules["kill_resume"] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

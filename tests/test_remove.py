@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image, ImageCms
 
 from dereflect.cli import main
@@ -37,19 +38,9 @@ def photos(tmp_path, photo) -> Path:
     return folder
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_folder_outputs_and_reflection(ckpt, photos, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, err = run(["remove", str(photos), "-o", str(out), "--model", str(ckpt), "--save-reflection"], capsys)
+    code, stdout, err = run_cli(["remove", str(photos), "-o", str(out), "--model", str(ckpt), "--save-reflection"], capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_reflection.png", "b.jpg", "b_reflection.png"]
     assert "backend torch" in stdout and "s on torch" in stdout and "2 image(s) written" in stdout
@@ -65,7 +56,7 @@ def test_folder_outputs_and_reflection(ckpt, photos, tmp_path, capsys):
 
 
 def test_glob_and_suffix(ckpt, photos, tmp_path, capsys):
-    code, _, err = run(["remove", str(photos / "*.png"), "-o", str(photos), "--suffix", "_clean", "--model", str(ckpt)], capsys)
+    code, _, err = run_cli(["remove", str(photos / "*.png"), "-o", str(photos), "--suffix", "_clean", "--model", str(ckpt)], capsys)
     assert code == 0, err
     assert sorted(p.name for p in photos.iterdir()) == ["a.png", "a_clean.png", "b.jpg"]
 
@@ -73,7 +64,7 @@ def test_glob_and_suffix(ckpt, photos, tmp_path, capsys):
 def test_folder_with_a_corrupt_file(ckpt, photos, tmp_path, capsys):
     (photos / "c.png").write_bytes((photos / "a.png").read_bytes()[:200])  # truncated PNG
     out = tmp_path / "out"
-    code, stdout, err = run(["remove", str(photos), "-o", str(out), "--model", str(ckpt)], capsys)
+    code, stdout, err = run_cli(["remove", str(photos), "-o", str(out), "--model", str(ckpt)], capsys)
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.jpg"]
     assert f"error: {photos / 'c.png'}: " in err
@@ -94,7 +85,7 @@ def test_bad_inputs_are_named(ckpt, photos, tmp_path, capsys, case, message):
     elif case == "not an image":
         bad.write_text("shopping list\n")
     out = tmp_path / "out"
-    code, _, err = run(["remove", str(bad), str(photos / "a.png"), "-o", str(out), "--model", str(ckpt)], capsys)
+    code, _, err = run_cli(["remove", str(bad), str(photos / "a.png"), "-o", str(out), "--model", str(ckpt)], capsys)
     assert code == 1
     assert f"error: {bad}: " in err and message in err
     assert (out / "a.png").is_file()  # the good one is still written
@@ -102,9 +93,9 @@ def test_bad_inputs_are_named(ckpt, photos, tmp_path, capsys, case, message):
 
 def test_inputs_are_never_overwritten(ckpt, photos, tmp_path, capsys):
     before = {p.name: p.read_bytes() for p in photos.iterdir()}
-    code, _, err = run(["remove", str(photos / "a.png"), "-o", str(photos / "a.png"), "--model", str(ckpt)], capsys)
+    code, _, err = run_cli(["remove", str(photos / "a.png"), "-o", str(photos / "a.png"), "--model", str(ckpt)], capsys)
     assert code == 1 and "-o points at an input file" in err
-    code, _, err = run(["remove", str(photos), "-o", str(photos), "--model", str(ckpt)], capsys)
+    code, _, err = run_cli(["remove", str(photos), "-o", str(photos), "--model", str(ckpt)], capsys)
     assert code == 1 and "would overwrite an input" in err and str(photos / "a.png") in err
     assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
 
@@ -112,12 +103,12 @@ def test_inputs_are_never_overwritten(ckpt, photos, tmp_path, capsys):
 def test_unwritable_output(ckpt, photos, tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    code, _, err = run(["remove", str(photos / "a.png"), "-o", str(blocker / "sub"), "--model", str(ckpt)], capsys)
+    code, _, err = run_cli(["remove", str(photos / "a.png"), "-o", str(blocker / "sub"), "--model", str(ckpt)], capsys)
     assert code == 1 and f"error: {blocker / 'sub'}: cannot create the output folder" in err
 
 
 def test_unknown_backend_is_usage_error(ckpt, photos, tmp_path, capsys):
-    code, _, err = run(["remove", str(photos), "-o", str(tmp_path / "o"), "--model", str(ckpt), "--backend", "quantum"], capsys)
+    code, _, err = run_cli(["remove", str(photos), "-o", str(tmp_path / "o"), "--model", str(ckpt), "--backend", "quantum"], capsys)
     assert code == 2 and "unknown backend 'quantum'" in err
 
 
@@ -125,7 +116,7 @@ def test_unknown_backend_is_usage_error(ckpt, photos, tmp_path, capsys):
 def test_coreml_off_macos(photos, tmp_path, capsys):
     package = tmp_path / "student-nano-fp32.mlpackage"
     package.mkdir()
-    code, _, err = run(["remove", str(photos), "-o", str(tmp_path / "o"), "--model", str(package), "--backend", "coreml"], capsys)
+    code, _, err = run_cli(["remove", str(photos), "-o", str(tmp_path / "o"), "--model", str(package), "--backend", "coreml"], capsys)
     assert code == 1 and "Core ML runs only on macOS" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
@@ -151,7 +142,7 @@ def test_metadata_alpha_and_16_bit_are_kept(ckpt, photo, tmp_path, capsys):
     # 16-bit TIFF
     write_image(src / "scan.tif", rgb16)
     out = tmp_path / "out"
-    code, _, err = run(["remove", str(src), "-o", str(out), "--model", str(ckpt)], capsys)
+    code, _, err = run_cli(["remove", str(src), "-o", str(out), "--model", str(ckpt)], capsys)
     assert code == 0, err
 
     deep = read_image(out / "deep.png")
@@ -172,7 +163,7 @@ def test_exported_artifact_folder(tmp_path, photos, capsys):
     art = tmp_path / "art"
     Exporter(ck, art, ExportOptions(precision="fp32", size=32, val_count=2), log=lambda _: None,
              model=student).run([FORMATS_BY_NAME["onnx"]])
-    code, stdout, err = run(["remove", str(photos), "-o", str(tmp_path / "o"), "--model", str(art)], capsys)
+    code, stdout, err = run_cli(["remove", str(photos), "-o", str(tmp_path / "o"), "--model", str(art)], capsys)
     assert code == 0, err
     assert "backend onnxruntime" in stdout and "student-nano-fp32.onnx" in stdout
     got = np.asarray(Image.open(tmp_path / "o" / "a.png")).astype(int)
