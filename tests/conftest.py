@@ -42,3 +42,19 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="session")
+def student():
+    """student-nano with seeded, realistic (non-identity) weights: what export/runtime tests convert."""
+    from dereflect.export.calib import reference_student
+
+    return reference_student("student-nano", seed=0)
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory, student):
+    """That student as a checkpoint (step 7 recorded, so manifests can be checked for it)."""
+    from dereflect.models import save_checkpoint
+
+    return save_checkpoint(student, tmp_path_factory.mktemp("ckpt") / "nano.safetensors", step=7)

@@ -18,11 +18,9 @@ import torch
 
 from dereflect.cli import main
 from dereflect.errors import DereflectError
-from dereflect.export.calib import reference_student
 from dereflect.export.formats import FORMATS, format_status
 from dereflect.export.manifest import find_artifacts, load_manifest_for, manifest_path
 from dereflect.export.pipeline import ExportOptions, Exporter
-from dereflect.models import save_checkpoint
 
 SIZE = 64
 SMALL = dict(size=SIZE, val_count=4, calib_count=8)
@@ -30,16 +28,6 @@ CLI_SMALL = ["--size", str(SIZE), "--val-count", "4", "--calib-count", "8"]
 BUILDABLE = [f.name for f in FORMATS if format_status(f.name).can_build]
 needs_openvino = pytest.mark.skipif("openvino" not in BUILDABLE, reason=format_status("openvino").build_reason)
 needs_coreml = pytest.mark.skipif("coreml" not in BUILDABLE, reason=format_status("coreml").build_reason)
-
-
-@pytest.fixture(scope="module")
-def student():
-    return reference_student("student-nano", seed=0)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, student) -> Path:
-    return save_checkpoint(student, tmp_path_factory.mktemp("ckpt") / "nano.safetensors", step=7)
 
 
 @pytest.fixture(scope="module")

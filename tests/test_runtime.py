@@ -18,26 +18,14 @@ import pytest
 import torch
 
 from dereflect.errors import DereflectError, UsageError
-from dereflect.export.calib import reference_student
 from dereflect.export.formats import FORMATS_BY_NAME, format_status
 from dereflect.export.manifest import manifest_path
 from dereflect.export.pipeline import ExportOptions, Exporter
-from dereflect.models import save_checkpoint
 from dereflect.models.blocks import pad_to_multiple
 from dereflect.runtime import load, resolve, tiling
 
 HAS_OPENVINO = format_status("openvino").can_run
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed")
-
-
-@pytest.fixture(scope="module")
-def student():
-    return reference_student("student-nano", seed=0)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, student) -> Path:
-    return save_checkpoint(student, tmp_path_factory.mktemp("ckpt") / "nano.safetensors", step=3)
 
 
 @pytest.fixture(scope="module")
