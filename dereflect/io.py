@@ -317,6 +317,26 @@ def read_rgb(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     return to_uint8(read_image(path, max_pixels).pixels)
 
 
+def to_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8/uint16 pixels -> float32 in [0,1]; float input is clipped. The one scaling rule the
+    runtime, the benchmarks and training validation share."""
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+    if pixels.dtype == np.uint16:
+        return pixels.astype(np.float32) * np.float32(1.0 / 65535.0)
+    return np.clip(pixels.astype(np.float32, copy=False), 0.0, 1.0)
+
+
+def from_float(values: np.ndarray, dtype: np.dtype = np.uint8) -> np.ndarray:
+    """float [0,1] -> uint8/uint16 (clip, scale, round half to even); float32 for any other dtype.
+    The one rounding rule, so scores computed anywhere match what `dereflect remove` writes."""
+    if dtype == np.uint8:
+        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if dtype == np.uint16:
+        return np.rint(np.clip(values, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return values.astype(np.float32, copy=False)
+
+
 def read_rgb_float(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """HxWx3 float32 RGB in [0, 1]; 16-bit sources keep their precision."""
     img = read_image(path, max_pixels)

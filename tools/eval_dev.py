@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dereflect.evaluate import find_pairs  # noqa: E402
-from dereflect.io import read_rgb  # noqa: E402
+from dereflect.io import from_float, read_rgb  # noqa: E402
 from dereflect.metrics import score  # noqa: E402
 from dereflect.models import load_checkpoint  # noqa: E402
 from dereflect.models.blocks import pad_to_multiple  # noqa: E402
@@ -46,7 +46,7 @@ def predictor(spec: str):
         x, (h, w) = pad_to_multiple(x, model.size_multiple)
         with torch.no_grad():
             y = model(x)[0, :, :h, :w]
-        return (y.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        return from_float(y.permute(1, 2, 0).numpy())
 
     return run
 

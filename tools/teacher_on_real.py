@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dereflect.data.datasets import SequenceFolder  # noqa: E402
+from dereflect.io import from_float  # noqa: E402
 from dereflect.models import load_checkpoint  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def main() -> None:
     student = load_checkpoint(args.student, expect="student")
     seqs = SequenceFolder(args.sequences, size=args.size)
     picks = np.unique(np.linspace(0, len(seqs) - 1, min(args.count, len(seqs))).round().astype(int))
-    to_img = lambda t: (t.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    to_img = lambda t: from_float(t.permute(1, 2, 0).numpy())
     rows = []
     with torch.no_grad():
         for i in picks:

@@ -23,22 +23,13 @@ import numpy as np
 
 from dereflect import metrics
 from dereflect.errors import DereflectError
+from dereflect.io import from_float, to_float
 from dereflect.export import parity as parity_mod
 
 RunFloat = Callable[[np.ndarray], np.ndarray]  # HxWx3 float32 [0,1] -> same
 MEMORY_BUDGET = 256 * 2**20  # bytes of pairs / reference outputs kept in RAM before spilling to disk
 THUMB_SIDE = 192
 METRIC_IMPL = "dereflect.metrics (PSNR; SSIM = scikit-image defaults, 7x7 uniform; LMSE 20/10 windows)"
-
-
-def to_uint8(values: np.ndarray) -> np.ndarray:
-    """float [0,1] -> uint8 the way the runtime rounds (clip, x255, round half to even)."""
-    return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def to_float(pixels: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 [0,1] the way the runtime scales it."""
-    return pixels.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def thumbnail(pixels: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
@@ -116,7 +107,7 @@ def load_pair_set(pairs_dir: Path | None, max_pairs: int | None = None, synth_co
         data = synthesize_pairs(synth_count, synth_size, seed=1)
         assert data.truth is not None
         for i in range(len(data)):
-            store.put(i, (to_uint8(data.images[i].transpose(1, 2, 0)), to_uint8(data.truth[i].transpose(1, 2, 0))))
+            store.put(i, (from_float(data.images[i].transpose(1, 2, 0)), from_float(data.truth[i].transpose(1, 2, 0))))
         return PairSet(list(data.names), data.source, store)
     from dereflect.evaluate import find_pairs
     from dereflect.io import read_rgb
@@ -166,7 +157,7 @@ def score_model(run: RunFloat, pairs: PairSet, *, reference: "Reference | None" 
         out = np.asarray(run(to_float(blended)), dtype=np.float32)
         if out.shape != blended.shape:
             raise DereflectError(None, f"model returned shape {out.shape} for {name} of shape {blended.shape}")
-        photo = to_uint8(out)
+        photo = from_float(out)
         rows.append({"name": name, **metrics.score(truth, photo)})
         if i < thumbs:
             small[name] = thumbnail(photo)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dereflect.io import to_float
 from dereflect.bench import quality as q
 from dereflect.bench.machine import PeakMeter, device_name, machine_info, rss_mb
 from dereflect.bench.timing import time_call
@@ -189,7 +190,7 @@ def test_photo(pairs: q.PairSet, size: int) -> np.ndarray:
 
 def prepared_input(photo: np.ndarray, height: int, width: int) -> np.ndarray:
     """What the backend's infer gets for `photo`: float32 NCHW padded (bottom/right) to h x w."""
-    arr = q.to_float(photo)
+    arr = to_float(photo)
     ph, pw = height - arr.shape[0], width - arr.shape[1]
     if ph or pw:
         mode = "reflect" if min(arr.shape[:2]) > max(ph, pw) else "edge"

@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from dereflect.io import from_float, to_float
+
 Infer = Callable[[np.ndarray], np.ndarray]  # (1,3,h,w) float32 [0,1] -> same shape
 
 #: Images up to this many pixels run in one piece (the canvas is one tile).
@@ -157,22 +159,6 @@ def _weights_1d(size: int, start: int, canvas: int, overlap: int) -> np.ndarray:
     return w
 
 
-def _to_float(region: np.ndarray) -> np.ndarray:
-    if region.dtype == np.uint8:
-        return region.astype(np.float32) * np.float32(1.0 / 255.0)
-    if region.dtype == np.uint16:
-        return region.astype(np.float32) * np.float32(1.0 / 65535.0)
-    return np.clip(region.astype(np.float32, copy=False), 0.0, 1.0)
-
-
-def _from_float(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype == np.uint8:
-        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-    if dtype == np.uint16:
-        return np.rint(np.clip(values, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    return values.astype(np.float32, copy=False)
-
-
 def _pad_to(tile: np.ndarray, h: int, w: int) -> np.ndarray:
     """Pad an HWC crop at the bottom/right to h x w: reflect, or edge-repeat when the crop is too
     small to reflect (the same rule as models.blocks.pad_to_multiple, which training uses)."""
@@ -185,7 +171,7 @@ def _pad_to(tile: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def _infer_tile(infer: Infer, image: np.ndarray, y: int, x: int, th: int, tw: int) -> np.ndarray:
     """The canvas tile at (y, x): cut from the caller's array, made float, padded, run."""
-    crop = _to_float(image[y : y + th, x : x + tw])
+    crop = to_float(image[y : y + th, x : x + tw])
     nchw = np.ascontiguousarray(_pad_to(crop, th, tw).transpose(2, 0, 1)[None])
     result = np.asarray(infer(nchw))
     if result.shape != nchw.shape:
@@ -205,7 +191,7 @@ def run_tiled(infer: Infer, image: np.ndarray, plan: TilePlan, on_tile: Callable
         result = _infer_tile(infer, image, 0, 0, plan.tile_h, plan.tile_w)
         if on_tile is not None:
             on_tile()
-        return np.ascontiguousarray(_from_float(result[0, :, :h, :w].transpose(1, 2, 0), out_dtype))
+        return np.ascontiguousarray(from_float(result[0, :, :h, :w].transpose(1, 2, 0), out_dtype))
     out = np.empty((h, w, 3), out_dtype)
     th, tw = plan.tile_h, plan.tile_w
     canvas_h = max(plan.ys) + th
@@ -225,7 +211,7 @@ def run_tiled(infer: Infer, image: np.ndarray, plan: TilePlan, on_tile: Callable
             if on_tile is not None:
                 on_tile()
         done = (plan.ys[k + 1] - y) if k + 1 < len(plan.ys) else rows
-        out[y : y + done] = _from_float(band[:done] / band_w[:done, :, None], out_dtype)
+        out[y : y + done] = from_float(band[:done] / band_w[:done, :, None], out_dtype)
         if k + 1 < len(plan.ys):
             keep = th - done
             band[:keep] = band[done:].copy()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dereflect.io import IMAGE_SUFFIXES
+from dereflect.io import IMAGE_SUFFIXES, from_float
 from dereflect.errors import DereflectError
 
 
@@ -76,7 +76,7 @@ def load_pairs(folders: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
         ds = PairedFolder(folder, size=None)
         for i in range(len(ds)):
             item = ds[i]
-            pairs.append(tuple((item[k].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8) for k in ("input", "transmission")))
+            pairs.append(tuple(from_float(item[k].permute(1, 2, 0).numpy()) for k in ("input", "transmission")))
     return pairs
 
 

@@ -64,8 +64,10 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(3,H,W) float [0,1] -> HWC uint8, rounding like an image writer would."""
-    return (x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    """(3,H,W) float [0,1] -> HWC uint8, rounded as `dereflect remove` writes it."""
+    from dereflect.io import from_float
+
+    return from_float(x.detach().float().permute(1, 2, 0).cpu().numpy())
 
 
 def write_failed(path: Path, what: str, exc: OSError) -> DereflectError:
