@@ -49,16 +49,28 @@ class Pair:
 
 @dataclass
 class EvalResult:
-    """Per-image scores (rows: name, psnr, ssim, lmse, ncc), their mean, and the pairs that failed."""
+    """Per-image scores (rows: name, psnr, ssim, lmse, ncc, gt_shift), their mean, and the pairs that failed.
+
+    `gt_shift` is the measured translation (px) between a pair's photo and its ground truth
+    (metrics.gt_shift); `aligned_mean` leaves out pairs shifted more than ALIGNED_MAX_SHIFT,
+    because scores on those reward blur and haze rather than reflection removal.
+    """
 
     rows: list[dict] = field(default_factory=list)
     failures: list[DereflectError] = field(default_factory=list)
 
     @property
     def mean(self) -> dict[str, float]:
-        if not self.rows:
-            return {k: math.nan for k in METRIC_NAMES}
-        return {k: float(np.mean([r[k] for r in self.rows])) for k in METRIC_NAMES}
+        return _mean(self.rows)
+
+    @property
+    def aligned_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["gt_shift"] <= metrics.ALIGNED_MAX_SHIFT]
+
+    @property
+    def aligned_mean(self) -> dict[str, float]:
+        """The mean over pairs whose ground truth is aligned with the photo (see the class docstring)."""
+        return _mean(self.aligned_rows)
 
     def to_json(self, model: str, pairs: Path) -> dict:
         """JSON-ready dict; non-finite numbers (PSNR of a perfect match) become null."""
@@ -71,8 +83,15 @@ class EvalResult:
             "pairs": str(pairs),
             "rows": [clean(r) for r in self.rows],
             "mean": clean(self.mean),
+            "aligned_mean": clean({**self.aligned_mean, "pairs": len(self.aligned_rows), "max_gt_shift": metrics.ALIGNED_MAX_SHIFT}),
             "failures": [{"path": f.path, "problem": f.problem} for f in self.failures],
         }
+
+
+def _mean(rows: list[dict]) -> dict[str, float]:
+    if not rows:
+        return {k: math.nan for k in METRIC_NAMES}
+    return {k: float(np.mean([r[k] for r in rows])) for k in METRIC_NAMES}
 
 
 Notify = Callable[[str], None]
@@ -147,7 +166,7 @@ def _score_pair(predict: Predict, pair: Pair) -> dict:
     if out.shape != truth.shape or out.dtype != np.uint8:
         raise DereflectError(pair.blended, f"model returned {out.dtype} {out.shape}, expected uint8 {truth.shape}")
     try:
-        return {"name": pair.name, **metrics.score(truth, out)}
+        return {"name": pair.name, **metrics.score(truth, out), "gt_shift": metrics.gt_shift(truth, blended)}
     except ValueError as exc:  # e.g. smaller than one LMSE window
         raise DereflectError(pair.transmission, str(exc)) from None
 
@@ -204,11 +223,17 @@ def _table(result: EvalResult, title: str):
     for k, label in zip(METRIC_NAMES, ("PSNR (dB)", "SSIM", "LMSE", "NCC")):
         table.add_column(label, justify="right")
     fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "lmse": "{:.4f}", "ncc": "{:.4f}"}
+    table.add_column("GT shift (px)", justify="right")
     for row in result.rows:
-        table.add_row(row["name"], *(fmt[k].format(row[k]) for k in METRIC_NAMES))
+        table.add_row(row["name"], *(fmt[k].format(row[k]) for k in METRIC_NAMES), f"{row['gt_shift']:.2f}")
     table.add_section()
     mean = result.mean
-    table.add_row(f"mean ({len(result.rows)})", *(fmt[k].format(mean[k]) for k in METRIC_NAMES), style="bold")
+    table.add_row(f"mean ({len(result.rows)})", *(fmt[k].format(mean[k]) for k in METRIC_NAMES), "", style="bold")
+    n_aligned = len(result.aligned_rows)
+    if n_aligned < len(result.rows):
+        aligned = result.aligned_mean
+        table.add_row(f"mean, aligned GT ({n_aligned})",
+                      *(fmt[k].format(aligned[k]) for k in METRIC_NAMES), "", style="bold")
     return table
 
 

@@ -33,7 +33,10 @@ LMSE_MIN_ENERGY = 1e-5
 BAND_ELEMS = 1 << 19  # elements per band of rows: ~4 MB of float64
 SSIM_MIN_BAND_ROWS = 24
 
-__all__ = ["psnr", "ssim", "ssim_per_channel", "lmse", "ncc", "score", "ssim_torch", "DATA_RANGE"]
+ALIGNED_MAX_SHIFT = 1.0  # px: a pair whose ground truth is shifted more than this is "misaligned"
+
+__all__ = ["psnr", "ssim", "ssim_per_channel", "lmse", "ncc", "score", "gt_shift", "ssim_torch", "DATA_RANGE",
+           "ALIGNED_MAX_SHIFT"]
 
 
 def _as_pair(gt: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -286,6 +289,24 @@ def ncc(gt: np.ndarray, est: np.ndarray) -> float:
 def score(gt: np.ndarray, est: np.ndarray) -> dict[str, float]:
     """All four metrics of one pair, keyed psnr / ssim / lmse / ncc."""
     return {"psnr": psnr(gt, est), "ssim": ssim(gt, est), "lmse": lmse(gt, est), "ncc": ncc(gt, est)}
+
+
+def gt_shift(gt: np.ndarray, photo: np.ndarray) -> float:
+    """How far (px, to 1/4 px) the ground truth is translated against the photo it belongs to.
+
+    Why: real pairs are shot twice, through the glass and with it removed; a moved camera or the
+    glass' refraction shifts the two. On a misaligned pair SSIM and LMSE score content that does
+    not correspond, and they reward blur and haze (a blurred or brightened photo "beats" the
+    photo), so a mean over such pairs can rank methods backwards. Global phase correlation of
+    the grey images (scikit-image) finds the translation; parallax is not a translation, but it
+    shows up as one of several pixels too. Compare with ALIGNED_MAX_SHIFT.
+    """
+    from skimage.registration import phase_cross_correlation
+
+    g, p = _as_pair(gt, photo)
+    grey_g, grey_p = g.astype(np.float64).mean(axis=2), p.astype(np.float64).mean(axis=2)
+    shift, _, _ = phase_cross_correlation(grey_g, grey_p, upsample_factor=4, normalization=None)
+    return float(np.hypot(*shift))
 
 
 def ssim_torch(

@@ -44,7 +44,7 @@ def test_identity_scores_equal_the_metrics(paired_set: Path) -> None:
     for row in result.rows:
         gt = read_rgb(paired_set / "transmission" / f"{row['name']}.png")
         est = read_rgb(paired_set / "blended" / f"{row['name']}.png")
-        assert row == {"name": row["name"], **metrics.score(gt, est)}
+        assert row == {"name": row["name"], **metrics.score(gt, est), "gt_shift": metrics.gt_shift(gt, est)}
     for k in ("psnr", "ssim", "lmse", "ncc"):
         assert result.mean[k] == pytest.approx(np.mean([r[k] for r in result.rows]), rel=1e-12)
     # A perfect model: SSIM 1, LMSE 0 on every pair.
@@ -84,15 +84,30 @@ def test_cli_table_and_json(paired_set: Path, tmp_path: Path) -> None:
     assert "mean (3)" in result.output and "PSNR" in result.output
     assert "warning:" in result.output and "lonely.png" in result.output
     data = json.loads(out.read_text())
-    assert set(data) == {"model", "pairs", "rows", "mean", "failures"}
+    assert set(data) == {"model", "pairs", "rows", "mean", "aligned_mean", "failures"}
     assert data["model"] == "identity" and data["pairs"] == str(paired_set) and data["failures"] == []
     assert [r["name"] for r in data["rows"]] == ["a", "b", "c"]
-    assert set(data["rows"][0]) == {"name", "psnr", "ssim", "lmse", "ncc"}
+    assert set(data["rows"][0]) == {"name", "psnr", "ssim", "lmse", "ncc", "gt_shift"}
+    assert all(r["gt_shift"] <= metrics.ALIGNED_MAX_SHIFT for r in data["rows"])  # made from the same crop
+    assert data["aligned_mean"] == {**data["mean"], "pairs": 3, "max_gt_shift": metrics.ALIGNED_MAX_SHIFT}
+    assert "aligned GT" not in result.output  # only shown when some pair is misaligned
     skipped: list[str] = []
     direct = evaluate(lambda rgb: rgb, paired_set, progress=False, on_skip=skipped.append)
     assert len(skipped) == 1 and "lonely.png" in skipped[0]
     assert data["mean"] == pytest.approx(direct.mean, rel=1e-12)
     assert [p.name for p in out.parent.iterdir()] == ["scores.json"]  # atomic: no temp left
+
+
+def test_misaligned_pairs_are_left_out_of_the_aligned_mean(paired_set: Path, photo: np.ndarray) -> None:
+    write_image(paired_set / "transmission" / "b.png", photo[206:302, 100:228])  # ground truth 6 px off
+    with pytest.warns(UnpairedWarning):
+        result = evaluate(lambda rgb: rgb, paired_set, progress=False)
+    shifts = {r["name"]: r["gt_shift"] for r in result.rows}
+    assert shifts["a"] <= 1 and shifts["c"] <= 1 and shifts["b"] == pytest.approx(6.0, abs=0.3)
+    rows = {r["name"]: r for r in result.rows}
+    assert result.aligned_mean["ssim"] == pytest.approx((rows["a"]["ssim"] + rows["c"]["ssim"]) / 2, abs=1e-12)
+    out = CliRunner().invoke(app, ["eval", "identity", "--pairs", str(paired_set)])
+    assert out.exit_code == 0 and "mean, aligned GT (2)" in out.output
 
 
 def test_corrupt_image_is_reported_and_the_rest_scored(paired_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -113,6 +113,28 @@ def test_real_pair_from_shared_data(shared_data: Path) -> None:
     assert metrics.lmse(gt[crop], est[crop]) == pytest.approx(_lmse_loop(gt[crop], est[crop]), abs=1e-9)
 
 
+@pytest.mark.parametrize("dy, dx", [(0, 0), (3, -5), (-10, 1)])
+def test_gt_shift_measures_a_known_translation(photo: np.ndarray, degraded: np.ndarray, dy: int, dx: int) -> None:
+    # The "photo" is a degraded copy (noise, blur, haze), the ground truth a moved crop of the original.
+    crop = (slice(40, 296), slice(60, 380))
+    moved = photo[crop[0].start + dy : crop[0].stop + dy, crop[1].start + dx : crop[1].stop + dx]
+    assert metrics.gt_shift(moved, degraded[crop]) == pytest.approx(math.hypot(dy, dx), abs=0.3)
+
+
+def test_misaligned_pairs_reward_blur_the_reason_for_aligned_means(shared_data: Path) -> None:
+    """On locationaware/000006 (GT 10 px off) a blurred photo "beats" the photo in LMSE; on 000001 it loses."""
+    from scipy.ndimage import gaussian_filter
+
+    folder = shared_data / "real_pairs_locationaware"
+    if not (folder / "transmission" / "000006.png").exists():
+        pytest.skip("real_pairs_locationaware not present")
+    for name, aligned in (("000001", True), ("000006", False)):
+        gt, photo = (np.asarray(Image.open(folder / d / f"{name}.png").convert("RGB")) for d in ("transmission", "blended"))
+        assert (metrics.gt_shift(gt, photo) <= metrics.ALIGNED_MAX_SHIFT) == aligned
+        blurred = gaussian_filter(photo.astype(np.float64), (2, 2, 0))
+        assert (metrics.lmse(gt, blurred) > metrics.lmse(gt, photo)) == aligned
+
+
 @pytest.mark.parametrize("shape", [(20, 20, 3), (57, 83, 3), (100, 40, 3), (29, 41, 3)])
 def test_lmse_matches_the_plain_loop(shape: tuple[int, ...]) -> None:
     gt, est = _random_pair(shape, seed=3)
