@@ -122,9 +122,8 @@ ROWS: list[Row] = [
     Row("onnx-manifest-edited", "artifact", "manifest edited by hand (multiple_of: 0)", _remove("good.png", "--model", "{art}/edited.onnx"),
         ("error: {art}/edited.onnx.json: manifest constraints need an integer 'multiple_of' in 1..1024",), 1),
     Row("onnx-wrong-input-shape", "artifact", "ONNX whose input has 4 channels (valid manifest)", _remove("good.png", "--model", "{art}/rgba-input.onnx"),
-        ("error: {in}/good.png: onnxruntime failed on this image (InvalidArgument: [ONNXRuntimeError] : 2 : INVALID_ARGUMENT : "
-         "Got invalid dimensions for input: input for the following indices index: 1 Got: 3 Expected: 4 Please fix either "
-         "the inputs/outputs or the model.)",), 1, outcome="loads, then every image fails with one line"),
+        ("error: {art}/rgba-input.onnx: model input 'input' is float32 (?, 4, ?, ?); dereflect runs image models with a "
+         "float32 (N, 3, H, W) input",), 1, outcome="refused at load, before any photo"),
     Row("ckpt-teacher-for-remove", "artifact", "a teacher checkpoint given to remove", _remove("good.png", "--model", "{ck}/teacher.safetensors"),
         ("error: {ck}/teacher.safetensors: expected a student checkpoint, got 'teacher-small'",), 1),
     Row("ckpt-teacher-for-export", "artifact", "a teacher checkpoint given to export", ("export", "{ck}/teacher.safetensors", "--out", "{out}"),

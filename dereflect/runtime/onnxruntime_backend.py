@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError
+from dereflect.runtime.session import check_image_input
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider")
 
@@ -53,6 +54,9 @@ class OnnxRuntimeBackend:
         inputs = manifest.get("inputs") or [{"name": self.session.get_inputs()[0].name}]
         outputs = manifest.get("outputs") or [{"name": self.session.get_outputs()[0].name}]
         self.input_name, self.output_name = inputs[0]["name"], outputs[0]["name"]
+        info = next((i for i in self.session.get_inputs() if i.name == self.input_name), self.session.get_inputs()[0])
+        dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}.get(info.type, info.type)
+        check_image_input(path, info.name, [d if isinstance(d, int) else None for d in info.shape], dtype)
         self.multiple = int((manifest.get("constraints") or {}).get("multiple_of", 8))
         self.detail = f"onnxruntime {ort.__version__} [{', '.join(self.session.get_providers())}]"
 

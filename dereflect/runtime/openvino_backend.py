@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError
+from dereflect.runtime.session import check_image_input
 
 
 def ir_xml(path: Path, manifest: dict[str, Any] | None) -> Path:
@@ -54,6 +55,11 @@ class OpenVinoBackend:
         inputs = manifest.get("inputs") or [{"name": self.compiled.input(0).any_name}]
         outputs = manifest.get("outputs") or [{"name": self.compiled.output(0).any_name}]
         self.input_name = inputs[0]["name"]
+        port = self.compiled.input(self.input_name)
+        shape = port.get_partial_shape()
+        dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
+        dtype = {"f32": "float32", "f16": "float16", "u8": "uint8"}.get(port.get_element_type().get_type_name(), port.get_element_type().get_type_name())
+        check_image_input(path, self.input_name, dims, dtype)
         self.output = self.compiled.output(outputs[0]["name"])
         self.request = self.compiled.create_infer_request()
         self.multiple = int((manifest.get("constraints") or {}).get("multiple_of", 8))

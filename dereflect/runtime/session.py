@@ -60,6 +60,18 @@ def release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+def check_image_input(path: Path, name: str, dims: list[int | None], dtype: str) -> None:
+    """Refuse, at load time, a model whose input is not (N, 3, H, W) float32 (None = dynamic dim).
+
+    Why here: otherwise a valid artifact of some other network loads fine and then every photo
+    fails with the runtime's own shape message, once per file.
+    """
+    if len(dims) != 4 or dims[1] not in (3, None) or dtype != "float32":
+        shape = ", ".join("?" if d is None else str(d) for d in dims)
+        raise DereflectError(path, f"model input '{name}' is {dtype} ({shape}); dereflect runs image models "
+                                   "with a float32 (N, 3, H, W) input")
+
+
 class BackendSession(Protocol):
     def infer(self, batch: np.ndarray) -> np.ndarray: ...  # (N,3,H,W) float32 [0,1] -> transmission, same shape
 
