@@ -8,6 +8,7 @@ pyyaml, rich, h5py and scikit-image are needed on the GPU machine. Data: `tools/
 
     python tools/gpu_recipe.py --data .data --runs /tmp/runs --out $OUT
     python tools/gpu_recipe.py --data .data --runs /tmp/runs --out /tmp/o --tiny   # CPU rehearsal
+    python tools/gpu_recipe.py compare --runs results/h200-round1 --extra results/cpu-round3 --out results/cpu-round3
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def compare(args) -> dict:
         path = args.runs / name / "best.safetensors"
         if path.is_file():
             models[name] = load_checkpoint(path).to(device)
+    for folder in getattr(args, "extra", None) or []:  # later rounds' students, named "<round>/<student>"
+        for path in sorted(Path(folder).glob("*/best.safetensors")):
+            models[f"{Path(folder).name}/{path.parent.name}"] = load_checkpoint(path, expect="student").to(device)
     rows: dict[str, dict[str, list[float]]] = {name: {} for name in models}
     rows["identity"] = {}
     with torch.no_grad():
@@ -118,13 +122,16 @@ def pack(args, table: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", nargs="?", default="all", help="all (default) or a student name (used internally)")
+    ap.add_argument("stage", nargs="?", default="all",
+                    help="all (default), compare (score the teacher and students in --runs and --extra on held-out "
+                         "synthetic sequences, write OUT/compare_synthetic.json), or a student name (used internally)")
     ap.add_argument("--data", type=Path, default=ROOT / ".data")
     ap.add_argument("--runs", type=Path, default=Path("/tmp/runs"))
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
     ap.add_argument("--teacher-s", type=float, default=180)
     ap.add_argument("--student-s", type=float, default=180)
     ap.add_argument("--tiny", action="store_true", help="CPU rehearsal at toy sizes")
+    ap.add_argument("--extra", type=Path, nargs="*", help="compare: more run folders whose student*/ to score too")
     ap.add_argument("--round2", type=Path, help="folder with round-1 teacher/ and student*/ best checkpoints to continue from")
     args = ap.parse_args()
     if args.data.joinpath("hed_fp16.weights.h5").is_file():
@@ -135,6 +142,10 @@ def main() -> None:
         for name in STUDENTS:
             STUDENTS[name] = {**STUDENTS[name], "init": str(args.round2 / name / "best.safetensors"), "size": 256,
                               "lr": 3e-4, "warmup": 20, "real_fraction": 0.7}
+    if args.stage == "compare":
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "compare_synthetic.json").write_text(json.dumps(compare(args), indent=2) + "\n")
+        return
     if args.stage in STUDENTS:
         train_student(args, args.stage)
         return
