@@ -299,7 +299,7 @@ def gt_shift(gt: np.ndarray, photo: np.ndarray) -> float:
     not correspond, and they reward blur and haze (a blurred or brightened photo "beats" the
     photo), so a mean over such pairs can rank methods backwards. Global phase correlation of
     the grey images (scikit-image) finds the translation; parallax is not a translation, but it
-    shows up as one of several pixels too. Compare with ALIGNED_MAX_SHIFT.
+    shows up as a shift of several pixels too. Compare with ALIGNED_MAX_SHIFT.
     """
     from skimage.registration import phase_cross_correlation
 
