@@ -30,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dereflect.export.manifest import sha256_file
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 APP = HERE / "app"
@@ -54,14 +56,6 @@ class BuildError(Exception):
 
 def log(msg: str) -> None:
     print(f"[demo-app] {msg}", flush=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ 1. onnxruntime-web from npm
@@ -94,7 +88,7 @@ def export_model(checkpoint: Path, precision: str) -> tuple[Path, dict]:
     """The `.web.onnx` artifact + manifest for `precision`, exported once per checkpoint content."""
     from dereflect.export import load_manifest_for
 
-    ckpt_sha = sha256(checkpoint)
+    ckpt_sha = sha256_file(checkpoint)
     folder = CACHE / "models" / f"{checkpoint.stem}-{ckpt_sha[:12]}-{precision}"
     found = sorted(folder.glob("*.web.onnx")) if folder.is_dir() else []
     if found:
@@ -189,7 +183,7 @@ def gzip_copy(path: Path) -> None:
 def tree_hash(root: Path, names: list[str]) -> str:
     h = hashlib.sha256()
     for name in sorted(names):
-        h.update(f"{name}\0{sha256(root / name)}\n".encode())
+        h.update(f"{name}\0{sha256_file(root / name)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -238,7 +232,7 @@ def assemble(dist: Path, models: dict[str, tuple[Path, dict]], checkpoint: Path,
         "build_id": build_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "onnxruntime_web": pkg["version"],
-        "checkpoint": {"file": checkpoint.name, "sha256": sha256(checkpoint)},
+        "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
         "models": model_info,
         "ort": ort_lists,
         "preview_long_side": 512,

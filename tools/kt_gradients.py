@@ -25,7 +25,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dereflect.train import losses as L  # noqa: E402
 from dereflect.train.config import load_config  # noqa: E402
 from dereflect.train.student import StudentTrainer  # noqa: E402
 
@@ -45,7 +44,6 @@ def main() -> None:
         tr = StudentTrainer(cfg, Path(run), teacher=args.teacher, data_dirs=[args.data / "photos", args.data / "pairs_train"],
                             device="cpu", progress=False)
     params = [p for p in tr._model.parameters() if p.requires_grad]
-    w = cfg.loss
     norms: dict[str, list[float]] = {}
     step, done = 0, 0
     while done < args.batches:
@@ -54,19 +52,14 @@ def main() -> None:
             continue
         items = [tr.dataset[step * cfg.batch + k] for k in range(cfg.batch)]
         batch = {k: torch.stack([it[k] for it in items]) for k in ("input", "transmission", "frames")}
-        out = tr.bundle(batch["input"])
-        pred = out["transmission"]
-        with torch.no_grad():
-            d_teacher = tr.teacher(batch["frames"])["d"]
-        terms = {"rec": w.rec * L.reconstruction_loss(pred, batch["transmission"]),
-                 "perc": w.perc * tr.perceptual(pred, batch["transmission"]),
-                 "kt": w.kt * L.distillation_loss(out["d_proj"], d_teacher)}
+        terms, _ = tr.loss_terms(batch)
+        terms = {k: tr.loss_weights[k] * v for k, v in terms.items()}
         terms["total"] = sum(terms.values())
         for name, value in terms.items():
             grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
             norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
             norms.setdefault(name, []).append(float(norm))
-            norms.setdefault(f"{name} (value)", []).append(float(value))
+            norms.setdefault(f"{name} (value)", []).append(float(value.detach()))
         step, done = step + 1, done + 1
     for name, values in norms.items():
         print(f"{name:14s} {np.mean(values):.4f}  (per batch: {', '.join(f'{v:.4f}' for v in values)})")

@@ -58,7 +58,8 @@ class OpenVinoBackend:
         port = self.compiled.input(self.input_name)
         shape = port.get_partial_shape()
         dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
-        dtype = {"f32": "float32", "f16": "float16", "u8": "uint8"}.get(port.get_element_type().get_type_name(), port.get_element_type().get_type_name())
+        element = port.get_element_type().get_type_name()
+        dtype = {"f32": "float32", "f16": "float16", "u8": "uint8"}.get(element, element)
         check_image_input(path, self.input_name, dims, dtype)
         self.output = self.compiled.output(outputs[0]["name"])
         self.request = self.compiled.create_infer_request()

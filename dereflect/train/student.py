@@ -94,8 +94,18 @@ class StudentTrainer(Trainer):
         return (f"middle frames of synthetic {self.cfg.frames}-frame sequences at {self.cfg.size}px from "
                 f"{self.n_photos[0]} photos ({self.n_photos[1]} held out){real}; teacher {self.teacher_path.name}; {self.sources.describe()}")
 
-    def train_step(self, batch: dict, step: int) -> dict[str, float]:
-        cfg, w = self.cfg, self.cfg.loss
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        w = self.cfg.loss
+        return {"rec": w.rec, "perc": w.perc, "kt": w.kt, "gan_g": w.gan}
+
+    def loss_terms(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The student's loss terms on one batch (unweighted: see loss_weights) and its prediction.
+
+        One place for the loss, used by train_step and by tools/kt_gradients.py (which measures
+        each term's share of the update).
+        """
+        cfg = self.cfg
         x, t_true = batch["input"], batch["transmission"]
         with self.autocast():
             out = self.net(x)
@@ -110,7 +120,13 @@ class StudentTrainer(Trainer):
         if self.disc is not None:
             d_real, d_fake = self.disc_net(torch.cat([t_true, pred])).chunk(2)  # one forward: DDP-friendly
             terms["gan_g"] = L.gan_loss(cfg.gan, d_real, d_fake, for_discriminator=False)
-        weights = {"rec": w.rec, "perc": w.perc, "kt": w.kt, "gan_g": w.gan}
+        return terms, pred
+
+    def train_step(self, batch: dict, step: int) -> dict[str, float]:
+        cfg, w = self.cfg, self.cfg.loss
+        t_true = batch["transmission"]
+        terms, pred = self.loss_terms(batch)
+        weights = self.loss_weights
         total = sum(weights[k] * v for k, v in terms.items())
         self.opt.zero_grad(set_to_none=True)
         total.backward()
