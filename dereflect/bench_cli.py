@@ -74,7 +74,7 @@ def bench_command(
 
     for path in merged:
         load_ledger(path)  # bad files refused before any work
-    from dereflect.io import check_writable
+    from dereflect.files import check_writable
 
     for path, option in ((json_out, "--json"), (report, "--report")):
         if path is not None:
@@ -126,7 +126,7 @@ def bench_and_report(console, folder: Path, opts, merged: list[Path], json_out: 
         console.print(f"ledger: {json_out} ({len(rows)} rows)", markup=False)
     if report is not None:
         from dereflect.bench.report import render_report
-        from dereflect.io import write_bytes_atomic
+        from dereflect.files import write_bytes_atomic
 
         write_bytes_atomic(report, render_report(document, result, title=f"dereflect bench: {folder}").encode())
         console.print(f"report: {report}", markup=False)

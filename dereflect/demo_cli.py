@@ -36,7 +36,7 @@ def run_command(
 
     from dereflect.data.cli import synth_command
     from dereflect.evaluate import evaluate, load_predict
-    from dereflect.io import write_bytes_atomic
+    from dereflect.files import write_bytes_atomic
 
     console = Console(highlight=False)
     synth_dir = out / "synth"
@@ -57,7 +57,7 @@ def run_command(
     console.print(table)
 
     console.print("[bold]3/5[/] removing reflections from the synthesised photos with the default student")
-    from dereflect.io import read_image, write_image
+    from dereflect.images import read_image, write_image
     from dereflect.runtime import load
 
     session = load("default")

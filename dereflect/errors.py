@@ -30,8 +30,13 @@ class UsageError(DereflectError):
     exit_code = 2
 
 
-class NotLandedError(UsageError):
-    """A stage of the pipeline that is not built yet: say so, never fake output."""
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (runtimes and parsers put whole reports in theirs;
+    our errors are one line), or its type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
-    def __init__(self, what: str, issue: str) -> None:
-        super().__init__(None, f"{what} is not available yet: {issue} has not landed")
+
+def os_reason(exc: OSError) -> str:
+    """What an OSError says went wrong, without the path we already print ("No space left on device")."""
+    return exc.strerror or str(exc)

@@ -26,8 +26,9 @@ import numpy as np
 import typer
 
 from dereflect import metrics
-from dereflect.errors import DereflectError, NotLandedError
-from dereflect.io import check_writable, list_images, read_rgb, write_bytes_atomic
+from dereflect.errors import DereflectError
+from dereflect.files import check_writable, write_bytes_atomic
+from dereflect.images import list_images, read_rgb
 
 Predict = Callable[[np.ndarray], np.ndarray]
 METRIC_NAMES = ("psnr", "ssim", "lmse", "ncc")
@@ -208,10 +209,8 @@ def load_predict(model: str) -> Predict:
     """'identity' (input as output) or anything dereflect.runtime.load understands."""
     if model == "identity":
         return lambda rgb: rgb
-    try:
-        from dereflect.runtime import load  # lands with the runtime issue
-    except (ImportError, AttributeError):
-        raise NotLandedError("loading models for `dereflect eval`", "the runtime issue") from None
+    from dereflect.runtime import load
+
     return load(model).run
 
 

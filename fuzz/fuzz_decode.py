@@ -1,7 +1,7 @@
 """Coverage-guided fuzz target (atheris / libFuzzer): image decoding + the runtime's preprocessing.
 
 Each input is the bytes of a would-be image file. It is written to a scratch file and read with
-dereflect.io.read_image, exactly as `dereflect remove` reads a photo; whatever decodes then goes
+dereflect.images.read_image, exactly as `dereflect remove` reads a photo; whatever decodes then goes
 through the runtime's own padding and tiling (runtime.Session.run with a pointwise identity
 "backend", once whole and once in 16-px tiles) and is written back as PNG. The contract under
 test: bad bytes raise DereflectError and nothing else; good bytes give an RGB array that survives
@@ -44,7 +44,7 @@ with atheris.instrument_imports(include=INSTRUMENTED):
     import tifffile  # noqa: F401 - 16-bit TIFF decoding
 
     from dereflect.errors import DereflectError
-    from dereflect.io import read_image, write_image
+    from dereflect.images import read_image, write_image
     from dereflect.runtime.session import Session
 
 #: Pixel budget of one fuzz input. Smaller than read_image's 100 MP default only so libFuzzer

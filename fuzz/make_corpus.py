@@ -1,5 +1,5 @@
 """Write the tiny seed files of fuzz/corpus/decode/: one small image per decoding path of
-dereflect.io.read_image (8-bit, 16-bit PNG/TIFF, alpha, palette, CMYK, EXIF orientation,
+dereflect.images.read_image (8-bit, 16-bit PNG/TIFF, alpha, palette, CMYK, EXIF orientation,
 animated GIF, grey, BMP, WebP). Each is a few hundred bytes: libFuzzer mutates them, so
 small seeds reach the decoders' branches faster than photos would.
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dereflect.io import write_image
+from dereflect.images import write_image
 
 OUT = Path(__file__).resolve().parent / "corpus" / "decode"
 

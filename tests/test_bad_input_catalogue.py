@@ -222,7 +222,7 @@ def build_inputs(root: Path) -> dict[str, Path]:
 
     from dereflect.export.calib import reference_student
     from dereflect.export.manifest import manifest_path
-    from dereflect.io import write_image
+    from dereflect.images import write_image
     from dereflect.models import create_model, save_checkpoint
 
     d = {k: root / k for k in ("in", "art", "ck")}
@@ -303,13 +303,13 @@ def _check_wrong_extension(out: Path, src: Path) -> None:
 
 
 def _check_one(out: Path, src: Path) -> None:
-    from dereflect.io import read_image
+    from dereflect.images import read_image
 
     assert read_image(out / "one.png").pixels.shape == (1, 1, 3)
 
 
 def _check_deep(out: Path, src: Path) -> None:
-    from dereflect.io import read_image
+    from dereflect.images import read_image
 
     got = read_image(out / "deep.png")
     assert got.bit_depth == 16 and got.pixels.shape == (48, 64, 3)
@@ -323,20 +323,20 @@ def _check_cmyk(out: Path, src: Path) -> None:
 
 
 def _check_palette(out: Path, src: Path) -> None:
-    from dereflect.io import read_image
+    from dereflect.images import read_image
 
     assert read_image(out / "palette.png").pixels.shape == (48, 64, 3)
 
 
 def _check_alpha(out: Path, src: Path) -> None:
-    from dereflect.io import read_image
+    from dereflect.images import read_image
 
     assert np.array_equal(read_image(out / "alpha.png").alpha, read_image(src / "alpha.png").alpha)
 
 
 def _check_first_frame(name: str, written: str) -> Callable[[Path, Path], None]:
     def check(out: Path, src: Path) -> None:
-        from dereflect.io import read_rgb
+        from dereflect.images import read_rgb
         from dereflect.runtime import load
 
         first = read_rgb(src / "good.png")  # frame 0 is the photo, frame 1 its upside-down copy

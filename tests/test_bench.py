@@ -18,7 +18,7 @@ from dereflect.bench.ledger import REQUIRED_KEYS, ROW_KEYS, load_ledger, merge_r
 from dereflect.bench.machine import device_name
 from dereflect.cli import app
 from dereflect.errors import DereflectError, UsageError
-from dereflect.io import write_image
+from dereflect.images import write_image
 
 NO_BROWSER = ["--browser-ledger", "/nonexistent/browser-ledger.json"]
 

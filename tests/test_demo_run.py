@@ -8,7 +8,7 @@ import json
 from typer.testing import CliRunner
 
 from dereflect.cli import app
-from dereflect.io import read_rgb
+from dereflect.images import read_rgb
 from dereflect.metrics import ssim
 
 

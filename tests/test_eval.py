@@ -14,7 +14,7 @@ from dereflect import metrics
 from dereflect.cli import app, main
 from dereflect.errors import DereflectError
 from dereflect.evaluate import EvalResult, UnpairedWarning, evaluate, find_pairs, load_predict
-from dereflect.io import read_rgb, write_image
+from dereflect.images import read_rgb, write_image
 
 
 def _through_glass(transmission: np.ndarray, reflection: np.ndarray, weight: float) -> np.ndarray:
@@ -139,7 +139,7 @@ def test_missing_dir_and_no_pairs(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 def test_eval_a_checkpoint_scores_what_the_runtime_outputs(paired_set: Path, tmp_path: Path) -> None:
-    from dereflect.io import read_rgb
+    from dereflect.images import read_rgb
     from dereflect.metrics import ssim
     from dereflect.runtime import load
 

@@ -1,7 +1,7 @@
 """Every input the fuzzers found that broke a contract, kept as a test so the bug stays fixed.
 
 fuzz/findings/*.bin are the (tiny) inputs fuzz/fuzz_decode.py (atheris, coverage-guided) saved,
-named after the exception and the Pillow line that raised it before dereflect.io guarded it:
+named after the exception and the Pillow line that raised it before dereflect.images guarded it:
 read_image let IndexError / TypeError / struct.error escape from a GIF's or TIFF's frame table
 (`n_frames`), and SyntaxError from a broken EXIF block. Each must now be one DereflectError naming
 the file (or, for broken EXIF in an image whose pixels decode, the image with a warning).
@@ -20,7 +20,7 @@ import pytest
 from dereflect import metrics
 from dereflect.errors import DereflectError
 from dereflect.export.manifest import read_manifest
-from dereflect.io import read_image
+from dereflect.images import read_image
 from dereflect.runtime.session import Session
 
 FINDINGS = Path(__file__).resolve().parents[1] / "fuzz" / "findings"

@@ -27,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 from dereflect import metrics
 from dereflect.errors import DereflectError
 from dereflect.export import manifest as mf
-from dereflect.io import read_image, write_image
+from dereflect.images import read_image, write_image
 from dereflect.runtime import tiling
 from dereflect.runtime.session import Session
 

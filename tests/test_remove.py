@@ -18,7 +18,7 @@ from dereflect.cli import main
 from dereflect.export.calib import reference_student
 from dereflect.export.formats import FORMATS_BY_NAME
 from dereflect.export.pipeline import ExportOptions, Exporter
-from dereflect.io import read_image, write_image
+from dereflect.images import read_image, write_image
 from dereflect.models import save_checkpoint
 from dereflect.runtime import load
 

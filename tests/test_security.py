@@ -37,7 +37,7 @@ from dereflect.cli import main
 from dereflect.demo_server import SECURITY_HEADERS, DemoServer, resolve_request_path, serve_command
 from dereflect.errors import DereflectError
 from dereflect.export.manifest import build_manifest, manifest_path, write_manifest
-from dereflect.io import read_image, write_image
+from dereflect.images import read_image, write_image
 from dereflect.runtime import load
 
 REPO = Path(__file__).resolve().parents[1]

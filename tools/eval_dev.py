@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dereflect.evaluate import EvalResult, find_pairs  # noqa: E402
-from dereflect.io import from_float, read_rgb  # noqa: E402
+from dereflect.images import from_float, read_rgb  # noqa: E402
 from dereflect.metrics import gt_shift, score  # noqa: E402
 from dereflect.models import load_checkpoint  # noqa: E402
 from dereflect.models.blocks import pad_to_multiple  # noqa: E402

@@ -72,7 +72,7 @@ def compare(args) -> dict:
     from dereflect.data.datasets import SyntheticSequences
     from dereflect.data.photos import load_photos, split_photos
     from dereflect.models import load_checkpoint
-    from dereflect.train.loop import score_batch
+    from dereflect.train.scoring import score_batch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     photos = load_photos(args.data / "photos", max_side=512)

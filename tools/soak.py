@@ -61,7 +61,7 @@ def make_inputs(folder: Path, count: int, cycle: int = 100, seed: int = 0) -> di
     JPEG); which photos are blended, and how strongly, differs for every image."""
     from PIL import Image
 
-    from dereflect.io import write_image
+    from dereflect.images import write_image
 
     rng = np.random.default_rng(seed)
     plan = [((int(math.exp(rng.uniform(math.log(64), math.log(1500)))),

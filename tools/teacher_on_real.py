@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dereflect.data.datasets import SequenceFolder  # noqa: E402
-from dereflect.io import from_float  # noqa: E402
+from dereflect.images import from_float  # noqa: E402
 from dereflect.models import load_checkpoint  # noqa: E402
 
 

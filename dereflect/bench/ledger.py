@@ -138,6 +138,6 @@ def ledger_document(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 
 
 def write_ledger(path: str | Path, document: dict[str, Any]) -> None:
-    from dereflect.io import write_bytes_atomic
+    from dereflect.files import write_bytes_atomic
 
     write_bytes_atomic(Path(path), (json.dumps(document, indent=1, allow_nan=False) + "\n").encode())

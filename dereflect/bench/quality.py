@@ -23,7 +23,7 @@ import numpy as np
 
 from dereflect import metrics
 from dereflect.errors import DereflectError
-from dereflect.io import from_float, to_float
+from dereflect.images import from_float, to_float
 from dereflect.export import parity as parity_mod
 
 RunFloat = Callable[[np.ndarray], np.ndarray]  # HxWx3 float32 [0,1] -> same
@@ -110,7 +110,7 @@ def load_pair_set(pairs_dir: Path | None, max_pairs: int | None = None, synth_co
             store.put(i, (from_float(data.images[i].transpose(1, 2, 0)), from_float(data.truth[i].transpose(1, 2, 0))))
         return PairSet(list(data.names), data.source, store)
     from dereflect.evaluate import find_pairs
-    from dereflect.io import read_rgb
+    from dereflect.images import read_rgb
 
     pairs = find_pairs(Path(pairs_dir), on_skip)
     if max_pairs is not None:

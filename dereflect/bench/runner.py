@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dereflect.io import to_float
+from dereflect.images import to_float
 from dereflect.bench import quality as q
 from dereflect.bench.machine import PeakMeter, device_name, machine_info, rss_mb
 from dereflect.bench.timing import time_call

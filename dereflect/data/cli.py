@@ -69,7 +69,7 @@ def synth_command(
         "photos": len(photos), "sequences": sequences, "frames": frames, "size": size, "seed": seed,
         "config": asdict(SynthConfig()),
     }
-    from dereflect.io import write_bytes_atomic
+    from dereflect.files import write_bytes_atomic
 
     try:
         write_bytes_atomic(out / "dataset.json", json.dumps(info, indent=1).encode())
@@ -115,6 +115,6 @@ def _reason(exc: OSError, folder: Path) -> str:
 
 
 def _write_preview(path: Path, sheet) -> None:
-    from dereflect.io import write_image
+    from dereflect.images import write_image
 
     write_image(path, sheet)

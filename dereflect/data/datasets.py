@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from dereflect.data.photos import IMAGE_SUFFIXES, read_rgb_uint8
 from dereflect.data.synth import SynthConfig, SynthSequence, _read_flow, synthesize_sequence
-from dereflect.io import read_rgb_float
+from dereflect.images import read_rgb_float
 from dereflect.errors import DereflectError
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from dereflect.errors import DereflectError
-from dereflect.io import IMAGE_SUFFIXES, list_images, read_rgb
+from dereflect.images import IMAGE_SUFFIXES, list_images, read_rgb
 
 
 # scikit-image's bundled photos (no download needed): natural colour ones first, then grey

@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from dereflect.errors import DereflectError, UsageError
-from dereflect.io import atomic_output, read_rgb_float, write_bytes_atomic, write_image
+from dereflect.files import atomic_output, write_bytes_atomic
+from dereflect.images import read_rgb_float, write_image
 
 Range = tuple[float, float]
 

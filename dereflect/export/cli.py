@@ -117,7 +117,7 @@ def _print_results(console, results, skipped) -> None:
 
 def _write_report(out: Path, checkpoint: Path, precision: str, results, skipped) -> None:
     """export-report.json: the run at a glance (not a manifest; `find_artifacts` ignores it)."""
-    from dereflect.io import write_bytes_atomic
+    from dereflect.files import write_bytes_atomic
 
     report = {"kind": "dereflect-export-report", "checkpoint": str(checkpoint), "precision": precision,
               "results": [r.as_dict() for r in results],

@@ -270,7 +270,7 @@ class Exporter:
     def _place(self, src: Path, dst: Path) -> Path:
         """Copy a built file into --out atomically: a full disk leaves the previous artifact (or
         nothing), never a truncated one that a later run would load."""
-        from dereflect.io import atomic_output
+        from dereflect.files import atomic_output
 
         if dst.is_dir():
             shutil.rmtree(dst)

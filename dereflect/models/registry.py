@@ -20,7 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from dereflect.errors import DereflectError
-from dereflect.io import atomic_output
+from dereflect.files import atomic_output
 from dereflect.models.student import Student, StudentConfig
 from dereflect.models.teacher import Teacher, TeacherConfig
 

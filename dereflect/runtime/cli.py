@@ -37,7 +37,7 @@ class Job:
 
 def _expand(item: str, errors: list[DereflectError]) -> list[Path]:
     """One INPUT argument -> image files (a folder's images, a glob's matches, or the file itself)."""
-    from dereflect.io import IMAGE_SUFFIXES, list_images
+    from dereflect.images import IMAGE_SUFFIXES, list_images
 
     path = Path(item).expanduser()
     if path.is_dir():
@@ -74,7 +74,7 @@ def plan_outputs(inputs: list[Path], out: Path, suffix: str, save_reflection: bo
         raise DereflectError(out, "-o must be a folder, and this is a file")
     if "/" in suffix or "\\" in suffix:
         raise DereflectError(None, f"--suffix must not contain a path separator, got '{suffix}'")
-    from dereflect.io import IMAGE_SUFFIXES
+    from dereflect.images import IMAGE_SUFFIXES
 
     protected = {p.resolve() for p in inputs}
     taken: dict[Path, Path] = {}
@@ -110,7 +110,7 @@ def reflection_layer(image: np.ndarray, clean: np.ndarray) -> np.ndarray:
 
 def _process(session, job: Job, on_tile) -> tuple[tuple[int, int], int, float]:
     """Read, run, write one image; returns ((width, height), tiles, seconds)."""
-    from dereflect.io import read_image, write_image
+    from dereflect.images import read_image, write_image
 
     img = read_image(job.source)
     plan = session.plan(*img.pixels.shape[:2])

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from dereflect.io import from_float, to_float
+from dereflect.images import from_float, to_float
 
 Infer = Callable[[np.ndarray], np.ndarray]  # (1,3,h,w) float32 [0,1] -> same shape
 

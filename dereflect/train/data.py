@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dereflect.io import IMAGE_SUFFIXES, from_float
+from dereflect.images import IMAGE_SUFFIXES, from_float
 from dereflect.errors import DereflectError
 
 

@@ -11,8 +11,6 @@ Users get `last.safetensors` and `best.safetensors` (+ JSON), loadable by `load_
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -21,15 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dereflect.errors import DereflectError
+from dereflect.errors import DereflectError, first_line, os_reason
+from dereflect.files import atomic_torch_save, write_text_atomic
 from dereflect.models import save_checkpoint
 from dereflect.train.config import TrainConfig, config_from_dict
+from dereflect.train.csvlog import CsvLog
 from dereflect.train.data import StepSampler
 
 
@@ -63,43 +62,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.lr_min_factor + (1 - cfg.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(3,H,W) float [0,1] -> HWC uint8, rounded as `dereflect remove` writes it."""
-    from dereflect.io import from_float
-
-    return from_float(x.detach().float().permute(1, 2, 0).cpu().numpy())
-
-
-def write_failed(path: Path, what: str, exc: OSError) -> DereflectError:
-    """One line for a write that failed (disk full, folder gone, no permission); the atomic writers
-    guarantee the file that was there before is unchanged, so the message can say so."""
-    return DereflectError(path, f"could not write the {what} ({exc.strerror or exc}); "
-                                "the previous file, if any, is unchanged")
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save, atomically. Serialised in memory first: torch's own file writer reports a full
-    disk as a cryptic 'unexpected pos' RuntimeError, a plain file write reports ENOSPC by name."""
-    from dereflect.io import atomic_output
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    try:
-        with atomic_output(path) as tmp:
-            tmp.write_bytes(buf.getbuffer())
-    except OSError as exc:
-        raise write_failed(path, "training state", exc) from None
-
-
-def write_text_atomic(path: Path, text: str, what: str) -> None:
-    from dereflect.io import write_bytes_atomic
-
-    try:
-        write_bytes_atomic(path, text.encode())
-    except OSError as exc:
-        raise write_failed(path, what, exc) from None
-
-
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Temp files of writes a killed run left behind (`.state.pt.*.tmp`, ...): never read, only litter."""
     names = ("state.pt", "last.safetensors", "last.json", "best.safetensors", "best.json", "config.json",
@@ -108,47 +70,6 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
-
-
-class CsvLog:
-    """Append-only CSV whose rows beyond a resumed step are dropped (so a resumed log has no repeats)."""
-
-    def __init__(self, path: Path, start_step: int) -> None:
-        self.path = path
-        self.fields: list[str] | None = None
-        if path.exists():
-            with path.open(newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            # rows are logged after their step; a row cut short by a kill mid-append is dropped
-            rows = [r for r in rows if None not in r.values() and _step_of(r) is not None and _step_of(r) <= start_step]
-            if rows:
-                self.fields = list(rows[0].keys())
-            buf = io.StringIO()
-            if self.fields:
-                w = csv.DictWriter(buf, self.fields)
-                w.writeheader()
-                w.writerows(rows)
-            write_text_atomic(path, buf.getvalue(), "log")  # a kill during the rewrite keeps the old log
-
-    def write(self, row: dict[str, Any]) -> None:
-        try:
-            if self.fields is None:
-                self.fields = list(row.keys())
-                with self.path.open("w", newline="") as fh:
-                    csv.DictWriter(fh, self.fields).writeheader()
-            buf = io.StringIO()
-            csv.DictWriter(buf, self.fields, extrasaction="ignore").writerow(row)
-            with self.path.open("a", newline="") as fh:
-                fh.write(buf.getvalue())  # one write call: a kill leaves a whole row or none (almost always)
-        except OSError as exc:
-            raise write_failed(self.path, "log", exc) from None
-
-
-def _step_of(row: dict[str, Any]) -> int | None:
-    try:
-        return int(row["step"])
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 class Trainer:
@@ -193,7 +114,7 @@ class Trainer:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise DereflectError(self.run_dir, f"cannot create the run folder ({exc.strerror or exc})") from None
+                raise DereflectError(self.run_dir, f"cannot create the run folder ({os_reason(exc)})") from None
             remove_stale_temp_files(self.run_dir)
             write_text_atomic(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2), "run config")
 
@@ -263,7 +184,7 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for a corrupt file
-            raise DereflectError(path, f"cannot read training state ({str(exc).splitlines()[0]})") from None
+            raise DereflectError(path, f"cannot read training state ({first_line(exc)})") from None
         saved = config_from_dict(json.loads(state["config"]))
         if saved.model != self.cfg.model or saved.model_overrides != self.cfg.model_overrides:
             raise DereflectError(path, f"run was for {saved.model} {saved.model_overrides}, not {self.cfg.model} {self.cfg.model_overrides}")
@@ -373,19 +294,3 @@ class Trainer:
         except ImportError:
             return None  # tensorboard is in the [train] extra; the CSV logs are always written
         return SummaryWriter(str(self.run_dir / "tb"))
-
-
-def score_batch(pred: torch.Tensor, target: torch.Tensor, inputs: torch.Tensor) -> dict[str, list[float]]:
-    """Literature metrics per image on uint8-rounded outputs, plus the identity baseline."""
-    from dereflect.metrics import lmse, psnr, ssim
-
-    out: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "lmse", "id_psnr", "id_ssim", "id_lmse")}
-    for p, t, x in zip(pred, target, inputs):
-        gt, est, ident = to_uint8(t), to_uint8(p), to_uint8(x)
-        out["psnr"].append(psnr(gt, est))
-        out["ssim"].append(ssim(gt, est))
-        out["lmse"].append(lmse(gt, est))
-        out["id_psnr"].append(psnr(gt, ident))
-        out["id_ssim"].append(ssim(gt, ident))
-        out["id_lmse"].append(lmse(gt, ident))
-    return out

@@ -21,7 +21,8 @@ from dereflect.models import create_model, load_checkpoint
 from dereflect.models.blocks import pad_to_multiple
 from dereflect.train import losses as L
 from dereflect.train.data import LabelledSequences, StepData, discover, load_pairs
-from dereflect.train.loop import Trainer, score_batch
+from dereflect.train.loop import Trainer
+from dereflect.train.scoring import score_batch
 from dereflect.train.teacher import adam, build_synthetic
 
 

@@ -15,7 +15,8 @@ from dereflect.models import create_model
 from dereflect.models.blocks import resize_flow
 from dereflect.train import losses as L
 from dereflect.train.data import DataSources, LabelledSequences, StepData, discover, load_all_photos, warn_unused
-from dereflect.train.loop import Trainer, score_batch
+from dereflect.train.loop import Trainer
+from dereflect.train.scoring import score_batch
 
 
 def adam(module: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

@@ -1,4 +1,4 @@
-"""Image read/write for the whole project: one place that knows about files.
+"""Image read/write for the whole project: one place that knows about image files.
 
 Everything else sees HxWx3 RGB arrays (uint8, or uint16 for 16-bit sources). What this module
 takes care of so no one else has to:
@@ -26,7 +26,6 @@ Do not enable ImageFile.LOAD_TRUNCATED_IMAGES: a truncated photo must be an erro
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 import os
 import struct
@@ -35,12 +34,13 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from dereflect.errors import DereflectError
+from dereflect.files import new_file_mode
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -462,7 +462,7 @@ def write_image(
     if not p.parent.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    _new_file_mode(fd)
+    new_file_mode(fd)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -478,55 +478,6 @@ def write_image(
         if isinstance(exc, (DereflectError, KeyboardInterrupt, SystemExit)):
             raise
         raise DereflectError(p, f"could not write the image ({exc})") from exc
-
-
-def _new_file_mode(fd: int) -> None:
-    """Give a temp file the mode a new file gets here (0666 & ~umask): mkstemp makes it 0600 and
-    os.replace would keep that, leaving outputs unreadable to the user's other tools."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)
-
-
-@contextlib.contextmanager
-def atomic_output(path: PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success fsync it and rename it over `path`, on any
-    failure remove it. A reader (or a run killed mid-write) never sees a half-written file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    _new_file_mode(fd)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def check_writable(path: PathLike, option: str) -> None:
-    """Refuse an output file path up front (before minutes of work): it must not be a folder and
-    must lie in a folder that exists (or can be made) and is writable."""
-    path = Path(path)
-    if path.is_dir():
-        raise DereflectError(path, f"{option} names a folder; give a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise DereflectError(path, f"cannot write here: {parent} is not a folder")
-    if not os.access(parent, os.W_OK):
-        raise DereflectError(path, f"cannot write here: folder {parent} is not writable")
-
-
-def write_bytes_atomic(path: PathLike, data: bytes) -> None:
-    """Write data to path atomically (temp file in the same folder + os.replace): JSON, reports."""
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def _write_pillow(fh, samples: np.ndarray, fmt: str, icc_profile: Optional[bytes], exif: Optional[bytes]) -> None:

@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image, ImageCms, ImageOps
 
 from dereflect.errors import DereflectError
-from dereflect.io import (
+from dereflect.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     MultiFrameWarning,
