@@ -5,7 +5,9 @@ real_flash_demo (`*_ambient.jpg` photo through glass vs `*_ambient_T.jpg` transm
 Images run at full resolution (padded to the network's multiple), scored with dereflect.metrics.
 Besides checkpoints, two baselines: `identity` (the photo) and `blur` (the photo through a Gaussian
 of sigma 2 px) — the second is a metric sanity check: it removes no reflection, yet on pairs whose
-ground truth is misaligned with the photo it scores a better LMSE than the photo. Means are given
+ground truth is misaligned with the photo it scores a better LMSE than the photo. `oracle-gain` is
+an upper bound on what a global colour correction alone can earn: it sees the ground truth and fits
+one gain and offset per channel (least squares, photo -> ground truth) and changes nothing else. Means are given
 over all pairs and over the pairs whose measured ground-truth shift is at most
 metrics.ALIGNED_MAX_SHIFT (1 px; the GT shift does not depend on the model).
 
@@ -41,16 +43,30 @@ def dev_pairs(shared: Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
+def oracle_gain(img: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """The photo with the per-channel gain and offset that best map it onto `gt` (least squares):
+    how much of a score a model could earn by brightening/re-colouring alone."""
+    x, y = img.reshape(-1, 3).astype(np.float64), gt.reshape(-1, 3).astype(np.float64)
+    out = np.empty_like(x)
+    for c in range(3):
+        gain, offset = np.polyfit(x[:, c], y[:, c], 1)
+        out[:, c] = gain * x[:, c] + offset
+    return from_float(out.reshape(img.shape) / 255.0)
+
+
 def predictor(spec: str):
+    """A function (photo, ground truth) -> estimate; only `oracle-gain` looks at the ground truth."""
     if spec == "identity":
-        return lambda img: img
+        return lambda img, gt: img
     if spec == "blur":
         from scipy.ndimage import gaussian_filter
 
-        return lambda img: from_float(gaussian_filter(img / 255.0, (2, 2, 0)))
+        return lambda img, gt: from_float(gaussian_filter(img / 255.0, (2, 2, 0)))
+    if spec == "oracle-gain":
+        return oracle_gain
     model = load_checkpoint(spec, expect="student")
 
-    def run(img: np.ndarray) -> np.ndarray:
+    def run(img: np.ndarray, gt: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
         x, (h, w) = pad_to_multiple(x, model.size_multiple)
         with torch.no_grad():
@@ -66,7 +82,7 @@ def _cell(row: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="'identity', 'blur' or student checkpoints")
+    ap.add_argument("models", nargs="+", help="'identity', 'blur', 'oracle-gain' or student checkpoints")
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", action="store_true", help="also print a per-image SSIM/LMSE table")
@@ -77,7 +93,8 @@ def main() -> None:
     table: dict[str, EvalResult] = {}
     for spec in args.models:
         run = predictor(spec)
-        table[spec] = result = EvalResult(rows=[{"name": n, **score(gt, run(img)), "gt_shift": shifts[n]} for n, img, gt in images])
+        rows = [{"name": n, **score(gt, run(img, gt)), "gt_shift": shifts[n]} for n, img, gt in images]
+        table[spec] = result = EvalResult(rows=rows)
         for label, mean in (("all", result.mean), (f"aligned ({len(result.aligned_rows)})", result.aligned_mean)):
             print(f"{spec:60s} {label:12s} PSNR {mean['psnr']:.2f}  SSIM {mean['ssim']:.4f}  LMSE {mean['lmse']:.4f}  NCC {mean['ncc']:.4f}")
     if args.markdown:
