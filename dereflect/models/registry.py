@@ -21,6 +21,7 @@ from torch import nn
 
 from dereflect.errors import DereflectError
 from dereflect.files import atomic_output
+from dereflect.models.mobile_student import MobileStudent, MobileStudentConfig
 from dereflect.models.student import Student, StudentConfig
 from dereflect.models.teacher import Teacher, TeacherConfig
 
@@ -29,6 +30,9 @@ PRESETS: dict[str, tuple[type[nn.Module], type, dict[str, Any]]] = {
     "student-nano": (Student, StudentConfig, dict(widths=(8, 16, 24, 64), blocks=(0, 1, 2), dyn_channels=(8, 12, 32), halluc_blocks=1)),
     "student-small": (Student, StudentConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 2), dyn_channels=(16, 24, 32), halluc_blocks=1)),
     "student-base": (Student, StudentConfig, dict(widths=(24, 48, 96, 128), blocks=(1, 2, 3), dyn_channels=(32, 48, 64), halluc_blocks=2)),
+    # ImageNet MobileNetV2 encoder (models/backbones.py): the real-time student and the quality student.
+    "student-mnv2-rt": (MobileStudent, MobileStudentConfig, dict(stem_width=8, dec_widths=(16, 24, 32, 48), dyn_channels=(8, 12, 16))),
+    "student-mnv2-hq": (MobileStudent, MobileStudentConfig, dict(stem_width=24, dec_widths=(32, 48, 64, 96), dyn_channels=(16, 24, 32), halluc_blocks=2)),
     "teacher-base": (Teacher, TeacherConfig, dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64))),
     "teacher-small": (Teacher, TeacherConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 1), dyn_channels=(16, 32, 48))),
 }

