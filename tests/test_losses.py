@@ -12,6 +12,7 @@ from skimage import data, filters, transform
 from dereflect.errors import DereflectError
 from dereflect.models.blocks import resize_flow
 from dereflect.train import losses
+from dereflect.models.vgg import DEFAULT_LAYERS
 from dereflect.train.losses import (
     PatchDiscriminator,
     PerceptualLoss,
@@ -248,3 +249,22 @@ def test_distillation_loss_standardises_channels() -> None:
     assert all(t.grad is None for t in teacher_leaf)  # the frozen teacher gets no gradient
     with pytest.raises(ValueError, match="differ"):
         distillation_loss([teacher[0]], [teacher[1]])
+
+
+def test_structure_loss_is_one_minus_the_benchmark_ssim() -> None:
+    from dereflect.metrics import ssim
+    from dereflect.train.losses import structure_loss
+
+    rng = np.random.default_rng(3)
+    gt = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    est = np.clip(gt.astype(int) + rng.integers(-30, 31, gt.shape), 0, 255).astype(np.uint8)
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+    assert float(structure_loss(to_t(est), to_t(gt))) == pytest.approx(1 - ssim(gt, est), abs=1e-4)
+    assert float(structure_loss(to_t(gt), to_t(gt))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_perceptual_loss_on_the_first_layers_only(perceptual: PerceptualLoss) -> None:
+    three = PerceptualLoss(source=perceptual.vgg.source, layers=DEFAULT_LAYERS[:3])
+    assert three.weights == perceptual.weights[:3]
+    with pytest.raises(ValueError, match="first n defaults"):
+        PerceptualLoss(source=perceptual.vgg.source, layers=("relu2_2", "relu3_2"))

@@ -28,6 +28,7 @@ class LossWeights:
     layers: float = 0.5  # per-frame T_i/R_i supervision (teacher, synthetic data)
     gan: float = 0.01  # L_G + L_D (student)
     kt: float = 1.0  # L_T (student): distillation of D
+    ssim: float = 0.0  # structure term (1 - SSIM, the benchmarks' SSIM) on T (student)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     perceptual: str = "auto"  # auto | hed | torchvision | off
+    perceptual_layers: int = 5  # VGG layers used by L_P (relu1_2 .. relu5_2): 3 stops at relu3_2, ~half the cost on a CPU
     gan: str = "relativistic"  # relativistic | hinge | off (student)
     d_lr: float = 1e-4
     amp: bool = True  # bf16 autocast on CUDA

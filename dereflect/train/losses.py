@@ -44,6 +44,14 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, grad_weight: f
     return loss
 
 
+def structure_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM, with the benchmarks' own window and constants (metrics.ssim_torch): the benchmarks score
+    SSIM, and L1 alone is content to smooth texture the SSIM of the ground truth keeps."""
+    from dereflect.metrics import ssim_torch
+
+    return 1.0 - ssim_torch(pred.float(), target.float())
+
+
 class PerceptualLoss(nn.Module):
     """L_P: weighted L1 between frozen VGG features of `pred` and `target` (ERRNet / Zhang et al.).
 
@@ -60,9 +68,9 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         self.vgg = VGGFeatures(source, layers)
         if weights is None:
-            if tuple(layers) != DEFAULT_LAYERS:
-                raise ValueError("give layer weights when choosing layers other than the defaults")
-            weights = VGG19_LAYER_WEIGHTS if self.vgg.source == "torchvision" else HED_LAYER_WEIGHTS
+            if tuple(layers) != DEFAULT_LAYERS[: len(layers)]:
+                raise ValueError("give layer weights when choosing layers other than the first n defaults")
+            weights = (VGG19_LAYER_WEIGHTS if self.vgg.source == "torchvision" else HED_LAYER_WEIGHTS)[: len(layers)]
         if len(weights) != len(layers):
             raise ValueError(f"{len(weights)} weights for {len(layers)} layers")
         self.weights = tuple(float(w) for w in weights)

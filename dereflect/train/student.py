@@ -49,7 +49,10 @@ class StudentTrainer(Trainer):
 
     def build(self) -> None:
         cfg = self.cfg
-        self._model = create_model(cfg.model, **cfg.model_overrides).to(self.device).train()
+        self._model = create_model(cfg.model, **cfg.model_overrides)
+        # Pretrained encoders (ImageNet MobileNetV2) start a fresh run; --init and --resume overwrite them anyway.
+        self.encoder_init = self._model.load_pretrained() if hasattr(self._model, "load_pretrained") and not cfg.init else None
+        self._model = self._model.to(self.device).train()
         use_kt = self._model.config.use_kt and self._model.config.use_hallucination and cfg.loss.kt > 0
         self.teacher = None
         if use_kt:
@@ -76,7 +79,10 @@ class StudentTrainer(Trainer):
                 kt.append(nn.Conv2d(c_s, c_t, 1))
         self.bundle = StudentWithKT(self._model, kt).to(self.device)
         self.net = self.wrap_ddp(self.bundle, find_unused=True)
-        self.perceptual = L.PerceptualLoss(source=cfg.perceptual).to(self.device) if cfg.perceptual != "off" and cfg.loss.perc > 0 else None
+        self.perceptual = None
+        if cfg.perceptual != "off" and cfg.loss.perc > 0:
+            layers = L.DEFAULT_LAYERS[: cfg.perceptual_layers]
+            self.perceptual = L.PerceptualLoss(source=cfg.perceptual, layers=layers).to(self.device)
         self.opt = adam(self.bundle, cfg.lr, cfg.weight_decay)
         self.disc = None
         if cfg.gan != "off" and cfg.loss.gan > 0:
@@ -92,13 +98,14 @@ class StudentTrainer(Trainer):
 
     def data_description(self) -> str:
         real = f"; {len(self.real_pairs)} real pairs (fraction {self.cfg.real_fraction})" if self.real_pairs else ""
+        encoder = f"; encoder init {self.encoder_init}" if self.encoder_init else ""
         return (f"middle frames of synthetic {self.cfg.frames}-frame sequences at {self.cfg.size}px from "
-                f"{self.n_photos[0]} photos ({self.n_photos[1]} held out){real}; teacher {self.teacher_path.name}; {self.sources.describe()}")
+                f"{self.n_photos[0]} photos ({self.n_photos[1]} held out){real}; teacher {self.teacher_path.name}; {self.sources.describe()}{encoder}")
 
     @property
     def loss_weights(self) -> dict[str, float]:
         w = self.cfg.loss
-        return {"rec": w.rec, "perc": w.perc, "kt": w.kt, "gan_g": w.gan}
+        return {"rec": w.rec, "perc": w.perc, "kt": w.kt, "gan_g": w.gan, "ssim": w.ssim}
 
     def loss_terms(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The student's loss terms on one batch (unweighted: see loss_weights) and its prediction.
@@ -112,6 +119,8 @@ class StudentTrainer(Trainer):
             out = self.net(x)
         pred = out["transmission"].float()
         terms: dict[str, torch.Tensor] = {"rec": L.reconstruction_loss(pred, t_true)}
+        if cfg.loss.ssim > 0:
+            terms["ssim"] = L.structure_loss(pred, t_true)
         if self.perceptual is not None:
             terms["perc"] = self.perceptual(pred, t_true)
         if self.teacher is not None and "frames" in batch and "d_proj" in out:
