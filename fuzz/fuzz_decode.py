@@ -45,6 +45,7 @@ with atheris.instrument_imports(include=INSTRUMENTED):
 
     from dereflect.errors import DereflectError
     from dereflect.images import read_image, write_image
+    from dereflect.runtime.backends import Backend
     from dereflect.runtime.session import Session
 
 #: Pixel budget of one fuzz input. Smaller than read_image's 100 MP default only so libFuzzer
@@ -57,11 +58,13 @@ MAX_TILED_PIXELS = 1 << 14
 SCRATCH = Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()) / f"dereflect-fuzz-{os.getuid()}"
 
 
-class IdentityBackend:
+class IdentityBackend(Backend):
     """A pointwise "network": returns its input, after checking the contract backends rely on."""
 
     name = "identity"
-    multiple = 8
+
+    def __init__(self) -> None:
+        pass
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         assert batch.dtype == np.float32 and batch.ndim == 4 and batch.shape[:2] == (1, 3), batch.shape

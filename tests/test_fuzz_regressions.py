@@ -21,6 +21,7 @@ from dereflect import metrics
 from dereflect.errors import DereflectError
 from dereflect.export.manifest import read_manifest
 from dereflect.images import read_image
+from dereflect.runtime.backends import Backend
 from dereflect.runtime.session import Session
 
 FINDINGS = Path(__file__).resolve().parents[1] / "fuzz" / "findings"
@@ -60,8 +61,11 @@ def test_finding_is_handled(name: str, tmp_path: Path) -> None:
     np.testing.assert_array_equal(Session(_Identity(), None, tile=16, overlap=8).run(img.pixels), img.pixels)
 
 
-class _Identity:
-    multiple = 8
+class _Identity(Backend):
+    name = "identity"
+
+    def __init__(self) -> None:
+        pass
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return batch

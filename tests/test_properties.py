@@ -29,6 +29,7 @@ from dereflect.errors import DereflectError
 from dereflect.export import manifest as mf
 from dereflect.images import read_image, write_image
 from dereflect.runtime import tiling
+from dereflect.runtime.backends import Backend
 from dereflect.runtime.session import Session
 
 SEEDS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus" / "decode"
@@ -255,7 +256,7 @@ def test_blend_weights_are_positive_everywhere(h: int, w: int, tile: int, overla
     np.testing.assert_allclose(r + r[::-1], 1.0, atol=1e-6)
 
 
-class Pointwise:
+class Pointwise(Backend):
     """A "network" that maps every pixel on its own, so tiling cannot change its result."""
 
     name = "pointwise"

@@ -20,7 +20,7 @@ def export_all(checkpoint: Path, out: Path, precisions: tuple[str, ...] = PRECIS
     """Export `checkpoint` to `formats` at each precision into `out`; the ExportResults (a failed
     parity gate or build is in its result, not raised: the benchmark reports it)."""
     from dereflect.export.formats import resolve_formats
-    from dereflect.export.pipeline import ONNX_BASED, ExportOptions, Exporter
+    from dereflect.export.pipeline import ExportOptions, Exporter
     from dereflect.models import load_checkpoint
 
     model = load_checkpoint(checkpoint, expect="student")
@@ -33,7 +33,7 @@ def export_all(checkpoint: Path, out: Path, precisions: tuple[str, ...] = PRECIS
                 log(f"skip {fmt.name} {precision}: {reason}")
             opts = ExportOptions(precision=precision, size=size, val_count=val_count, calib_count=calib_count)
             exporter = Exporter(checkpoint, out, opts, log=log, model=model, base_onnx=base)
-            if base is None and any(f.name in ONNX_BASED for f in build):
+            if base is None and any(f.via_onnx for f in build):
                 base = Path(shutil.copyfile(exporter.onnx_path("fp32"), Path(tmp) / "base-fp32.onnx"))
             results += exporter.run(build)
     return results

@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from dereflect.export.formats import PRECISIONS
+
 PALETTE = ["#1f77b4", "#9467bd", "#2ca02c", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 FIXED = {"torch": "#7f7f7f", "onnxruntime": "#1f77b4", "openvino": "#9467bd", "onnxruntime-web": "#ff7f0e"}
-MARKERS = {"fp32": "circle", "fp16": "square", "int8": "triangle"}
+MARKERS = dict(zip(PRECISIONS, ("circle", "square", "triangle")))  # one shape per precision, in table order
+GLYPHS = dict(zip(PRECISIONS, ("&#9679;", "&#9632;", "&#9650;")))
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;color:#222;padding:0 16px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -239,7 +242,8 @@ def _device_section(device: str, rows: list[dict[str, Any]], summary: dict[str, 
     if plots:
         legend = " ".join(f'<span style="color:{c}">&#9632;</span> {_esc(b)}' for b, c in colors.items()
                           if any(r["backend"] == b for r in rows))
-        out.append(f'<p class="small">{legend} &nbsp; &#9679; fp32 &#9632; fp16 &#9650; int8 &nbsp; hollow red: failed</p>')
+        shapes = " ".join(f"{GLYPHS[p]} {p}" for p in PRECISIONS)
+        out.append(f'<p class="small">{legend} &nbsp; {shapes} &nbsp; hollow red: failed</p>')
         out.append('<div class="plots">' + "".join(plots) + "</div>")
     out.append(_rows_table(rows, numbers))
     return "".join(out)
@@ -252,7 +256,7 @@ def _thumbs_section(result: Any, rows: list[dict[str, Any]]) -> str:
     by_key = {m.key: m for m in result.measured if m.quality is not None and m.quality.thumbs}
     ref = next((m for m in result.measured if m.status == "reference" and m.key in by_key), None)
     picks: list[Any] = []
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in PRECISIONS:
         cands = [r for r in rows if r.get("precision") == precision and r.get("status") == "passed"
                  and isinstance(r.get("latency_ms"), (int, float)) and r.get("source") == "dereflect bench"]
         if not cands:

@@ -21,15 +21,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dereflect.images import to_float
 from dereflect.bench import quality as q
 from dereflect.bench.machine import PeakMeter, device_name, machine_info, rss_mb
 from dereflect.bench.timing import time_call
-from dereflect.errors import DereflectError, UsageError
+from dereflect.errors import DereflectError, UsageError, first_line
 from dereflect.export import parity as parity_mod
+from dereflect.export.formats import PRECISIONS
+from dereflect.runtime.tiling import network_input
 
 REPO = Path(__file__).resolve().parents[2]
-PRECISION_ORDER = ("fp32", "fp16", "int8")
 Log = Callable[[str], None]
 
 
@@ -59,7 +59,7 @@ class BenchOptions:
         if self.max_pairs is not None and self.max_pairs < 1:
             raise UsageError(None, f"--max-pairs must be >= 1, got {self.max_pairs}")
         if self.backends is not None:
-            from dereflect.runtime.resolve import BACKENDS
+            from dereflect.runtime.backends import BACKENDS
 
             for b in self.backends:
                 if b not in BACKENDS:
@@ -128,9 +128,8 @@ class BenchResult:
 def find_targets(folder: Path, backends: tuple[str, ...] | None, log: Log) -> tuple[list[Target], list[dict[str, str]]]:
     """Every (artifact, backend) pair, ordered fp32 -> int8 and by the format table; byte-identical
     artifacts on one backend kept once (the rest listed as skipped)."""
-    from dereflect.export.formats import FORMATS
+    from dereflect.export.formats import FORMATS, runnable_by
     from dereflect.export.manifest import find_artifacts
-    from dereflect.runtime.resolve import FORMAT_KIND, RUNS
 
     found = find_artifacts(folder)
     if not found:
@@ -139,11 +138,11 @@ def find_targets(folder: Path, backends: tuple[str, ...] | None, log: Log) -> tu
     order = [f.name for f in FORMATS]
     targets, skipped, seen = [], [], {}
     for artifact, manifest in found:
-        kind = FORMAT_KIND.get(str(manifest.get("format")))
-        if kind is None:
+        runners = runnable_by(str(manifest.get("format")))
+        if not runners:
             skipped.append({"artifact": artifact.name, "reason": f"unknown format {manifest.get('format')!r}"})
             continue
-        for backend in RUNS[kind]:
+        for backend in runners:
             if backends is not None and backend not in backends:
                 continue
             twin = seen.get((manifest["artifact_sha256"], backend))
@@ -155,7 +154,7 @@ def find_targets(folder: Path, backends: tuple[str, ...] | None, log: Log) -> tu
 
     def rank(t: Target) -> tuple[int, int, int, str]:
         fmt = str(t.manifest.get("format"))
-        return (PRECISION_ORDER.index(t.precision) if t.precision in PRECISION_ORDER else 9,
+        return (PRECISIONS.index(t.precision) if t.precision in PRECISIONS else 9,
                 order.index(fmt) if fmt in order else 99, int(t.manifest.get("target") == "web"), t.backend)
 
     targets.sort(key=rank)
@@ -188,37 +187,13 @@ def test_photo(pairs: q.PairSet, size: int) -> np.ndarray:
     return np.ascontiguousarray(fit_square(pairs.first_photo(), size))
 
 
-def prepared_input(photo: np.ndarray, height: int, width: int) -> np.ndarray:
-    """What the backend's infer gets for `photo`: float32 NCHW padded (bottom/right) to h x w."""
-    arr = to_float(photo)
-    ph, pw = height - arr.shape[0], width - arr.shape[1]
-    if ph or pw:
-        mode = "reflect" if min(arr.shape[:2]) > max(ph, pw) else "edge"
-        arr = np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode=mode)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
-
-
-def backend_label(session) -> str:
-    """'onnxruntime/cpu', 'openvino/cpu', 'torch/cuda': the backend and where it computes."""
-    impl = session.impl
-    if session.backend == "onnxruntime":
-        provider = impl.session.get_providers()[0].replace("ExecutionProvider", "").lower()
-        return f"onnxruntime/{provider}"
-    if session.backend == "openvino":
-        where = str(getattr(impl, "detail", "")).split(" on ")[-1].split(" ")[0].lower() or "cpu"
-        return f"openvino/{where}"
-    if session.backend == "torch":
-        return f"torch/{impl.device.type}"
-    return session.backend
-
-
 def latency(session, photo: np.ndarray, opts: BenchOptions) -> dict[str, Any]:
     """End-to-end and model-only timings at one size, with the end-to-end runs' peak RSS."""
     size = photo.shape[0]
     with PeakMeter() as mem:
         e2e = time_call(lambda: session.run(photo), runs=opts.runs, warmup=opts.warmup, time_cap_s=opts.time_cap_s)
     plan = session.plan(photo.shape[0], photo.shape[1])
-    x = prepared_input(photo[: plan.tile_h, : plan.tile_w], plan.tile_h, plan.tile_w)
+    x = network_input(photo[: plan.tile_h, : plan.tile_w], plan.tile_h, plan.tile_w)
     model = time_call(lambda: session.impl.infer(x), runs=opts.runs, warmup=opts.warmup, time_cap_s=opts.time_cap_s)
     per_s = 1000.0 / e2e.median_ms
     return {
@@ -278,7 +253,7 @@ class Bench:
         store = q.ArrayStore()
         quality = q.score_model(session.run, self.pairs, keep=store, thumbs=self.opts.thumbs)
         self.reference = q.Reference(label, quality, store)
-        m = Measured(f"{checkpoint.name}@torch", label, "pytorch", "fp32", backend_label(session), "reference", quality=quality)
+        m = Measured(f"{checkpoint.name}@torch", label, "pytorch", "fp32", session.impl.label, "reference", quality=quality)
         self.measure(m, session, {"artifact": checkpoint.name, "size_bytes": checkpoint.stat().st_size,
                                   "backend_detail": session.impl.detail})
         return m
@@ -286,7 +261,7 @@ class Bench:
     def run_target(self, t: Target, *, as_reference: bool = False) -> Measured:
         from dereflect.runtime import backend_problem, load
 
-        budget = parity_mod.budget_for(t.precision if t.precision in PRECISION_ORDER else "fp32",
+        budget = parity_mod.budget_for(t.precision if t.precision in PRECISIONS else "fp32",
                                        self.opts.max_abs_diff, self.opts.max_ssim_drop, self.opts.max_lmse_rise)
         extra = {"artifact": t.artifact.name, "artifact_sha256": t.manifest.get("artifact_sha256"),
                  "size_bytes": t.manifest.get("artifact_bytes"), "runtime": t.backend, "budget": budget.as_dict(),
@@ -304,7 +279,7 @@ class Bench:
             session = load(t.artifact, backend=t.backend, verify=True)
             extra.update(load_s=time.perf_counter() - started, load_rss_mb=rss_mb() - before,
                          backend_detail=session.impl.detail)
-            m.backend = backend_label(session)
+            m.backend = session.impl.label
             keep = q.ArrayStore() if as_reference else None
             m.quality = q.score_model(session.run, self.pairs, reference=None if as_reference else self.reference,
                                       keep=keep, thumbs=self.opts.thumbs)
@@ -325,7 +300,7 @@ class Bench:
         except DereflectError as exc:
             m.status, m.reason = "error", str(exc)
         except Exception as exc:  # noqa: BLE001 - one broken backend must not hide the other targets
-            m.status, m.reason = "error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            m.status, m.reason = "error", f"{type(exc).__name__}: {first_line(exc) if str(exc).strip() else ''}"
         finally:
             del session
             gc.collect()

@@ -1,11 +1,16 @@
 """THE format table: one row per export target, read by option validation, export dispatch,
-`--format all` and the benchmark loop (Ultralytics' exporter works the same way).
+`--format all`, the runtime (which file is which format, which backends run it) and the
+benchmark loop (Ultralytics' exporter and its AutoBackend share one table the same way).
 
-A row says what a format is (suffix, runtime, the pip extra that brings its tools, the
-precisions it takes) and what it needs beyond that (a CUDA GPU, macOS). Whether *this* machine
-can build or run it is asked separately (`format_status`), because the answer depends on what is
-installed and on the platform, and is cached so asking is cheap. Other modules import `FORMATS`
-(a list, in build order) or `FORMATS_BY_NAME`.
+A row says what a format is (the suffix export writes and the file names it recognises, the
+backends that run it, the pip extra that brings its tools, the precisions it takes) and what it
+needs beyond that (a CUDA GPU, macOS). Whether *this* machine can build or run it is asked
+separately (`format_status`), because the answer depends on what is installed and on the
+platform, and is cached so asking is cheap. Other modules import `FORMATS` (a list, in build
+order), `FORMATS_BY_NAME`, or `format_for_path` (checkpoints included, as the `CHECKPOINT` row).
+
+A new format is one row here, its builder (`Exporter._build_<name>` in pipeline.py) and, when no
+existing backend runs it, one backend module (dereflect/runtime/backends/).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
-from dereflect.errors import UsageError
+from dereflect.errors import UsageError, first_line
 
+#: Every precision, in the order tables and rankings use (most exact first).
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 
@@ -36,6 +43,10 @@ class ExportFormat:
     precisions: tuple[str, ...]
     is_dir: bool = False
     description: str = ""
+    backends: tuple[str, ...] = ()  # runtime backends that run it; the first is what `--backend auto` uses
+    suffixes: tuple[str, ...] = ()  # file names recognised as this format (lower case); () means `suffix`
+    folder_glob: str | None = None  # a folder holding exactly one such file is this format (an IR folder)
+    via_onnx: bool = False  # built from the ONNX export (int8 shares one calibration)
 
     def artifact_name(self, stem: str, precision: str) -> str:
         return f"{stem}-{precision}{self.suffix}"
@@ -43,31 +54,60 @@ class ExportFormat:
     def install_hint(self) -> str:
         return f"pip install 'dereflect[{self.extra}]'" if self.extra else "pip install dereflect"
 
+    def matches(self, path: Path) -> bool:
+        """Is this file or folder, by its name (or the one file in it), of this format?"""
+        if path.name.lower().endswith(self.suffixes or (self.suffix,)):
+            return True
+        return self.folder_glob is not None and path.is_dir() and len(list(path.glob(self.folder_glob))) == 1
+
 
 FORMATS: list[ExportFormat] = [
     ExportFormat(
         "onnx", "ONNX", ".onnx", "onnxruntime", None, ("onnx", "onnxruntime", "onnxslim", "onnxconverter_common"),
-        None, PRECISIONS,
+        None, PRECISIONS, backends=("onnxruntime", "openvino"), via_onnx=True,
         description="dynamic N/H/W, one file; fp16 keeps float32 IO; int8 = static QDQ (u8 activations, s8 per-channel weights)",
     ),
     ExportFormat(
         "ort", "ONNX Runtime (mobile + web)", ".ort", "onnxruntime", None, ("onnx", "onnxruntime"), None, PRECISIONS,
+        backends=("onnxruntime",), via_onnx=True,
         description="ORT format for onnxruntime-mobile (Fixed optimisations for ARM), plus a .web.onnx for onnxruntime-web",
     ),
     ExportFormat(
         "openvino", "OpenVINO IR", "_openvino", "openvino", "openvino", ("openvino", "nncf"), None, PRECISIONS, is_dir=True,
+        backends=("openvino",), suffixes=(".xml",), folder_glob="*.xml", via_onnx=True,
         description="IR xml+bin; fp16 = weights compressed to fp16; int8 = NNCF post-training quantization",
     ),
     ExportFormat(
         "coreml", "Core ML", ".mlpackage", "coreml", "coreml", ("coremltools",), "macos", PRECISIONS, is_dir=True,
+        backends=("coreml",), suffixes=(".mlpackage", ".mlmodel"),
         description="ML program, float32 IO, flexible H/W; fp16 compute (fp32 for --precision fp32); int8 = weights only",
     ),
     ExportFormat(
         "tensorrt", "TensorRT engine", ".engine", "tensorrt", "tensorrt", ("tensorrt",), "cuda", PRECISIONS,
+        backends=("tensorrt",), suffixes=(".engine", ".plan"), via_onnx=True,
         description="built from the ONNX (int8 from a symmetric s8 QDQ graph) with an optimisation profile and a timing cache",
     ),
 ]
 FORMATS_BY_NAME: dict[str, ExportFormat] = {f.name: f for f in FORMATS}
+
+#: What training writes and export reads: not an export target, but a model `--model` accepts.
+CHECKPOINT = ExportFormat("checkpoint", "PyTorch checkpoint", ".safetensors", "torch", None, ("torch",), None, ("fp32",),
+                          backends=("torch",), description="safetensors weights + JSON, as training writes them")
+
+
+def format_for_path(path: Path) -> ExportFormat | None:
+    """The row (CHECKPOINT included) whose file names `path` has; None when it is no model file."""
+    return next((f for f in (CHECKPOINT, *FORMATS) if f.matches(path)), None)
+
+
+def runnable_by(name: str) -> tuple[str, ...]:
+    """The backends that run the format (or "checkpoint") called `name`; () when unknown."""
+    fmt = CHECKPOINT if name == CHECKPOINT.name else FORMATS_BY_NAME.get(name)
+    return fmt.backends if fmt is not None else ()
+
+
+#: Every backend a row names, in table order (torch, for checkpoints, first): what `--backend` takes.
+BACKEND_NAMES: tuple[str, ...] = tuple(dict.fromkeys(b for f in (CHECKPOINT, *FORMATS) for b in f.backends))
 
 
 @dataclass(frozen=True)
@@ -87,8 +127,7 @@ def _module_problem(fmt: ExportFormat) -> str | None:
             try:
                 importlib.import_module(module)
             except Exception as exc:  # noqa: BLE001 - any import failure means "not usable here"
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                return f"`import {module}` failed ({first}): {fmt.install_hint()} (needs NVIDIA's package index and a CUDA GPU)"
+                return f"`import {module}` failed ({first_line(exc, limit=10_000)}): {fmt.install_hint()} (needs NVIDIA's package index and a CUDA GPU)"
         elif importlib.util.find_spec(module) is None:
             return f"Python module '{module}' is not installed: {fmt.install_hint()}"
     return None

@@ -22,8 +22,6 @@ from dereflect.export import parity as parity_mod
 from dereflect.export.formats import ExportFormat, format_status
 from dereflect.export.manifest import build_manifest, io_spec, sha256_file, write_manifest
 
-ONNX_BASED = ("onnx", "ort", "openvino", "tensorrt")
-
 
 @dataclass
 class ExportOptions:
@@ -202,7 +200,7 @@ class Exporter:
             raise DereflectError(self.out, f"cannot create the output folder ({exc.strerror or exc})") from None
         results: list[ExportResult] = []
         try:
-            if any(f.name in ONNX_BASED for f in formats) and self.opts.precision == "int8":
+            if any(f.via_onnx for f in formats) and self.opts.precision == "int8":
                 _ = self.calibration  # bad calibration images: one error up front, not one per format
                 self.int8_nodes()  # a bad --int8-exclude is a usage error: say it before building anything
             started = time.perf_counter()

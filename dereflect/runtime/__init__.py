@@ -5,12 +5,12 @@
     clean = session.run(photo)                           # HxWx3 uint8 -> uint8 (uint16, float32 too)
     print(session.backend, session.describe())
 
-Modules: session (load, Session, the backend protocol), resolve (what a model path is, which
-backend runs it), tiling (padding, tiles, feathered blending, bounded memory), one module per
-backend (torch, onnxruntime, openvino, coreml, tensorrt), cli (`dereflect remove`).
+Modules: session (load, Session), resolve (what a model path is, which backend runs it: read from
+the export format table), tiling (padding, tiles, feathered blending, bounded memory), backends/
+(the Backend contract, one module per runtime, the name -> class registry), cli (`dereflect remove`).
 """
 
-from dereflect.runtime.resolve import BACKENDS, backend_problem
-from dereflect.runtime.session import BackendSession, Session, load
+from dereflect.runtime.backends import BACKENDS, Backend, backend_problem
+from dereflect.runtime.session import Session, load
 
-__all__ = ["BACKENDS", "BackendSession", "Session", "backend_problem", "load"]
+__all__ = ["BACKENDS", "Backend", "Session", "backend_problem", "load"]

@@ -6,37 +6,25 @@ wrote (several artifacts, each with its manifest), or "default" (the shipped stu
 dereflect/weights/). Artifacts are read through their manifest (export stage's contract): it
 names the format, precision, IO names and H/W multiple, and its sha256 must match the bytes.
 
-`auto` picks, per kind, the fastest backend that runs it here: TensorRT for engines, Core ML for
-.mlpackage (macOS), OpenVINO for IR, ONNX Runtime for .onnx/.ort, PyTorch for checkpoints. In an
-export folder it ranks every artifact this machine can run by backend speed (TensorRT on CUDA,
-Core ML on macOS, OpenVINO, ONNX Runtime, PyTorch), skipping those whose parity gate failed.
+Which file is which format, and which backends run it, is read from the format table
+(dereflect/export/formats.py): `auto` takes a row's first backend (TensorRT for engines, Core ML
+for .mlpackage, OpenVINO for IR, ONNX Runtime for .onnx/.ort, PyTorch for checkpoints). In an
+export folder it ranks every artifact this machine can run by backend speed (the backend
+registry's order: TensorRT, Core ML, OpenVINO, ONNX Runtime, PyTorch), then by precision, skipping
+those whose parity gate failed.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dereflect.errors import DereflectError, UsageError
+from dereflect.export.formats import CHECKPOINT, PRECISIONS, format_for_path, runnable_by
+from dereflect.runtime.backends import backend_problem, get_backend, speed_rank
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino", "coreml", "tensorrt")
-#: Faster first; `auto` in an export folder takes the first one that runs here.
-SPEED_ORDER: tuple[str, ...] = ("tensorrt", "coreml", "openvino", "onnxruntime", "torch")
-#: Which backends can run a kind of model; the first is what `auto` uses.
-RUNS: dict[str, tuple[str, ...]] = {
-    "checkpoint": ("torch",),
-    "onnx": ("onnxruntime", "openvino"),
-    "ort": ("onnxruntime",),
-    "openvino": ("openvino",),
-    "coreml": ("coreml",),
-    "tensorrt": ("tensorrt",),
-}
-#: Manifest `format` -> kind (the manifest, not the file name, says what an artifact is).
-FORMAT_KIND = {"onnx": "onnx", "ort": "ort", "openvino": "openvino", "coreml": "coreml", "tensorrt": "tensorrt"}
-PRECISION_ORDER = ("fp32", "fp16", "int8")
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_NAME = "student-nano"
 
@@ -67,25 +55,6 @@ def default_checkpoint() -> Path:
     return path
 
 
-def backend_problem(name: str) -> str | None:
-    """Why `name` cannot run on this machine, or None when it can."""
-    if name not in BACKENDS:
-        raise UsageError(None, f"unknown backend '{name}'; choose auto or one of {', '.join(BACKENDS)}")
-    if name == "coreml":
-        from dereflect.runtime.coreml_backend import coreml_problem
-
-        return coreml_problem()
-    if name == "tensorrt":
-        from dereflect.runtime.tensorrt_backend import tensorrt_problem
-
-        return tensorrt_problem()
-    module = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}[name]
-    if importlib.util.find_spec(module) is None:
-        extra = "openvino" if name == "openvino" else None
-        return f"Python module '{module}' is not installed" + (f": pip install 'dereflect[{extra}]'" if extra else "")
-    return None
-
-
 def _manifest(path: Path, verify: bool) -> dict[str, Any] | None:
     """The artifact's manifest, sha256-checked when `verify`; None when absent and not verifying."""
     from dereflect.export.manifest import load_manifest_for, manifest_path
@@ -99,20 +68,15 @@ def _manifest(path: Path, verify: bool) -> dict[str, Any] | None:
 
 
 def _kind_from_path(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith(".safetensors"):
-        return "checkpoint"
-    if name.endswith(".onnx"):
-        return "onnx"
-    if name.endswith(".ort"):
-        return "ort"
-    if name.endswith(".engine") or name.endswith(".plan"):
-        return "tensorrt"
-    if name.endswith(".mlpackage") or name.endswith(".mlmodel"):
-        return "coreml"
-    if name.endswith(".xml") or (path.is_dir() and len(list(path.glob("*.xml"))) == 1):
-        return "openvino"
-    return None
+    """The format table's row name for this file or folder ("checkpoint", "onnx", ...), or None."""
+    fmt = format_for_path(path)
+    return fmt.name if fmt is not None else None
+
+
+def _kind_of(manifest: dict[str, Any], fallback: str) -> str:
+    """The manifest's `format` when the table knows it (the manifest, not the file name, says what an artifact is)."""
+    name = str(manifest.get("format"))
+    return name if runnable_by(name) else fallback
 
 
 def resolve_artifact(path: Path, verify: bool = True) -> ModelRef:
@@ -127,7 +91,7 @@ def resolve_artifact(path: Path, verify: bool = True) -> ModelRef:
         return ModelRef(kind, path)
     manifest = _manifest(path, verify)
     if manifest is not None:
-        kind = FORMAT_KIND.get(str(manifest.get("format")), kind)
+        kind = _kind_of(manifest, kind)
     return ModelRef(kind, path, manifest)
 
 
@@ -136,8 +100,8 @@ def _folder_candidates(folder: Path) -> list[ModelRef]:
 
     refs = []
     for artifact, manifest in find_artifacts(folder):
-        refs.append(ModelRef(FORMAT_KIND.get(str(manifest.get("format")), "onnx"), artifact, manifest))
-    refs += [ModelRef("checkpoint", p) for p in sorted(folder.glob("*.safetensors"))]
+        refs.append(ModelRef(_kind_of(manifest, "onnx"), artifact, manifest))
+    refs += [ModelRef(CHECKPOINT.name, p) for p in sorted(folder.glob(f"*{CHECKPOINT.suffix}"))]
     return refs
 
 
@@ -146,8 +110,8 @@ def _rank(ref: ModelRef, backend: str) -> tuple[int, ...]:
     prec = m.get("precision", "fp32")
     web = m.get("target") == "web" or ref.path.name.endswith(".web.onnx")
     return (
-        SPEED_ORDER.index(backend),
-        PRECISION_ORDER.index(prec) if prec in PRECISION_ORDER else len(PRECISION_ORDER),
+        speed_rank(backend),
+        PRECISIONS.index(prec) if prec in PRECISIONS else len(PRECISIONS),
         int(web),
         int(ref.kind == "ort"),  # .ort is tuned for phones: the plain .onnx first on a desktop
     )
@@ -164,8 +128,8 @@ def choose(folder: Path, backend: str, precision: str | None, verify: bool) -> t
         if status == "failed":
             why_not.append(f"{ref.path.name}: failed its parity gate")
             continue
-        for name in RUNS[ref.kind] if backend == "auto" else [backend]:
-            if name not in RUNS[ref.kind]:
+        for name in runnable_by(ref.kind) if backend == "auto" else [backend]:
+            if name not in runnable_by(ref.kind):
                 continue
             problem = backend_problem(name)
             if problem is None:
@@ -191,10 +155,10 @@ def choose(folder: Path, backend: str, precision: str | None, verify: bool) -> t
 
 def resolve(model: str | Path, backend: str = "auto", precision: str | None = None, verify: bool = True) -> tuple[ModelRef, str]:
     """`--model` and `--backend` -> (what to load, which backend). Errors say what is wrong and how to fix it."""
-    if backend != "auto" and backend not in BACKENDS:
-        raise UsageError(None, f"unknown backend '{backend}'; choose auto or one of {', '.join(BACKENDS)}")
-    if precision is not None and precision not in PRECISION_ORDER:
-        raise UsageError(None, f"unknown precision '{precision}'; choose one of {', '.join(PRECISION_ORDER)}")
+    if backend != "auto":
+        get_backend(backend)  # an unknown name is a usage error before any file is looked at
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(None, f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     path = default_checkpoint() if str(model) == "default" else Path(model).expanduser()
     if not path.exists():
         raise DereflectError(path, "no such model file or folder")
@@ -206,7 +170,7 @@ def resolve(model: str | Path, backend: str = "auto", precision: str | None = No
     kind = _kind_from_path(path.parent if path.suffix.lower() == ".xml" and path.is_file() else path)
     if kind is None:
         resolve_artifact(path, verify)  # raises: says what a model path should be
-    runners = RUNS[kind]
+    runners = runnable_by(kind)
     name = runners[0] if backend == "auto" else backend
     if name not in runners:
         hint = {
@@ -218,7 +182,7 @@ def resolve(model: str | Path, backend: str = "auto", precision: str | None = No
     if problem is not None:
         raise DereflectError(path, problem)
     ref = resolve_artifact(path, verify)
-    if name not in RUNS[ref.kind]:
+    if name not in runnable_by(ref.kind):
         raise DereflectError(path, f"its manifest says format '{ref.kind}', which the {name} backend does not run")
     return ref, name
 

@@ -1,7 +1,7 @@
 """One Session API over every backend: HWC images in, HWC images out, any resolution.
 
 A backend only has to run the network: `infer((N,3,H,W) float32 in [0,1]) -> same shape`
-(the one-line protocol below). Everything between a photo and that call lives here and in
+(the contract is backends/base.py's Backend). Everything between a photo and that call lives here and in
 tiling.py, once for all backends: dtype conversion (uint8 -> uint8, uint16 -> uint16,
 float -> float32), reflect padding to the network's multiple, and tiling with feathered blending
 above a size budget. `load()` resolves the model (resolve.py), builds the backend once, and
@@ -14,12 +14,14 @@ import ctypes
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 
 from dereflect.errors import DereflectError, UsageError
 from dereflect.runtime import tiling
+from dereflect.runtime.backends import Backend, get_backend
+from dereflect.runtime.backends.torch_backend import TorchBackend
 from dereflect.runtime.resolve import ModelRef, checkpoint_info, resolve
 
 
@@ -60,22 +62,6 @@ def release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def check_image_input(path: Path, name: str, dims: list[int | None], dtype: str) -> None:
-    """Refuse, at load time, a model whose input is not (N, 3, H, W) float32 (None = dynamic dim).
-
-    Why here: otherwise a valid artifact of some other network loads fine and then every photo
-    fails with the runtime's own shape message, once per file.
-    """
-    if len(dims) != 4 or dims[1] not in (3, None) or dtype != "float32":
-        shape = ", ".join("?" if d is None else str(d) for d in dims)
-        raise DereflectError(path, f"model input '{name}' is {dtype} ({shape}); dereflect runs image models "
-                                   "with a float32 (N, 3, H, W) input")
-
-
-class BackendSession(Protocol):
-    def infer(self, batch: np.ndarray) -> np.ndarray: ...  # (N,3,H,W) float32 [0,1] -> transmission, same shape
-
-
 class Session:
     """A model loaded on one backend. `run(image)` removes the reflection from one HWC image.
 
@@ -83,7 +69,7 @@ class Session:
     tile / overlap / max_pixels: the tiling policy (see tiling.plan_tiles).
     """
 
-    def __init__(self, impl: BackendSession, ref: ModelRef | None, *, tile: int | None = None,
+    def __init__(self, impl: Backend, ref: ModelRef | None, *, tile: int | None = None,
                  overlap: int = tiling.DEFAULT_OVERLAP, max_pixels: int = tiling.DEFAULT_MAX_PIXELS) -> None:
         if tile is not None and tile < 16:
             raise UsageError(None, f"tile size must be at least 16 pixels, got {tile}")
@@ -91,7 +77,7 @@ class Session:
             raise UsageError(None, f"tile overlap must be >= 0, got {overlap}")
         self.impl = impl
         self.model = ref
-        self.backend: str = getattr(impl, "name", type(impl).__name__)
+        self.backend: str = impl.name
         self.tile = tile
         self.overlap = overlap
         self.max_pixels = max_pixels
@@ -101,9 +87,9 @@ class Session:
         """The tile grid `run` would use for an image of this size."""
         impl = self.impl
         return tiling.plan_tiles(
-            height, width, multiple=int(getattr(impl, "multiple", 8)), tile=tile if tile is not None else self.tile,
-            overlap=self.overlap, max_pixels=self.max_pixels, max_side=getattr(impl, "max_side", None),
-            fixed=getattr(impl, "fixed", None), min_side=int(getattr(impl, "min_side", 0) or 0),
+            height, width, multiple=impl.multiple, tile=tile if tile is not None else self.tile,
+            overlap=self.overlap, max_pixels=self.max_pixels, max_side=impl.max_side, fixed=impl.fixed,
+            min_side=impl.min_side,
         )
 
     def run(self, image: np.ndarray, *, tile: int | None = None, on_tile: Callable[[], None] | None = None) -> np.ndarray:
@@ -140,34 +126,12 @@ class Session:
             policy = f"tiles of {self.tile} px"
         else:
             policy = f"tiles of {tiling.DEFAULT_TILE} px above {self.max_pixels / 1e6:.1f} MP"
-        detail = getattr(self.impl, "detail", self.backend)
+        detail = self.impl.detail or self.backend
         notes = "".join(f"; {n}" for n in (self.model.notes if self.model is not None else []))
         return f"{self.backend}: {detail} | model {model}{notes} | {policy}, overlap {self.overlap} px"
 
     def __repr__(self) -> str:
         return f"<Session {self.describe()}>"
-
-
-def _build(ref: ModelRef, backend: str, device: str | None) -> BackendSession:
-    if backend == "torch":
-        from dereflect.runtime.torch_backend import TorchBackend
-
-        return TorchBackend(ref.path, device=device)
-    if backend == "onnxruntime":
-        from dereflect.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(ref.path, ref.manifest)
-    if backend == "openvino":
-        from dereflect.runtime.openvino_backend import OpenVinoBackend
-
-        return OpenVinoBackend(ref.path, ref.manifest, device=device or "CPU")
-    if backend == "coreml":
-        from dereflect.runtime.coreml_backend import CoreMLBackend
-
-        return CoreMLBackend(ref.path, ref.manifest)
-    from dereflect.runtime.tensorrt_backend import TensorRTBackend
-
-    return TensorRTBackend(ref.path, ref.manifest)
 
 
 def load(model: str | os.PathLike[str] | Any = "default", backend: str = "auto", *, verify: bool = True,
@@ -187,8 +151,7 @@ def load(model: str | os.PathLike[str] | Any = "default", backend: str = "auto",
     if not isinstance(model, (str, os.PathLike)):
         if backend not in ("auto", "torch"):
             raise UsageError(None, f"an in-memory model runs on the torch backend, not '{backend}'")
-        from dereflect.runtime.torch_backend import TorchBackend
-
         return Session(TorchBackend(model, device=device), None, tile=tile, overlap=overlap, max_pixels=max_pixels)
     ref, name = resolve(Path(model) if str(model) != "default" else "default", backend, precision, verify)
-    return Session(_build(ref, name, device), ref, tile=tile, overlap=overlap, max_pixels=max_pixels)
+    impl = get_backend(name)(ref.path, ref.manifest, device=device)
+    return Session(impl, ref, tile=tile, overlap=overlap, max_pixels=max_pixels)

@@ -169,10 +169,14 @@ def _pad_to(tile: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
+def network_input(crop: np.ndarray, h: int, w: int) -> np.ndarray:
+    """What a backend's infer gets for an HWC crop: float32 NCHW in [0,1], padded (bottom/right) to h x w."""
+    return np.ascontiguousarray(_pad_to(to_float(crop), h, w).transpose(2, 0, 1)[None])
+
+
 def _infer_tile(infer: Infer, image: np.ndarray, y: int, x: int, th: int, tw: int) -> np.ndarray:
     """The canvas tile at (y, x): cut from the caller's array, made float, padded, run."""
-    crop = to_float(image[y : y + th, x : x + tw])
-    nchw = np.ascontiguousarray(_pad_to(crop, th, tw).transpose(2, 0, 1)[None])
+    nchw = network_input(image[y : y + th, x : x + tw], th, tw)
     result = np.asarray(infer(nchw))
     if result.shape != nchw.shape:
         raise ValueError(f"backend returned shape {result.shape} for input {nchw.shape}")

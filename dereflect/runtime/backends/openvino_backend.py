@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from dereflect.errors import DereflectError
-from dereflect.runtime.session import check_image_input
+from dereflect.errors import DereflectError, first_line
+from dereflect.runtime.backends.base import Backend, check_image_input, io_names, size_multiple
 
 
 def ir_xml(path: Path, manifest: dict[str, Any] | None) -> Path:
@@ -30,17 +30,17 @@ def ir_xml(path: Path, manifest: dict[str, Any] | None) -> Path:
     return xmls[0]
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(Backend):
     """A compiled model and its infer request."""
 
     name = "openvino"
-    min_side = 0
-    max_side: int | None = None
-    fixed: tuple[int, int] | None = None
+    module = "openvino"
+    extra = "openvino"
 
-    def __init__(self, path: Path, manifest: dict[str, Any] | None, device: str = "CPU") -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any] | None = None, device: str | None = None) -> None:
         import openvino as ov
 
+        device = device or "CPU"
         manifest = manifest or {}
         precision = manifest.get("precision", "fp32")
         config: dict[str, str] = {"PERFORMANCE_HINT": "LATENCY"}
@@ -50,22 +50,20 @@ class OpenVinoBackend:
         try:
             self.compiled = ov.Core().compile_model(str(model_file), device, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DereflectError(path, f"OpenVINO cannot compile this model ({first})") from None
-        inputs = manifest.get("inputs") or [{"name": self.compiled.input(0).any_name}]
-        outputs = manifest.get("outputs") or [{"name": self.compiled.output(0).any_name}]
-        self.input_name = inputs[0]["name"]
+            raise DereflectError(path, f"OpenVINO cannot compile this model ({first_line(exc, limit=10_000)})") from None
+        self.input_name, output_name = io_names(manifest, self.compiled.input(0).any_name, self.compiled.output(0).any_name)
         port = self.compiled.input(self.input_name)
         shape = port.get_partial_shape()
         dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
         element = port.get_element_type().get_type_name()
         dtype = {"f32": "float32", "f16": "float16", "u8": "uint8"}.get(element, element)
         check_image_input(path, self.input_name, dims, dtype)
-        self.output = self.compiled.output(outputs[0]["name"])
+        self.output = self.compiled.output(output_name)
         self.request = self.compiled.create_infer_request()
-        self.multiple = int((manifest.get("constraints") or {}).get("multiple_of", 8))
+        self.multiple = size_multiple(manifest)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        self.where = device.lower()
         self.detail = f"openvino {ov.get_version().split('-')[0]} on {device} (inference precision {hint})"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -11,44 +11,43 @@ from typing import Any
 
 import numpy as np
 
-from dereflect.errors import DereflectError
+from dereflect.errors import DereflectError, first_line
+from dereflect.runtime.backends.base import Backend, io_names, size_multiple
 
 
-def tensorrt_problem() -> str | None:
-    """Why TensorRT cannot run here, or None."""
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - PyPI's stub packages fail in several ways
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return (f"TensorRT is not usable here (`import tensorrt` failed: {first}); it needs an NVIDIA GPU with CUDA "
-                "and pip install 'dereflect[tensorrt]' from NVIDIA's package index")
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return None
-    except Exception:  # noqa: BLE001
-        pass
-    return "TensorRT needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False)"
-
-
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """A deserialized engine and one execution context."""
 
     name = "tensorrt"
-    fixed: tuple[int, int] | None = None
+    module = "tensorrt"
+    extra = "tensorrt"
 
-    def __init__(self, path: Path, manifest: dict[str, Any] | None) -> None:
-        problem = tensorrt_problem()
+    @classmethod
+    def problem(cls) -> str | None:
+        try:
+            import tensorrt  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - PyPI's stub packages fail in several ways
+            return (f"TensorRT is not usable here (`import tensorrt` failed: {first_line(exc, limit=10_000)}); it needs an "
+                    "NVIDIA GPU with CUDA and pip install 'dereflect[tensorrt]' from NVIDIA's package index")
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return None
+        except Exception:  # noqa: BLE001
+            pass
+        return "TensorRT needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False)"
+
+    def __init__(self, path: Path, manifest: dict[str, Any] | None = None, device: str | None = None) -> None:
+        problem = self.problem()
         if problem is not None:
             raise DereflectError(path, problem)
         import tensorrt as trt
         import torch
 
         manifest = manifest or {}
-        self.input_name = (manifest.get("inputs") or [{"name": "input"}])[0]["name"]
-        self.output_name = (manifest.get("outputs") or [{"name": "transmission"}])[0]["name"]
-        self.multiple = int((manifest.get("constraints") or {}).get("multiple_of", 8))
+        self.input_name, self.output_name = io_names(manifest)
+        self.multiple = size_multiple(manifest)
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
             raise DereflectError(path, "not a TensorRT engine for this TensorRT version and GPU (rebuild it here)")

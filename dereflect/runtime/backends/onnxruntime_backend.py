@@ -12,26 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from dereflect.errors import DereflectError
-from dereflect.runtime.session import check_image_input
+from dereflect.errors import DereflectError, first_line
+from dereflect.runtime.backends.base import Backend, check_image_input, io_names, size_multiple
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """One InferenceSession, created once; `infer` feeds the manifest's input name."""
 
     name = "onnxruntime"
-    min_side = 0
-    max_side: int | None = None
-    fixed: tuple[int, int] | None = None
+    module = "onnxruntime"
 
-    def __init__(self, path: Path, manifest: dict[str, Any] | None, threads: int | None = None) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any] | None = None, device: str | None = None,
+                 threads: int | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -50,14 +44,14 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
-            raise DereflectError(path, f"ONNX Runtime cannot load this model ({_first_line(exc)})") from None
-        inputs = manifest.get("inputs") or [{"name": self.session.get_inputs()[0].name}]
-        outputs = manifest.get("outputs") or [{"name": self.session.get_outputs()[0].name}]
-        self.input_name, self.output_name = inputs[0]["name"], outputs[0]["name"]
+            raise DereflectError(path, f"ONNX Runtime cannot load this model ({first_line(exc, limit=10_000)})") from None
+        self.input_name, self.output_name = io_names(
+            manifest, self.session.get_inputs()[0].name, self.session.get_outputs()[0].name)
         info = next((i for i in self.session.get_inputs() if i.name == self.input_name), self.session.get_inputs()[0])
         dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}.get(info.type, info.type)
         check_image_input(path, info.name, [d if isinstance(d, int) else None for d in info.shape], dtype)
-        self.multiple = int((manifest.get("constraints") or {}).get("multiple_of", 8))
+        self.multiple = size_multiple(manifest)
+        self.where = self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
         self.detail = f"onnxruntime {ort.__version__} [{', '.join(self.session.get_providers())}]"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

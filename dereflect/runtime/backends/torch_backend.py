@@ -7,23 +7,22 @@ from typing import Any
 
 import numpy as np
 
+from dereflect.runtime.backends.base import Backend
 
-class TorchBackend:
+
+class TorchBackend(Backend):
     """A loaded student on one device; `infer` is a forward pass under inference mode."""
 
     name = "torch"
-    min_side = 0
-    max_side: int | None = None
-    fixed: tuple[int, int] | None = None
+    module = "torch"
 
-    def __init__(self, model: Any, device: str | None = None) -> None:
-        """`model`: a checkpoint path or an already built student (nn.Module)."""
+    def __init__(self, path: Path | Any, manifest: dict[str, Any] | None = None, device: str | None = None) -> None:
+        """`path`: a checkpoint path or an already built student (nn.Module)."""
         import torch
 
         from dereflect.models import load_checkpoint
 
-        if isinstance(model, (str, Path)):
-            model = load_checkpoint(model, expect="student")
+        model = load_checkpoint(path, expect="student") if isinstance(path, (str, Path)) else path
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         current = next(iter(model.parameters()), torch.empty(0)).device
         if current != self.device:
@@ -32,6 +31,7 @@ class TorchBackend:
             model = copy.deepcopy(model)  # .to() moves in place: never move the caller's module
         self.model = model.to(self.device).eval()
         self.multiple = int(getattr(model, "size_multiple", 8))
+        self.where = self.device.type
         where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
         self.detail = f"torch {torch.__version__.split('+')[0]} on {self.device.type} ({where})"
         self._torch = torch

@@ -1,0 +1,88 @@
+"""The backend contract: everything Session, the tiler and the benchmark read from a backend.
+
+A backend runs the network and nothing else: `infer((N,3,H,W) float32 in [0,1]) -> same shape`.
+It also says what input sizes it takes (`multiple`, `min_side`, `max_side`, `fixed`: the tiler
+plans around them), where it computes (`label`, for ledgers: 'onnxruntime/cpu') and, for people,
+what it is (`detail`: versions, device). `problem()` says, before anything is loaded, why it
+cannot run on this machine. OpenVINO's model_api declares its InferenceAdapter the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from dereflect.errors import DereflectError
+
+
+class Backend:
+    """Base class of every backend (one module each in this folder, registered in __init__.py).
+
+    Subclasses set `name` (what `--backend` takes), `module` (the Python module it needs) and
+    `extra` (the pip extra that brings it), build themselves from (path, manifest, device), and
+    set the size fields when they differ from the defaults.
+    """
+
+    name: ClassVar[str]
+    module: ClassVar[str]
+    extra: ClassVar[str | None] = None
+
+    #: H and W of every input must be multiples of this (the network's stride).
+    multiple: int = 8
+    #: The smallest input side it takes (a TensorRT profile's minimum); smaller canvases are padded.
+    min_side: int = 0
+    #: The largest input side it takes (tiles are no larger); None: any.
+    max_side: int | None = None
+    #: The one (H, W) it takes (enumerated Core ML shapes); None: any.
+    fixed: tuple[int, int] | None = None
+    #: Where it computes, lower case ("cpu", "cuda"); None where the backend has one place only.
+    where: str | None = None
+    #: One line for people: library version and device.
+    detail: str = ""
+
+    def __init__(self, path: Path | Any, manifest: dict[str, Any] | None = None, device: str | None = None) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def problem(cls) -> str | None:
+        """Why this backend cannot run on this machine, or None when it can. Cheap: no model is loaded."""
+        if importlib.util.find_spec(cls.module) is None:
+            hint = f": pip install 'dereflect[{cls.extra}]'" if cls.extra else ""
+            return f"Python module '{cls.module}' is not installed{hint}"
+        return None
+
+    @property
+    def label(self) -> str:
+        """'onnxruntime/cpu', 'openvino/cpu', 'torch/cuda': the backend and where it computes (ledger rows)."""
+        return f"{self.name}/{self.where}" if self.where else self.name
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(N,3,H,W) float32 in [0,1] -> the transmission, same shape and dtype."""
+        raise NotImplementedError
+
+
+def io_names(manifest: dict[str, Any], default_in: str = "input", default_out: str = "transmission") -> tuple[str, str]:
+    """The graph's input and output names, as the manifest (export's IO contract) records them."""
+    inputs = manifest.get("inputs") or [{"name": default_in}]
+    outputs = manifest.get("outputs") or [{"name": default_out}]
+    return inputs[0]["name"], outputs[0]["name"]
+
+
+def size_multiple(manifest: dict[str, Any]) -> int:
+    """The H/W multiple the manifest's constraints give (8, the student's stride, when absent)."""
+    return int((manifest.get("constraints") or {}).get("multiple_of", 8))
+
+
+def check_image_input(path: Path, name: str, dims: list[int | None], dtype: str) -> None:
+    """Refuse, at load time, a model whose input is not (N, 3, H, W) float32 (None = dynamic dim).
+
+    Why here: otherwise a valid artifact of some other network loads fine and then every photo
+    fails with the runtime's own shape message, once per file.
+    """
+    if len(dims) != 4 or dims[1] not in (3, None) or dtype != "float32":
+        shape = ", ".join("?" if d is None else str(d) for d in dims)
+        raise DereflectError(path, f"model input '{name}' is {dtype} ({shape}); dereflect runs image models "
+                                   "with a float32 (N, 3, H, W) input")
