@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +180,53 @@ def test_contact_sheet_layout(photos):
 def test_config_is_a_plain_dataclass():
     cfg = replace(SynthConfig(), ghost_prob=0.0)
     assert cfg.ghost_prob == 0.0 and SynthConfig().ghost_prob > 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# the glass transform (fitted on saggy361's training pairs: tools/fit_glass.py)
+
+
+def test_glass_gain_draws_follow_the_fitted_distribution():
+    from dereflect.data.synth import GLASS_GAIN_AT, GLASS_QUANTILES, glass_gain
+
+    rng = np.random.default_rng(0)
+    draws = np.stack([glass_gain(rng) for _ in range(4000)])
+    logs = np.log(draws)
+    overall = np.exp(logs.mean(axis=1))
+    inner = slice(1, -1)  # the 1 % / 99 % ends are the support's edges
+    np.testing.assert_allclose(np.quantile(overall, GLASS_QUANTILES[inner]), GLASS_GAIN_AT[inner], atol=0.02)
+    tint_std = (logs - logs.mean(axis=1, keepdims=True)).std(axis=0)
+    np.testing.assert_allclose(tint_std, [0.0711, 0.0574, 0.0979], rtol=0.1)  # tools/fit_glass.py's tint_log_std
+
+
+@pytest.mark.parametrize("in_label", [False, True])
+def test_synthetic_labels_carry_the_glass_like_real_ones(photos, in_label):
+    """With glass_in_label=False the label is the scene without the glass (as real ground truth
+    is shot), so the estimator that fitted real pairs (real_reflections.fit_glass_gain) reads the
+    drawn gain back from (frame, label); with True (the teacher's layers) it reads 1."""
+    from dereflect.data.real_reflections import fit_glass_gain, srgb_to_linear
+
+    cfg = SynthConfig(strength=(0.02, 0.02), glass_in_label=in_label, **NO_NOISE)
+    for seed in range(3):
+        s = _seq(photos, seed=seed, n=3, size=96, config=cfg)
+        m = s.middle
+        found = fit_glass_gain(srgb_to_linear(s.frames[m]), srgb_to_linear(s.transmission[m]))
+        expected = np.ones(3) if in_label else np.asarray(s.params["glass_gain"])
+        np.testing.assert_allclose(found, expected, rtol=0.04)
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "real_pairs_saggy361").is_dir(),
+                    reason="real_pairs_saggy361 not present (../shared/data)")
+def test_fitted_glass_numbers_match_a_refit_on_real_training_pairs():
+    """Every 15th training pair, refitted: the median overall gain is the one synth draws around."""
+    from dereflect.data.datasets import scene_split
+    from dereflect.data.real_reflections import fit_glass_gain, srgb_to_linear
+    from dereflect.data.synth import GLASS_GAIN_AT, GLASS_QUANTILES
+    from dereflect.images import read_rgb
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_pairs_saggy361"
+    train, _ = scene_split(sorted(p.stem for p in (root / "blended").iterdir()), 0.1, seed=0)
+    gains = [fit_glass_gain(srgb_to_linear(read_rgb(root / "blended" / f"{n}.jpeg") / 255.0),
+                            srgb_to_linear(read_rgb(root / "transmission" / f"{n}.jpeg") / 255.0)) for n in train[::15]]
+    overall = np.exp(np.log(np.stack(gains)).mean(axis=1))
+    assert np.median(overall) == pytest.approx(GLASS_GAIN_AT[GLASS_QUANTILES.index(0.5)], abs=0.04)

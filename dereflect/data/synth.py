@@ -22,12 +22,15 @@ them (single-image samples for the student are the middle frames of the same pro
    then a smooth Fresnel-like strength map (reflectance of a tilted pane over the field of
    view, times a soft random blob) and a colour tint. The strength map is evaluated on R's
    canonical coordinates, so it travels with R and keeps R warp-consistent.
-4. Blend: I = a*T + R in linear light (a = glass transmission), sensor noise (shot + read,
-   linear light), sRGB gamma, clip to [0, 1].
+4. Blend: I = g*T + R in linear light (g = per-channel glass transform, `glass_gain`: real
+   pairs' attenuation, tint and exposure change), sensor noise (shot + read, linear light),
+   sRGB gamma, clip to [0, 1].
 
 What the stored layers are (all sRGB-encoded, [0, 1]):
-- transmission[i] = gamma(a * T_lin_i): the scene as seen through the glass (attenuation included).
-- reflection[i] = gamma(clip(a*T_lin_i + R_lin_i, 0, 1)) - transmission[i]: the gamma-space
+- transmission[i] = gamma(g * T_lin_i): the scene as seen through the glass (glass included), with
+  the default `glass_in_label=True`; with False, gamma(T_lin_i): the scene without the glass, as
+  real pairs' ground truth is shot (then frames = gamma(g*T) + reflection, not transmission + R).
+- reflection[i] = gamma(clip(g*T_lin_i + R_lin_i, 0, 1)) - gamma(g*T_lin_i): the gamma-space
   residual the reflection adds. So frames[i] == transmission[i] + reflection[i] up to the sensor
   noise (exactly, with noise off), which the teacher's view-synthesis loss relies on.
   Because gamma is not linear, this residual is modulated by the T underneath it (a reflection
@@ -94,7 +97,8 @@ class SynthConfig:
     blob_mix: Range = (0.0, 0.6)  # share of a soft random blob in the strength map
     blob_sigma: Range = (0.3, 0.9)  # its width, relative to the frame size
     tint: float = 0.06  # std of the per-channel tint of R (glass colour)
-    t_attenuation: Range = (0.85, 1.0)  # glass transmission (linear light)
+    t_attenuation: Range = (0.85, 1.0)  # unused since glass_gain (kept for device_synth until it mirrors it)
+    glass_in_label: bool = True  # transmission label includes the glass (teacher: frames = T + R); False: as real GT
     highlight_att: Range = (1.08, 1.18)  # ERRNet's overflow factor
     # sensor noise, linear light: std = sqrt(shot * I + read^2)
     shot_noise: Range = (0.0, 6e-4)
@@ -333,6 +337,33 @@ def _strength_map(rng: np.random.Generator, cfg: SynthConfig, hom_r: np.ndarray,
 
 
 # ---------------------------------------------------------------------------------------------
+# the glass
+
+# Fitted on saggy361's TRAINING scenes (903 pairs, 96 scenes; `tools/fit_glass.py --shared
+# ../shared/data`): per pair, the per-channel linear gain g with blended = g*T where the photo
+# has no reflection (the mode of log(blended/T)). Real ground truth is shot without the glass,
+# so g holds the glass' attenuation and tint *and* the exposure/white-balance change between the
+# two shots; all of it is what a model must undo on real pairs. Overall gain (geometric mean of
+# the channels) at the quantiles GLASS_QUANTILES: median 0.95 (5 % darker), a long dark tail
+# (10 % of pairs below 0.66), 10 % brighter than 1.04. Tint = log gain per channel minus the
+# mean: std R 0.071, G 0.057, B 0.098, red and blue strongly anti-correlated (a colour
+# temperature shift); GLASS_TINT_FACTOR is the symmetric square root of its covariance.
+GLASS_QUANTILES = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+GLASS_GAIN_AT = (0.331, 0.482, 0.656, 0.794, 0.873, 0.915, 0.95, 0.969, 0.988, 1.008, 1.039, 1.078, 1.307)
+GLASS_TINT_FACTOR = ((0.0544, -0.0096, -0.0448), (-0.0096, 0.0446, -0.035), (-0.0448, -0.035, 0.0798))
+
+
+def glass_gain(rng: np.random.Generator) -> np.ndarray:
+    """Per-channel linear gain of T through the glass, drawn from real pairs' distribution (see
+    above): overall gain by inverse CDF of the fitted quantiles, times a tint exp(GLASS_TINT_FACTOR @ z).
+    Replaces the old uniform scalar attenuation, under which labels said "never brighten or
+    re-colour" while real labels say "brighten by 5 % on average and undo a colour shift"."""
+    overall = float(np.interp(rng.uniform(), GLASS_QUANTILES, GLASS_GAIN_AT))  # the 1 % tails sit on the end values
+    tint = np.asarray(GLASS_TINT_FACTOR) @ rng.standard_normal(3)
+    return (overall * np.exp(tint - tint.mean())).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
 # the recipe
 
 
@@ -381,13 +412,14 @@ def synthesize_sequence(t_src: np.ndarray, r_src: np.ndarray, *, n_frames: int =
     smap, strength = _strength_map(rng, cfg, hom_r, h, w)
     tint = np.exp(rng.normal(0.0, cfg.tint, size=3)) if cfg.tint > 0 else np.ones(3)
     tint = tint / tint.mean()
-    att = _uniform(rng, cfg.t_attenuation)
+    att = glass_gain(rng)
     hl_att = _uniform(rng, cfg.highlight_att)
     shot, read = _uniform(rng, cfg.shot_noise), _uniform(rng, cfg.read_noise)
     noise = torch.randn((n, h, w, 3), generator=torch.Generator().manual_seed(int(rng.integers(2**62))))
 
     with torch.no_grad():
-        t_lin = _sample(src_t, np.einsum("ij,njk->nik", aff_t, hom_t), h, w).mul_(att)
+        scene = _sample(src_t, np.einsum("ij,njk->nik", aff_t, hom_t), h, w)
+        t_lin = scene * torch.from_numpy(att).view(1, 3, 1, 1)
         full_r = np.einsum("ij,njk->nik", aff_r, hom_r)
         r_lin = _sample(src_r, full_r, h, w)
         if ghost is not None:
@@ -407,9 +439,11 @@ def synthesize_sequence(t_src: np.ndarray, r_src: np.ndarray, *, n_frames: int =
         t_lin = t_lin.permute(0, 2, 3, 1).contiguous()
         r_lin = r_lin.permute(0, 2, 3, 1).contiguous()
         blend = t_lin + r_lin
-        transmission = linear_to_srgb(t_lin)
+        transmission = linear_to_srgb(t_lin.clamp(0.0, 1.0))
         clean = linear_to_srgb(blend.clamp(0.0, 1.0))
         reflection = (clean - transmission).clamp(0.0, 1.0)
+        if not cfg.glass_in_label:
+            transmission = linear_to_srgb(scene.permute(0, 2, 3, 1))
         noisy = blend + noise * torch.sqrt(shot * blend.clamp_min(0.0) + read * read)
         frames = linear_to_srgb(noisy.clamp(0.0, 1.0))
 
@@ -417,10 +451,10 @@ def synthesize_sequence(t_src: np.ndarray, r_src: np.ndarray, *, n_frames: int =
         "n_frames": n, "size": size, "transfer": "sRGB", "motion": motion,
         "homography_T": hom_t.tolist(), "homography_R": hom_r.tolist(),
         "crop_T": crop_t, "crop_R": crop_r, "blur_sigma": sigmas.tolist(), "ghost": ghost,
-        "strength": strength, "tint": tint.tolist(), "t_attenuation": att,
+        "strength": strength, "tint": tint.tolist(), "glass_gain": att.tolist(), "glass_in_label": cfg.glass_in_label,
         "highlight_offset": offset.tolist(), "highlight_att": hl_att,
         "noise": {"shot": shot, "read": read},
-        "reflection_is": "srgb(clip(a*T_lin + R_lin)) - srgb(a*T_lin): frames = transmission + reflection + noise",
+        "reflection_is": "srgb(clip(g*T_lin + R_lin)) - srgb(g*T_lin): frames = srgb(g*T_lin) + reflection + noise",
     }
     return SynthSequence(frames=frames.numpy(), transmission=transmission.numpy(), reflection=reflection.numpy(),
                          flow_T=_flows(hom_t, h, w), flow_R=_flows(hom_r, h, w), params=params)
