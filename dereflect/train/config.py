@@ -49,6 +49,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader workers (items are pure functions of their index: order is fixed)
     real_fraction: float = 0.5  # student: share of steps drawn from real pairs when --data has some
     sequence_fraction: float = 0.5  # share of steps drawn from written sequence folders when --data has some
+    composite_fraction: float = 0.0  # student: share of steps drawn from a reflection bank (--data BANK), on the synthetic side
     val_fraction: float = 0.1  # photos held out for synthetic validation
     val_samples: int = 16
     val_every: int = 200

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ class DataSources:
     photos: list[Path] = field(default_factory=list)  # folders of natural photos (synthesis sources)
     pairs: list[Path] = field(default_factory=list)  # real pairs: blended/ + transmission/
     sequences: list[Path] = field(default_factory=list)  # folders of written sequences
+    reflections: list[Path] = field(default_factory=list)  # banks of real reflection layers (bank.json + layers/)
 
     def describe(self) -> str:
         parts = [f"photos: {', '.join(map(str, self.photos)) or 'scikit-image bundled'}"]
@@ -33,24 +35,30 @@ class DataSources:
             parts.append(f"real pairs: {', '.join(map(str, self.pairs))}")
         if self.sequences:
             parts.append(f"sequences: {', '.join(map(str, self.sequences))}")
+        if self.reflections:
+            parts.append(f"reflection banks: {', '.join(map(str, self.reflections))}")
         return "; ".join(parts)
 
 
 def discover(folders: list[Path] | None) -> DataSources:
     """Sort `--data` folders by layout; an empty or missing folder is an error before any work."""
+    from dereflect.data.real_reflections import is_bank
+
     sources = DataSources()
     for folder in folders or []:
         folder = Path(folder)
         if not folder.is_dir():
             raise DereflectError(folder, "data folder does not exist")
-        if (folder / "blended").is_dir():
+        if is_bank(folder):
+            sources.reflections.append(folder)
+        elif (folder / "blended").is_dir():
             sources.pairs.append(folder)
         elif any((sub / "frame_000.png").is_file() for sub in folder.iterdir() if sub.is_dir()):
             sources.sequences.append(folder)
         elif any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
             sources.photos.append(folder)
         else:
-            raise DereflectError(folder, "no images, pairs (blended/) or sequences (*/frame_000.png) found")
+            raise DereflectError(folder, "no images, pairs (blended/), sequences (*/frame_000.png) or reflection bank (bank.json) found")
     return sources
 
 
@@ -124,31 +132,63 @@ def random_pair_crop(pair: tuple[np.ndarray, np.ndarray], size: int, rng: np.ran
     return {"input": to_t(blended), "transmission": to_t(target)}
 
 
+def composite_set(composites: Dataset | Sequence[Path] | None, synthetic: Dataset, size: int, seed: int) -> Dataset | None:
+    """A Dataset of composited pairs: `composites` itself, or one made from reflection-bank folders
+    (DataSources.reflections) over the synthetic set's own photos (its training photos: the
+    validation photos never get a composite). None when there is nothing to composite."""
+    if composites is None or isinstance(composites, Dataset):
+        return composites
+    folders = [Path(f) for f in composites]
+    if not folders:
+        return None
+    from dereflect.data.real_reflections import CompositePairs, ReflectionBank
+
+    photos = getattr(synthetic, "photos", None)
+    if not photos:
+        raise DereflectError(folders[0], "a reflection bank needs transmission photos to composite onto: "
+                                         "the synthetic set has none")
+    return CompositePairs(photos, ReflectionBank(folders), size=size, length=max(1, len(synthetic)), seed=seed)
+
+
 class StepData(Dataset):
     """Item i of step i // batch: a synthetic sequence made on the fly, a written sequence from
-    `--data` (with `sequence_fraction`), or (student, with real pairs) a real crop.
+    `--data` (with `sequence_fraction`), (student, with real pairs) a real crop, or (student,
+    with a reflection bank, `composite_fraction`) a real reflection composited over a photo.
 
-    Sequence items carry `frames` for the teacher; real pairs only `input` and `transmission`.
+    Sequence items carry `frames` for the teacher; real pairs and composites only `input` and
+    `transmission`. Composites count on the synthetic side of a recipe (RDNet: ~60 % synthetic,
+    ~40 % real): real_fraction 0.4 + composite_fraction 0.3 leaves 0.3 to the synthesis.
+    `composites`: a Dataset of pairs, or bank folders (DataSources.reflections), composited over
+    the synthetic set's photos.
     """
 
     def __init__(self, synthetic: Dataset, batch: int, seed: int, real_pairs=None, real_fraction: float = 0.0,
-                 size: int = 128, sequences: Dataset | None = None, sequence_fraction: float = 0.0):
+                 size: int = 128, sequences: Dataset | None = None, sequence_fraction: float = 0.0,
+                 composites: Dataset | Sequence[Path] | None = None, composite_fraction: float = 0.0):
         self.synthetic, self.batch, self.seed = synthetic, batch, seed
         self.real_pairs, self.real_fraction, self.size = real_pairs or [], real_fraction, size
         self.sequences = sequences if sequences is not None and len(sequences) else None
         self.sequence_fraction = sequence_fraction
+        composites = composite_set(composites, synthetic, size, seed) if composite_fraction > 0 else None
+        self.composites = composites if composites is not None and len(composites) else None
+        self.composite_fraction = composite_fraction
 
     def __len__(self) -> int:
         return len(self.synthetic)
 
     def source(self, step: int) -> str:
-        """"real", "sequence" or "synthetic": one draw per step, so a batch never mixes sources."""
+        """"real", "sequence", "composite" or "synthetic": one draw per step, so a batch never mixes
+        sources. The thresholds stack in that order, so adding composites leaves every step that
+        was real or a sequence as it was."""
         u = np.random.default_rng([self.seed, step, 1]).random()
         real = self.real_fraction if self.real_pairs else 0.0
         if u < real:
             return "real"
-        if self.sequences is not None and u < real + self.sequence_fraction:
+        seq = self.sequence_fraction if self.sequences is not None else 0.0
+        if u < real + seq:
             return "sequence"
+        if self.composites is not None and u < real + seq + self.composite_fraction:
+            return "composite"
         return "synthetic"
 
     def __getitem__(self, i: int) -> dict:
@@ -158,6 +198,8 @@ class StepData(Dataset):
             return random_pair_crop(self.real_pairs[int(rng.integers(len(self.real_pairs)))], self.size, rng)
         if source == "sequence":
             return self.sequences[int(rng.integers(len(self.sequences)))]
+        if source == "composite":
+            return self.composites[i % len(self.composites)]
         return self.synthetic[i]
 
 
@@ -182,3 +224,5 @@ class StepSampler(Sampler[int]):
 def warn_unused(sources: DataSources, stage: str) -> None:
     if stage == "teacher" and sources.pairs:
         warnings.warn(f"the teacher needs sequences; real single-image pairs are not used: {', '.join(map(str, sources.pairs))}")
+    if stage == "teacher" and sources.reflections:
+        warnings.warn(f"the teacher needs sequences; reflection banks are not used: {', '.join(map(str, sources.reflections))}")
