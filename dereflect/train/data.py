@@ -10,16 +10,16 @@ is never a mix of synthetic sequences and real single-image pairs.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dereflect.images import IMAGE_SUFFIXES, from_float
 from dereflect.errors import DereflectError
+from dereflect.images import IMAGE_SUFFIXES, from_float
 
 
 @dataclass
