@@ -34,6 +34,8 @@ PRESETS: dict[str, tuple[type[nn.Module], type, dict[str, Any]]] = {
     "student-mnv2-rt": (MobileStudent, MobileStudentConfig, dict(stem_width=8, dec_widths=(16, 24, 32, 48), dyn_channels=(8, 12, 16))),
     "student-mnv2-hq": (MobileStudent, MobileStudentConfig, dict(stem_width=24, dec_widths=(32, 48, 64, 96), dyn_channels=(16, 24, 32), halluc_blocks=2)),
     "teacher-base": (Teacher, TeacherConfig, dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64))),
+    # Never shipped, so heavy: frozen HED-VGG16 + MobileNetV2 features of every frame on top of its own (issue 13).
+    "teacher-privileged": (Teacher, TeacherConfig, dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64), privileged=True)),
     "teacher-small": (Teacher, TeacherConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 1), dyn_channels=(16, 32, 48))),
 }
 

@@ -15,6 +15,7 @@ Paper's modules, and what we chose where it is silent:
 - Fusion: the neighbours' Psi warped to the middle frame by their own layer's flow, pooled
   (mean, max) and fused with the middle frame's Psi by conv blocks into D at each scale.
 Ablation switches (the paper's table): use_mkl, use_decouple, use_flow, use_fusion.
+`privileged` adds frozen ImageNet/HED features of every frame (the teacher never ships; see privileged.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class TeacherConfig:
     use_decouple: bool = True  # False: "w/o Decouple Net" — one feature stream, one flow
     use_flow: bool = True  # False: "w/o Flow Net" — neighbours are not aligned
     use_fusion: bool = True  # False: "w/o Fusion Net" — a 1x1 projection instead of conv blocks
+    privileged: bool = False  # True: frozen HED-VGG16 + ImageNet MobileNetV2 features of every frame (models/privileged.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +122,11 @@ class Teacher(nn.Module):
         cfg = self.config
         feat = tuple(cfg.widths[1:])
         self.encoder = Encoder(cfg.widths, cfg.blocks)
+        self.privileged = None
+        if cfg.privileged:
+            from dereflect.models.privileged import PrivilegedFeatures
+
+            self.privileged = PrivilegedFeatures(feat)
         self.decouple_t = nn.ModuleList([conv_act(c, c) for c in feat]) if cfg.use_mkl and cfg.use_decouple else None
         self.decouple_r = nn.ModuleList([conv_act(c, c) for c in feat]) if cfg.use_mkl and cfg.use_decouple else None
         n_layers = 2 if cfg.use_decouple else 1
@@ -152,6 +159,8 @@ class Teacher(nn.Module):
         mid = n // 2
         nbs = [i for i in range(n) if i != mid]
         full, feats = self.encoder(frames.flatten(0, 1))
+        if self.privileged is not None:
+            feats = self.privileged(frames.flatten(0, 1), feats)
         feats = [f.unflatten(0, (b, n)) for f in feats]  # per scale (B,N,C,h,w)
         middle = frames[:, mid]
         out: dict = {"mid_index": mid}
