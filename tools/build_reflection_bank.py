@@ -10,6 +10,8 @@ scene, shift, gain, leak before/after; and the leak summary), outside the reposi
 files by default (.data/ is git-ignored).
 
     .venv/bin/python tools/build_reflection_bank.py --shared /work/shared/data --out .data/reflections
+    .venv/bin/python tools/build_reflection_bank.py --out .data/reflections --preview docs/real_reflections_preview.jpg \
+        --photos /work/shared/data/kodak24     # only the sheet, from the bank already built
 """
 
 from __future__ import annotations
@@ -45,6 +47,44 @@ def chance_leak(layers: list[tuple[str, np.ndarray]], pairs: dict[str, Path], k:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def preview(bank_dir: Path, photo_dir: Path, out: Path, size: int = 160, seed: int = 0) -> None:
+    """A sheet for a person to judge the bank: a row of layers as they add light (R in sRGB over
+    black, no gain), then rows of composites (photo through glass with a real reflection) each
+    beside its clean transmission label."""
+    from PIL import Image, ImageDraw
+
+    from dereflect.data.photos import load_photos
+
+    bank = rr.ReflectionBank(bank_dir)
+    photos = load_photos(photo_dir, max_side=400)
+    rng = np.random.default_rng(seed)
+    cols, gap = 6, 4
+    picks = rng.choice(len(bank), size=cols, replace=False)
+    tiles = [[rr.linear_to_srgb(rr._resize(bank.layer(int(i)), size, size)) for i in picks]]
+    comp = rr.CompositePairs(photos, bank, size=size, length=10_000, seed=seed)
+    for row in range(3):
+        line = []
+        for k in range(cols // 2):
+            item = comp[row * 7 + k * 3 + 1]
+            line += [item["input"].permute(1, 2, 0).numpy(), item["transmission"].permute(1, 2, 0).numpy()]
+        tiles.append(line)
+    head = 14
+    sheet = np.full((len(tiles) * (size + gap + head), cols * (size + gap), 3), 255, np.uint8)
+    for r, line in enumerate(tiles):
+        for c, tile in enumerate(line):
+            y, x = r * (size + gap + head) + head, c * (size + gap)
+            sheet[y : y + size, x : x + size] = np.round(np.clip(tile, 0, 1) * 255).astype(np.uint8)
+    img = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(img)
+    for r in range(len(tiles)):
+        for c in range(cols):
+            label = f"R {bank.layers[int(picks[c])][1]['file'][:-4]}" if r == 0 else ("composite" if c % 2 == 0 else "clean T (label)")
+            draw.text((c * (size + gap) + 2, r * (size + gap + head) + 1), label, fill=(0, 0, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out, quality=85)
+    print(f"{out}: {out.stat().st_size // 1024} KiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
@@ -53,7 +93,12 @@ def main() -> None:
     ap.add_argument("--max-leak", type=float, default=rr.MAX_LEAK)
     ap.add_argument("--min-mean", type=float, default=0.002, help="skip layers with (almost) no reflection (mean linear R)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N training pairs (a quick look)")
+    ap.add_argument("--preview", type=Path, help="write a preview sheet of the bank at --out (no build)")
+    ap.add_argument("--photos", type=Path, help="transmission photos for the preview's composites")
     args = ap.parse_args()
+    if args.preview:
+        preview(args.out, args.photos or args.shared / "kodak24", args.preview)
+        return
     pairs = rr.saggy_training_pairs(args.shared)[: args.limit or None]
     (args.out / rr.LAYER_DIR).mkdir(parents=True, exist_ok=True)
     entries, skipped, kept = [], {"shift": 0, "empty": 0, "leak": 0}, []
