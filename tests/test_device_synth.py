@@ -247,6 +247,17 @@ def test_cuda_matches_the_cpu_recipe(photos_u8):
     syn = DeviceSynthesizer(photos_u8, "cuda", size=64, seed=1)
     a, b = syn.batch(0, 200), syn.batch(0, 200)
     assert all(torch.equal(a[k], b[k]) for k in KEYS)
+    (_, c), (_, d) = list(syn.batches(0, 2, 200))  # side-stream prefetch: the same batches
+    assert all(torch.equal(a[k], c[k]) for k in KEYS) and not torch.equal(c["frames"], d["frames"])
     gpu = _stats({k: v.float().cpu() for k, v in a.items()})
     for k in cpu:
         assert ks_2samp(cpu[k], gpu[k]).statistic < 0.2, k
+
+
+def test_batches_iterates_the_same_batches(photos_u8):
+    syn = DeviceSynthesizer(photos_u8, "cpu", size=24, seed=4)
+    got = list(syn.batches(3, 5, 2, part=1))
+    assert [s for s, _ in got] == [3, 4]
+    for s, b in got:
+        want = syn.batch(s, 2, part=1)
+        assert all(torch.equal(b[k], want[k]) for k in KEYS)

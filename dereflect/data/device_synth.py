@@ -34,7 +34,7 @@ A trainer makes one call per step instead of iterating a DataLoader:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -409,6 +409,8 @@ class _Glass:
 def step_seed(seed: int, step: int, part: int = 0) -> int:
     """A 63-bit generator seed for (seed, step, part), well mixed (SeedSequence), so nearby
     steps do not get correlated streams."""
+    if min(seed, step, part) < 0:
+        raise UsageError(None, f"seed, step and part must be >= 0, got {seed}, {step}, {part}")
     return int(np.random.SeedSequence([seed, step, part]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
@@ -467,6 +469,29 @@ class DeviceSynthesizer:
         d = _Draw(self.generator(step, part), self.device, batch_size)
         layers, flows = self._layers(d, noise)
         return self._outputs(layers, flows)
+
+    def batches(self, start: int, stop: int, batch_size: int, *, part: int = 0) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """(step, batch) for steps [start, stop), each equal to batch(step, ...). On CUDA the next
+        batch is queued on a side stream before this one is handed out, so its synthesis overlaps
+        the caller's training step instead of adding to it; elsewhere this is a plain loop."""
+        if self.device.type != "cuda":
+            for step in range(start, stop):
+                yield step, self.batch(step, batch_size, part=part)
+            return
+        main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+
+        def queue(step: int) -> dict[str, torch.Tensor]:
+            with torch.cuda.stream(side):
+                return self.batch(step, batch_size, part=part)
+
+        ahead = queue(start) if start < stop else None
+        for step in range(start, stop):
+            ready = ahead
+            main.wait_stream(side)  # the training step's kernels start after this batch is made
+            for v in ready.values():
+                v.record_stream(main)  # made on `side`, used on `main`: keep the allocator from reusing it early
+            ahead = queue(step + 1) if step + 1 < stop else None
+            yield step, ready
 
     # -- the recipe, batched ------------------------------------------------------------------
     def _layers(self, d: _Draw, noise: bool) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
