@@ -136,6 +136,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.data.joinpath("hed_fp16.weights.h5").is_file():
         os.environ.setdefault("DEREFLECT_HED_WEIGHTS", str(args.data / "hed_fp16.weights.h5"))
+    if args.data.joinpath("mobilenet_v2-b0353104.pth").is_file():  # the device machine has no wheels of ours
+        os.environ.setdefault("DEREFLECT_MOBILENET_V2_WEIGHTS", str(args.data / "mobilenet_v2-b0353104.pth"))
     if args.round2:
         # Round 2: continue the students from round 1 (frozen teacher from round 1) on full 256 px real pairs.
         STUDENTS.pop("student-small")

@@ -3,7 +3,9 @@
 The device machine receives only the repository (64 MiB with what it carries), not ../shared/data.
 This writes `.data/` (git-ignored): synthesis photos (long side <= --photo-side, JPEG), the
 saggy361 real pairs split BY SCENE into train/ and val/ (never the same background in both), and
-HED's VGG16 weights as float16 HDF5 (half the size; the loader reads them back as float32).
+HED's VGG16 weights as float16 HDF5 (half the size; the loader reads them back as float32), and
+torchvision's ImageNet MobileNetV2 file (14 MB, copied byte for byte: its sha256 is checked on load)
+for the MobileNetV2 students and the privileged teacher.
 
     .venv/bin/python tools/pack_gpu_data.py --shared ../shared/data --out .data
 """
@@ -19,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from dereflect.data.datasets import scene_split
+from dereflect.models.backbones import mobilenet_v2_weights_path
 from dereflect.models.vgg import hed_weights_path
 
 PHOTO_FOLDERS = ["voc2012_ceilnet100", "cbsd68", "bsds500_400", "sun_hays80", "kodak24"]
@@ -78,6 +81,9 @@ def main() -> None:
                     for k, v in obj.attrs.items():
                         grp.attrs[k] = v
             fin.visititems(copy)
+    mnv2 = mobilenet_v2_weights_path()
+    if mnv2 is not None:
+        shutil.copy2(mnv2, args.out / mnv2.name)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()) / 2**20
     print(f"{n} photos, {len(train)} train / {len(val)} val pairs ({len(set(x.split('-')[0] for x in val))} val scenes); {size:.1f} MiB in {args.out}")
 
