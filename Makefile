@@ -40,14 +40,14 @@ clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
 
 # ==== phone demo app (android_demo/) =================================================================
-# demo-app: builds android_demo/www (onnxruntime-web from the npm registry via `npm ci`, the student
+# demo-app: builds dereflect/demo/www (onnxruntime-web from the npm registry via `npm ci`, the student
 # exported by `dereflect export`, PWA icons; cached, ~2 s when nothing changed) and makes sure the
 # browser tests have a Chromium and npm: as root with apt-get it installs Debian's; elsewhere it says
 # so and tests/test_demo_browser.py skips with the reason. Serve the app with `dereflect demo serve`.
 .PHONY: demo-app demo-system-deps
 demo-app: install demo-system-deps
 	@if command -v npm >/dev/null; then $(PY) android_demo/build.py; \
-	else echo "note: npm not found: android_demo/www not built; the browser tests will skip"; fi
+	else echo "note: npm not found: dereflect/demo/www not built; the browser tests will skip"; fi
 
 demo-system-deps:
 	@missing=""; \

@@ -5,7 +5,7 @@
 For each thread setting (0 = the app's default: all cores up to 4 when cross-origin isolated; 1 =
 single-threaded) the app is loaded with ?threads=N and `window.__dereflect.bench(size)` times the
 model alone (same session the capture button uses, after warm-up runs), at each size. One ledger
-row per (threads, size) via dereflect.demo_server.ledger_row; the rows are printed and written as
+row per (threads, size) via dereflect.bench.ledger.ledger_row; the rows are printed and written as
 a JSON list (default runs/bench/browser-ledger.json). Needs the built app and Chromium (see README).
 """
 
@@ -31,7 +31,8 @@ def _browser_module():
 
 
 def measure(sizes: list[int], runs: int, warmup: int, threads: list[int], backend: str) -> list[dict]:
-    from dereflect.demo_server import APP_ROOT, ledger_row
+    from dereflect.bench.ledger import ledger_row
+    from dereflect.demo.server import APP_ROOT
 
     browser = _browser_module()
     version = browser.chromium_version()

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dereflect.demo_server import APP_ROOT, DemoServer
+from dereflect.demo.server import APP_ROOT, DemoServer
 
 #: A mid-size Android phone (Pixel 7: 412 x 915 CSS px at 2.625 device pixels per px).
 PHONE = {"viewport": {"width": 412, "height": 915}, "device_scale_factor": 2.625, "is_mobile": True, "has_touch": True}

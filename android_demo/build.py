@@ -1,4 +1,7 @@
-"""Build the phone demo into android_demo/www: app files + onnxruntime-web + the exported student.
+"""Build the phone demo into dereflect/demo/www: app files + onnxruntime-web + the exported student.
+
+The built app is package data of dereflect.demo, so `pip install .` after this build carries it
+and `dereflect demo serve` finds it with importlib.resources, editable install or not.
 
     python android_demo/build.py            (what `make demo-app` runs)
 
@@ -35,7 +38,7 @@ from dereflect.export.manifest import sha256_file
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 APP = HERE / "app"
-OUT = HERE / "www"
+OUT = REPO / "dereflect" / "demo" / "www"
 CACHE = HERE / ".cache"
 DEFAULT_CHECKPOINT = REPO / "dereflect" / "weights" / "student-nano.safetensors"
 

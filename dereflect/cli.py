@@ -43,12 +43,12 @@ def _root(
 
 def _assemble() -> None:
     from dereflect.data.cli import app as data_app
-    from dereflect.demo_cli import app as demo_app
-    from dereflect.evaluate import eval_command
+    from dereflect.demo.cli import app as demo_app
+    from dereflect.evaluate.cli import eval_command
     from dereflect.export.cli import export_command
     from dereflect.runtime.cli import remove_command
     from dereflect.train.cli import app as train_app
-    from dereflect.bench_cli import bench_command
+    from dereflect.bench.cli import bench_command
 
     app.add_typer(data_app, name="data", help="Make training data: multi-view sequences through glass.")
     app.add_typer(train_app, name="train", help="Train the teacher, then distil the student.")

@@ -37,7 +37,7 @@ def bench_env(tmp_path_factory):
 
 
 def _build_env(root: Path) -> tuple[Path, Path]:
-    from dereflect.bench.exporting import export_all
+    from dereflect.export.pipeline import export_all
     from dereflect.export.calib import synthesize_pairs
     from dereflect.export.manifest import build_manifest, io_spec, write_manifest
     from dereflect.runtime.resolve import default_checkpoint
@@ -139,7 +139,7 @@ def test_bench_errors(tmp_path, bench_env):
 
 def test_ledgers_merge_and_speedups(tmp_path):
     browser = tmp_path / "browser.json"  # the demo's ledger_row output: a bare list
-    from dereflect.demo_server import ledger_row
+    from dereflect.bench.ledger import ledger_row
 
     browser.write_text(json.dumps([ledger_row([30.0, 32.0, 31.0], size=256, device="phone", threads=2)]))
     rows = load_ledger(browser)

@@ -45,7 +45,7 @@ def _load(name: str):
 
 @pytest.fixture(scope="module")
 def app_root() -> Path:
-    from dereflect.demo_server import APP_ROOT
+    from dereflect.demo.server import APP_ROOT
 
     if not (APP_ROOT / "build.json").is_file():
         if shutil.which("npm") is None:
@@ -263,7 +263,7 @@ def test_offline_after_first_load(page):
 
 
 def test_latency_goes_to_the_bench_ledger(page):
-    from dereflect.demo_server import ledger_row
+    from dereflect.bench.ledger import ledger_row
 
     info = page.evaluate("window.__dereflect.info()")
     rows = []

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dereflect.demo_server import (
-    CSP, DemoServer, bind_address, ensure_certificate, ledger_row, print_qr, resolve_request_path, tls_context,
-)
+from dereflect.bench.ledger import ledger_row
+from dereflect.demo.cli import print_qr
+from dereflect.demo.server import CSP, DemoServer, bind_address, resolve_request_path
+from dereflect.demo.tls import ensure_certificate, tls_context
 from dereflect.errors import DereflectError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,7 +34,8 @@ import torch
 from onnx import TensorProto, helper
 
 from dereflect.cli import main
-from dereflect.demo_server import SECURITY_HEADERS, DemoServer, resolve_request_path, serve_command
+from dereflect.demo.cli import serve_command
+from dereflect.demo.server import SECURITY_HEADERS, DemoServer, resolve_request_path
 from dereflect.errors import DereflectError
 from dereflect.export.manifest import build_manifest, manifest_path, write_manifest
 from dereflect.images import read_image, write_image
@@ -383,7 +384,8 @@ def test_cli_binds_loopback_by_default() -> None:
     (b"GET /app.js HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", b"413"),
     (b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
     (b"GET /app.js HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
-    (b"GET /app.js HTTP/1.1\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(150)) + b"\r\n", b"431"),
+    (b"GET /app.js HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(150)) + b"\r\n", b"431"),
+    (b"GET /app.js HTTP/1.1\r\n\r\n", b"400"),  # no Host
     (b"GARBAGE\r\n\r\n", b"400"),
     (b"GET /app.js HTTP/9.9\r\n\r\n", b"505"),
 ])

@@ -3,7 +3,7 @@
 The format (Qualcomm AI Hub's numerics ledger is the model): `{"schema", "rows": [...],
 "summary"}`; every row carries at least device, backend, format, precision, size, status,
 latency_ms (median), p90_ms, psnr, ssim, lmse, ref_ssim, plus the tools and the machine. The
-browser demo (`demo_server.ledger_row`, a bare JSON list) and the standalone
+browser demo (`ledger_row` below, a bare JSON list) and the standalone
 benchmarks/device_runner.py write rows of the same shape, so ledgers from several machines merge
 into one table and one report. Statuses: passed / failed (measured, outside the parity budget) /
 error (the backend is here but the artifact would not run) / could not run (no such backend on
@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 from dereflect.errors import DereflectError
 
 LEDGER_SCHEMA = "dereflect-bench/1"
+#: Where android_demo/bench.py writes the browser's rows; `dereflect bench` merges it when present.
+BROWSER_LEDGER = Path("runs/bench/browser-ledger.json")
 REQUIRED_KEYS = ("device", "backend", "format", "precision", "size", "status")
 ROW_KEYS = REQUIRED_KEYS + ("latency_ms", "p90_ms", "psnr", "ssim", "lmse", "ref_ssim")
 MEASURED = ("passed", "failed", "ok", "reference")  # statuses that carry a latency
@@ -141,3 +145,25 @@ def write_ledger(path: str | Path, document: dict[str, Any]) -> None:
     from dereflect.files import write_bytes_atomic
 
     write_bytes_atomic(Path(path), (json.dumps(document, indent=1, allow_nan=False) + "\n").encode())
+
+
+def ledger_row(latencies_ms: list[float], *, size: int, device: str, backend: str = "onnxruntime-web/wasm",
+               fmt: str = "onnx", precision: str = "int8", status: str = "ok", **extra: Any) -> dict[str, Any]:
+    """One benchmark-ledger row from per-run latencies (ms) of one input size (square, px).
+
+    median and p90 (nearest rank) are what the ledger compares across targets; the raw runs
+    are kept so a reader can judge the spread. `extra` (threads, model, browser...) is kept.
+    """
+    if status == "ok" and not latencies_ms:
+        raise ValueError("an 'ok' ledger row needs at least one latency")
+    runs = sorted(float(v) for v in latencies_ms)
+    p90 = runs[min(len(runs) - 1, max(0, -(-9 * len(runs) // 10) - 1))] if runs else None
+    return {
+        "device": device, "backend": backend, "format": fmt, "precision": precision, "size": int(size),
+        "status": status,
+        "latency_ms": round(statistics.median(runs), 2) if runs else None,
+        "p90_ms": round(p90, 2) if p90 is not None else None,
+        "runs": len(runs), "runs_ms": [round(v, 2) for v in latencies_ms],
+        "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }

@@ -29,8 +29,18 @@ from dereflect.export import parity as parity_mod
 from dereflect.export.formats import PRECISIONS
 from dereflect.runtime.tiling import network_input
 
-REPO = Path(__file__).resolve().parents[2]
 Log = Callable[[str], None]
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """"256,512" -> (256, 512): the square sides to time (duplicates dropped, order kept)."""
+    try:
+        sizes = tuple(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
+    except ValueError:
+        raise UsageError(None, f"--sizes must be comma-separated integers (e.g. 256,512), got '{text}'") from None
+    if not sizes:
+        raise UsageError(None, "--sizes is empty")
+    return sizes
 
 
 @dataclass
@@ -165,7 +175,7 @@ def find_targets(folder: Path, backends: tuple[str, ...] | None, log: Log) -> tu
 
 def reference_checkpoint(manifest: dict[str, Any], folder: Path) -> Path | None:
     """The checkpoint the manifest's source names, wherever it is found (as given, beside the
-    artifacts, in this repository), and only if its sha256 matches the manifest's."""
+    artifacts, under the current folder), and only if its sha256 matches the manifest's."""
     from dereflect.export.manifest import sha256_file
 
     source = manifest.get("source") or {}
@@ -173,7 +183,7 @@ def reference_checkpoint(manifest: dict[str, Any], folder: Path) -> Path | None:
     if not named:
         return None
     named = Path(named)
-    for candidate in (named, folder / named.name, REPO / named):
+    for candidate in (named, folder / named.name, Path.cwd() / named):
         if candidate.is_file() and (not source.get("sha256") or sha256_file(candidate) == source["sha256"]):
             return candidate.resolve()
     return None
@@ -366,3 +376,35 @@ def _line(m: Measured) -> str:
 def run_bench(folder: str | Path, opts: BenchOptions | None = None, log: Log = print) -> BenchResult:
     """Benchmark every artifact in `folder` on every backend here; rows for the ledger."""
     return Bench(Path(folder), opts or BenchOptions(), log).run()
+
+
+def bench_folder(folder: Path, opts: BenchOptions, merged: list[Path], json_out: Path | None, report: Path | None,
+                 log: Log = print) -> tuple[BenchResult, dict[str, Any]]:
+    """`run_bench` on `folder`, with the `merged` ledgers' rows merged in; writes the ledger
+    (`json_out`) and the HTML report (`report`) when given. Returns (result, ledger document)."""
+    from dereflect.bench.ledger import ledger_document, load_ledger, merge_rows, write_ledger
+
+    merged_rows = [load_ledger(p) for p in merged]
+    result = run_bench(folder, opts, log=log)
+    rows = merge_rows(*merged_rows, result.rows)
+    document = ledger_document(
+        rows, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), artifacts=str(folder),
+        pairs=result.pairs_source, reference=result.reference.label if result.reference else None,
+        identity=result.identity.mean, skipped=result.skipped, merged=[str(p) for p in merged],
+    )
+    if json_out is not None:
+        write_ledger(json_out, document)
+    if report is not None:
+        from dereflect.bench.report import render_report
+        from dereflect.files import write_bytes_atomic
+
+        write_bytes_atomic(report, render_report(document, result, title=f"dereflect bench: {folder}").encode())
+    return result, document
+
+
+def check_passed(result: BenchResult, folder: Path) -> None:
+    """A DereflectError naming every target that failed its gate or errored (the CI gate's exit 1)."""
+    bad = result.failures
+    if bad:
+        lines = [f"{r.get('artifact')} on {r['backend']}: {r['status']} ({r.get('reason', '')})" for r in bad]
+        raise DereflectError(folder, f"{len(bad)} target(s) did not pass: " + " | ".join(lines))

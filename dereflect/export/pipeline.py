@@ -19,7 +19,7 @@ from typing import Any, Callable
 from dereflect.errors import DereflectError, UsageError
 from dereflect.export import calib as calib_mod
 from dereflect.export import parity as parity_mod
-from dereflect.export.formats import ExportFormat, format_status
+from dereflect.export.formats import PRECISIONS, ExportFormat, format_status, resolve_formats
 from dereflect.export.manifest import build_manifest, io_spec, sha256_file, write_manifest
 
 
@@ -401,3 +401,24 @@ def _line(r: ExportResult) -> str:
     return (f"{r.format} {r.precision}: {r.artifact.name if r.artifact else '-'} ({size}) built in {r.build_s:.1f} s, "
             f"parity in {r.parity_s:.1f} s -> {parity_mod.summary(r.parity) if r.parity else r.status}")
 
+
+def export_all(checkpoint: Path, out: Path, precisions: tuple[str, ...] = PRECISIONS, formats: str = "all",
+               log: Callable[[str], None] = print, size: int = 256, val_count: int = 8, calib_count: int = 16):
+    """Export `checkpoint` to `formats` at each precision into `out`; the ExportResults (a failed
+    parity gate or build is in its result, not raised: the benchmark reports it)."""
+    from dereflect.models import load_checkpoint
+
+    model = load_checkpoint(checkpoint, expect="student")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="dereflect-bench-export-") as tmp:
+        base: Path | None = None
+        for precision in precisions:
+            build, skipped = resolve_formats(formats, precision)
+            for fmt, reason in skipped:
+                log(f"skip {fmt.name} {precision}: {reason}")
+            opts = ExportOptions(precision=precision, size=size, val_count=val_count, calib_count=calib_count)
+            exporter = Exporter(checkpoint, out, opts, log=log, model=model, base_onnx=base)
+            if base is None and any(f.via_onnx for f in build):
+                base = Path(shutil.copyfile(exporter.onnx_path("fp32"), Path(tmp) / "base-fp32.onnx"))
+            results += exporter.run(build)
+    return results

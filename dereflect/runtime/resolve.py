@@ -17,6 +17,7 @@ those whose parity gate failed.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from dereflect.errors import DereflectError, UsageError
 from dereflect.export.formats import CHECKPOINT, PRECISIONS, format_for_path, runnable_by
 from dereflect.runtime.backends import backend_problem, get_backend, speed_rank
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+#: The shipped student (package data: found the same way in a checkout and in site-packages).
+WEIGHTS_DIR = Path(str(resources.files("dereflect") / "weights"))
 DEFAULT_NAME = "student-nano"
 
 
