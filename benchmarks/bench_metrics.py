@@ -1,6 +1,6 @@
 """Time the literature metrics on a 3000x4000 RGB pair (the size of a phone photo).
 
-Why: evaluation runs every metric on every image of every benchmark; DESIGN.md asks for a 4K pair
+Why: evaluation runs every metric on every image of every benchmark; docs/DESIGN.md asks for a 4K pair
 to score in well under a second per metric. Prints the machine and the median of N runs.
 
 Usage: .venv/bin/python benchmarks/bench_metrics.py [--runs 5] [--height 3000] [--width 4000]

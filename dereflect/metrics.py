@@ -1,6 +1,6 @@
 """PSNR, SSIM, LMSE and NCC as single-image reflection removal papers report them.
 
-The protocol (DESIGN.md, "Metrics") is the one ERRNet / IBCLN / Zheng et al. evaluate with, so our
+The protocol (docs/DESIGN.md, "Metrics") is the one ERRNet / IBCLN / Zheng et al. evaluate with, so our
 numbers compare with the literature: images as float in [0, 255]; PSNR and SSIM per RGB channel,
 then averaged; SSIM exactly as scikit-image's `structural_similarity` defaults (7x7 uniform window,
 K1=0.01, K2=0.03, data_range=255, sample covariance, a 3-pixel border left out); LMSE over 20x20

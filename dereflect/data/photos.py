@@ -1,7 +1,7 @@
 """Natural photos to synthesise from: a folder of them, or scikit-image's bundled ones.
 
 The bundled set means a fresh clone (no ../shared/data) can still synthesise, test and demo;
-real training should pass a folder of a few hundred photos (DESIGN.md, data/README.md).
+real training should pass a folder of a few hundred photos (docs/DESIGN.md, "Data flow and conventions").
 """
 
 from __future__ import annotations

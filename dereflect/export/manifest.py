@@ -1,5 +1,5 @@
 """The manifest: a JSON file beside every exported artifact, the one thing the runtime and the
-benchmark read about it (DESIGN.md: a stage reads the previous stage's files, never its internals).
+benchmark read about it (docs/DESIGN.md: a stage reads the previous stage's files, never its internals).
 
 It says what the artifact is (format, precision, IO names/shapes/range, the H/W constraint),
 where it came from (checkpoint sha256, model name + config, tool versions), how it was made
@@ -87,7 +87,7 @@ def tool_versions(packages: tuple[str, ...] = TOOL_PACKAGES) -> dict[str, str]:
 
 
 def io_spec(batch: int | str = "batch", multiple_of: int = 8) -> dict[str, Any]:
-    """The graph contract of DESIGN.md: `input` (N,3,H,W) float32 [0,1] -> `transmission` same shape."""
+    """The graph contract of docs/DESIGN.md: `input` (N,3,H,W) float32 [0,1] -> `transmission` same shape."""
     shape = [batch, 3, "height", "width"]
     tensor = {"shape": shape, "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0], "color": "RGB"}
     dynamic = {str(i): n for i, n in enumerate(shape) if isinstance(n, str)}
