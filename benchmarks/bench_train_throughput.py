@@ -117,6 +117,8 @@ def run_device(device: torch.device, args: argparse.Namespace, photos_u8: list[n
     print(f"synthesis only, samples/s at {args.size} px, {args.frames} frames: old per-item {old:8.1f} (one worker; "
           f"x{args.workers} workers <= {old * args.workers:.1f})   device batch {args.batch}: {new:8.1f}   "
           f"({new / old:.1f}x one worker; photo buffer {synth.memory_bytes / 2**20:.0f} MiB)")
+    if not args.models:
+        return
     head = f"{'model':18s} {'params':>8s} {'step alone':>11s} {'synth+step':>11s} {'it/s':>7s} {'old bound':>10s}"
     if device.type == "cuda":
         head += f" {'overlapped':>11s} {'it/s':>7s}"
@@ -155,7 +157,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--devices", default=None, help="comma-separated (default: cpu, and cuda when available)")
-    ap.add_argument("--models", default=None, help="comma-separated presets (default: teachers base/small + every student)")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated presets (default: teachers base/small + every student; none: synthesis only)")
     ap.add_argument("--photos", type=Path, default=None, help="folder of photos (default: scikit-image's bundled ones)")
     ap.add_argument("--max-side", type=int, default=512)
     ap.add_argument("--old-items", type=int, default=8, help="items timed for the per-item CPU path")
@@ -165,7 +168,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    args.models = args.models.split(",") if args.models else default_models()
+    args.models = [] if args.models == "none" else args.models.split(",") if args.models else default_models()
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     photos = load_photos(args.photos, max_side=args.max_side)
     photos_u8 = [np.round(p * 255.0).astype(np.uint8) for p in photos]

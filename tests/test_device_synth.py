@@ -251,7 +251,7 @@ def test_cuda_matches_the_cpu_recipe(photos_u8):
     assert all(torch.equal(a[k], c[k]) for k in KEYS) and not torch.equal(c["frames"], d["frames"])
     gpu = _stats({k: v.float().cpu() for k, v in a.items()})
     for k in cpu:
-        assert ks_2samp(cpu[k], gpu[k]).statistic < 0.2, k
+        assert ks_2samp(cpu[k], gpu[k]).statistic < 0.22, k  # alpha ~ 1e-4 for 200 vs 200
 
 
 def test_batches_iterates_the_same_batches(photos_u8):
@@ -261,3 +261,24 @@ def test_batches_iterates_the_same_batches(photos_u8):
     for s, b in got:
         want = syn.batch(s, 2, part=1)
         assert all(torch.equal(b[k], want[k]) for k in KEYS)
+
+
+def test_batches_feed_the_real_trainers(photos_u8, tmp_path):
+    """The dict is what TeacherTrainer.train_step and StudentTrainer.train_step (with KT, so the
+    teacher reads `frames`) consume: one step each, finite losses, no DataLoader involved."""
+    from dereflect.models import create_model, save_checkpoint
+    from dereflect.train.config import load_config
+    from dereflect.train.student import StudentTrainer
+    from dereflect.train.teacher import TeacherTrainer
+
+    common = dict(batch=2, size=32, steps=2, val_samples=1, workers=0, perceptual="off")
+    syn = DeviceSynthesizer(photos_u8, "cpu", size=32, seed=0)
+    teacher = TeacherTrainer(load_config("teacher", None, dict(model="teacher-small", **common)), tmp_path / "t",
+                             device="cpu", progress=False)
+    logs = teacher.train_step(syn.batch(0, 2), 0)
+    assert np.isfinite(logs["total"]) and {"flow", "layers"} <= logs.keys()
+    ckpt = save_checkpoint(create_model("teacher-small"), tmp_path / "teacher.safetensors")
+    student = StudentTrainer(load_config("student", None, dict(model="student-nano", real_fraction=0.0, **common)),
+                             tmp_path / "s", teacher=ckpt, device="cpu", progress=False)
+    logs = student.train_step(syn.batch(1, 2), 1)
+    assert np.isfinite(logs["total"]) and "kt" in logs and logs["real"] == 0.0
