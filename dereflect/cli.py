@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from dereflect import __version__
-from dereflect.errors import DereflectError
+from dereflect.errors import DereflectError, os_reason
 
 app = typer.Typer(
     name="dereflect",
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         # A file-system failure no stage anticipated (disk full, folder gone, permissions) is still
         # the user's to fix, not a bug report: one line naming the file, never a traceback.
         where = exc.filename if exc.filename is not None else "file system"
-        print(f"error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {where}: {os_reason(exc)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from dereflect.errors import DereflectError
+from dereflect.errors import DereflectError, os_reason
 
 
 def export_command(
@@ -126,4 +126,4 @@ def _write_report(out: Path, checkpoint: Path, precision: str, results, skipped)
     try:
         write_bytes_atomic(path, (json.dumps(report, indent=2, default=str) + "\n").encode())
     except OSError as exc:
-        raise DereflectError(path, f"could not write the export report ({exc.strerror or exc})") from None
+        raise DereflectError(path, f"could not write the export report ({os_reason(exc)})") from None

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dereflect.errors import DereflectError
+from dereflect.errors import DereflectError, first_line, os_reason
 
 SCHEMA = "dereflect-export/1"
 MANIFEST_SUFFIX = ".json"
@@ -211,9 +211,9 @@ def _load_json(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise DereflectError(path, f"corrupt manifest: not UTF-8 text ({exc.reason})") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; so is a 5000-digit number
-        raise DereflectError(path, f"corrupt manifest: not valid JSON ({str(exc).splitlines()[0][:200]})") from None
+        raise DereflectError(path, f"corrupt manifest: not valid JSON ({first_line(exc)})") from None
     except OSError as exc:
-        raise DereflectError(path, f"cannot read the manifest ({exc.strerror or exc})") from None
+        raise DereflectError(path, f"cannot read the manifest ({os_reason(exc)})") from None
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

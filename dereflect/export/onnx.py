@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import onnx
 
-from dereflect.errors import DereflectError
+from dereflect.errors import DereflectError, first_line
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "transmission"
@@ -87,7 +87,7 @@ def check_onnx(model: onnx.ModelProto, where: Path | None = None) -> onnx.ModelP
         onnx.checker.check_model(model, full_check=True)
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise DereflectError(where, f"ONNX model does not validate: {str(exc).splitlines()[0]}") from None
+        raise DereflectError(where, f"ONNX model does not validate: {first_line(exc, limit=10_000)}") from None
 
 
 _EXPORTED: dict[str, bytes] = {}  # weights+config+opset digest -> file bytes, for repeat exports in one process

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from dereflect.errors import DereflectError, UsageError
+from dereflect.errors import DereflectError, UsageError, os_reason
 from dereflect.export import calib as calib_mod
 from dereflect.export import parity as parity_mod
 from dereflect.export.formats import PRECISIONS, ExportFormat, format_status, resolve_formats
@@ -197,7 +197,7 @@ class Exporter:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             self.close()
-            raise DereflectError(self.out, f"cannot create the output folder ({exc.strerror or exc})") from None
+            raise DereflectError(self.out, f"cannot create the output folder ({os_reason(exc)})") from None
         results: list[ExportResult] = []
         try:
             if any(f.via_onnx for f in formats) and self.opts.precision == "int8":
@@ -276,7 +276,7 @@ class Exporter:
             with atomic_output(dst) as tmp:
                 shutil.copyfile(src, tmp)
         except OSError as exc:
-            raise DereflectError(dst, f"could not write the artifact ({exc.strerror or exc})") from None
+            raise DereflectError(dst, f"could not write the artifact ({os_reason(exc)})") from None
         return dst
 
     # ---------------------------------------------------------------- one builder per table row

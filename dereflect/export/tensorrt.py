@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dereflect.errors import DereflectError, UsageError
+from dereflect.errors import DereflectError, UsageError, first_line
 
 DEFAULT_MIN = (1, 3, 64, 64)
 DEFAULT_OPT = (1, 3, 512, 512)
@@ -119,7 +119,7 @@ def build_engine(plan: EnginePlan, engine_path: str | Path) -> Path:
     try:
         import tensorrt as trt
     except Exception as exc:  # noqa: BLE001 - PyPI stubs fail in several ways
-        raise DereflectError(None, f"TensorRT is not usable here: `import tensorrt` failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+        raise DereflectError(None, f"TensorRT is not usable here: `import tensorrt` failed ({first_line(exc, limit=10_000)}); "
                                    "pip install 'dereflect[tensorrt]' on a machine with a CUDA GPU and NVIDIA's package index") from None
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from dereflect.errors import DereflectError
+from dereflect.errors import DereflectError, os_reason
 
 GLOB_CHARS = set("*?[")
 
@@ -167,7 +167,7 @@ def remove_command(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DereflectError(out, f"cannot create the output folder ({exc.strerror or exc})") from None
+        raise DereflectError(out, f"cannot create the output folder ({os_reason(exc)})") from None
 
     session = load(model, backend, verify=not no_verify, precision=precision, tile=tile)
     stdout.print(f"backend {session.describe()}", markup=False)
