@@ -30,6 +30,7 @@ from dereflect.models import save_checkpoint
 from dereflect.train.config import TrainConfig, config_from_dict
 from dereflect.train.csvlog import CsvLog
 from dereflect.train.data import StepSampler
+from dereflect.train.runlock import RunFolderLock
 
 
 def pick_device(name: str) -> torch.device:
@@ -43,12 +44,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def git_commit() -> str | None:
-    """The code's commit, recorded in every checkpoint (env DEREFLECT_GIT_COMMIT where there is no .git)."""
+    """The code's commit, recorded in every checkpoint: env DEREFLECT_GIT_COMMIT, else git asked from
+    this package's folder (a checkout; an installed package outside one gives None)."""
     if os.environ.get("DEREFLECT_GIT_COMMIT"):
         return os.environ["DEREFLECT_GIT_COMMIT"]
     try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -95,6 +96,18 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.start_step, self.best = 0, -math.inf
+        self._lock = RunFolderLock(self.run_dir)
+        if self.is_main:
+            self._lock.acquire()  # before anything reads or cleans the folder: a second run is refused here
+        try:
+            self._prepare(resume, val_pairs)
+        except BaseException:
+            self._lock.release()  # a refused start must not keep the folder locked (tracebacks keep `self` alive)
+            raise
+
+    def _prepare(self, resume: bool, val_pairs: Path | None) -> None:
+        """Check the folder, build the stage, restore or initialise the weights, write config.json."""
+        cfg = self.cfg
         if val_pairs is not None and not Path(val_pairs).is_dir():
             raise DereflectError(val_pairs, "validation pairs folder does not exist")
         state_path = self.run_dir / "state.pt"
@@ -210,7 +223,17 @@ class Trainer:
         atomic_torch_save(self._state(step), self.run_dir / "state.pt")
 
     def run(self) -> dict[str, Any]:
-        """Train from start_step to cfg.steps; returns the final validation metrics."""
+        """Train from start_step to cfg.steps; returns the final validation metrics. Releases the run folder."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the run folder (a finished or failed run; the process ending does it too)."""
+        self._lock.release()
+
+    def _run(self) -> dict[str, Any]:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         cfg = self.cfg
