@@ -9,10 +9,10 @@ Python loops, no host round-trips (so nothing forces a CUDA sync).
 Same recipe and SynthConfig ranges as synth.py (including the glass gain fitted on real pairs,
 synth.glass_gain, and `glass_in_label`), plus SyntheticSequences' colour jitter and flips of the
 sources (augment=True), with these deliberate differences:
-- Sources are sampled by hand-written bilinear gathers from one flat, packed (RGB in an int32)
-  pixel buffer holding every photo and its block-mean shrinks, so photos of any size share one
-  buffer with no padding and each sample reads only the pixels it needs. Border handling is
-  clamping, as grid_sample's padding_mode="border".
+- Photos and their block-mean shrinks live in one flat, packed pixel buffer (RGB in an int32),
+  so photos of any size share it with no padding. Per batch, each sample's image is gathered onto
+  a canvas the size of the largest photo (edges repeated, which is padding_mode="border") and all
+  its frames are sampled by one grid_sample.
 - Interpolation happens in sRGB (the stored uint8 values) and the colour jitter and the sRGB
   decode come after it; synth.py decodes, then interpolates. The two differ only on sharp edges
   and by far less than the jitter itself (tests/test_device_synth.py compares distributions).
@@ -58,7 +58,8 @@ _LUM = (0.299, 0.587, 0.114)
 
 @dataclass
 class _Photos:
-    """Every photo and its k-fold block-mean shrinks (k = 1..levels) in one flat buffer.
+    """Every photo and its k-fold block-mean shrinks (k = 1..levels) in one flat buffer (4 bytes a
+    pixel, no padding: the pool can be hundreds of photos of mixed sizes).
 
     packed: (total_pixels,) int32, R | G << 8 | B << 16, rows of each image back to back.
     base/height/width: (n_photos * levels,) per image, image id = photo * levels + (k - 1).
@@ -71,6 +72,8 @@ class _Photos:
     mean: torch.Tensor
     levels: int
     count: int
+    rows: torch.Tensor  # arange(canvas height), long: the largest image fits the canvas
+    cols: torch.Tensor
 
 
 def _as_uint8(photo: np.ndarray, index: int) -> np.ndarray:
@@ -116,7 +119,7 @@ def _load_photos(photos: Sequence[np.ndarray], size: int, device: torch.device) 
     return _Photos(packed=torch.cat(chunks).to(device), base=torch.tensor(base, **long),
                    height=torch.tensor(heights, **long), width=torch.tensor(widths, **long),
                    mean=torch.tensor(np.stack(means), dtype=torch.float32, device=device), levels=levels,
-                   count=len(arrays))
+                   count=len(arrays), rows=torch.arange(max(heights), **long), cols=torch.arange(max(widths), **long))
 
 
 def _shrink(img: torch.Tensor, k: int) -> torch.Tensor:
@@ -258,35 +261,32 @@ def _source_coords(hom: torch.Tensor, crop: _Crop, xs: torch.Tensor, ys: torch.T
     return sx, sy
 
 
-def _bilinear(photos: _Photos, crop: _Crop, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
-    """Bilinear sample (clamped to the image, like padding_mode="border") -> (B,N,H,W,3) in [0,1] sRGB.
+def _canvas(photos: _Photos, image: torch.Tensor) -> torch.Tensor:
+    """(B,3,Hc,Wc) float32 0..255: each sample's image on a canvas the size of the largest one,
+    its last row and column repeated beyond its edges. One int32 gather per pixel reads R, G, B
+    (viewed as 4 bytes, little-endian); the repeated edge makes bilinear sampling anywhere inside
+    the image exactly grid_sample's padding_mode="border" on the image alone."""
+    h, w = photos.height[image].view(-1, 1, 1), photos.width[image].view(-1, 1, 1)
+    idx = (photos.base[image].view(-1, 1, 1) + torch.minimum(photos.rows.view(1, -1, 1), h - 1) * w
+           + torch.minimum(photos.cols.view(1, 1, -1), w - 1))
+    rgb = torch.take(photos.packed, idx).view(torch.uint8).unflatten(-1, (-1, 4))[..., :3]
+    return rgb.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
 
-    One int32 gather per corner reads a whole pixel; viewing it as 4 bytes (little-endian: R, G,
-    B, 0) unpacks it with no arithmetic."""
-    view = (-1, 1, 1, 1)
-    w1, h1 = (crop.width - 1.0).view(view), (crop.height - 1.0).view(view)
-    sx, sy = torch.minimum(sx.clamp_min(0.0), w1), torch.minimum(sy.clamp_min(0.0), h1)
-    x0f, y0f = sx.floor(), sy.floor()
-    fx, fy = (sx - x0f).unsqueeze(-1), (sy - y0f).unsqueeze(-1)
-    x0, y0 = x0f.long(), y0f.long()
-    wi = photos.width[crop.image].view(view)
-    x1 = torch.minimum(x0 + 1, wi - 1)
-    y1 = torch.minimum(y0 + 1, photos.height[crop.image].view(view) - 1)
-    base = photos.base[crop.image].view(view)
-    row0, row1 = base + y0 * wi, base + y1 * wi
-    gx, gy = 1.0 - fx, 1.0 - fy
-    out = None
-    for idx, wgt in ((row0 + x0, gx * gy), (row0 + x1, fx * gy), (row1 + x0, gx * fy), (row1 + x1, fx * fy)):
-        rgb = torch.take(photos.packed, idx).view(torch.uint8).unflatten(-1, (-1, 4))[..., :3]
-        term = rgb * wgt.mul_(1.0 / 255.0)
-        out = term if out is None else out.add_(term)
-    return out
+
+def _bilinear(photos: _Photos, crop: _Crop, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples at source pixels (sx, sy) (B,N,H,W) -> (B,3,N,H,W) sRGB in [0,1]."""
+    canvas = _canvas(photos, crop.image)
+    hc, wc = canvas.shape[-2:]
+    b, n, h, w = sx.shape
+    grid = torch.stack((sx * (2.0 / max(wc - 1, 1)) - 1.0, sy * (2.0 / max(hc - 1, 1)) - 1.0), dim=-1)
+    out = F.grid_sample(canvas, grid.view(b, n * h, w, 2), mode="bilinear", padding_mode="border", align_corners=True)
+    return out.view(b, 3, n, h, w).mul_(1.0 / 255.0)
 
 
 def _flows(hom: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    """flow_n(p) = M_n^{-1}(p) - p on the middle grid, (B,N,H,W,2) (channels last, as the layers)."""
+    """flow_n(p) = M_n^{-1}(p) - p on the middle grid, (B,N,2,H,W)."""
     fx, fy = _apply(torch.linalg.inv_ex(hom).inverse, xs, ys)  # inv_ex: no error check, so no CUDA sync
-    return torch.stack((fx - xs, fy - ys), dim=-1)
+    return torch.stack((fx - xs, fy - ys), dim=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,25 +308,26 @@ def _colour_jitter(d: _Draw, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def _apply_colour(x: torch.Tensor, m: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x (B,N,H,W,3) sRGB: clip(x @ m + b) per sample, as colour_jitter does on the photo."""
-    y = torch.baddbmm(b[:, None, :], x.reshape(x.shape[0], -1, 3), m)
+    """x (B,3,N,H,W) sRGB: clip(x @ m + b) per sample and pixel (row-vector convention, as
+    colour_jitter does on the photo), i.e. m^T @ x for channel-major pixels."""
+    y = torch.baddbmm(b[:, :, None], m.transpose(1, 2), x.reshape(x.shape[0], 3, -1))
     return y.clamp_(0.0, 1.0).view(x.shape)
 
 
 def _blur(x: torch.Tensor, sigmas: torch.Tensor, radius: int, dtype: torch.dtype) -> torch.Tensor:
-    """Gaussian blur of every (b, n) frame (B,N,H,W,3) with its own sigma: one grouped separable
-    conv with a fixed radius (reflect padding, as synth._blur); back to (B,N,H,W,3) contiguous."""
-    b, n, h, w, c = x.shape
+    """Gaussian blur of every (b, n) frame of x (B,3,N,H,W) with its own sigma: one grouped
+    separable conv with a fixed radius (reflect padding, as synth._blur)."""
+    b, c, n, h, w = x.shape
     radius = min(radius, h - 1, w - 1)
     if radius < 1:
         return x
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
     kern = torch.exp(-0.5 * (taps / sigmas.reshape(-1, 1).clamp_min(1e-3)) ** 2)
-    kern = (kern / kern.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0).to(dtype)  # (B*N*3, taps)
-    y = x.permute(0, 1, 4, 2, 3).to(dtype).reshape(1, b * n * c, h, w)
+    kern = (kern / kern.sum(dim=1, keepdim=True)).view(b, 1, n, -1).expand(b, c, n, -1).reshape(b * c * n, -1).to(dtype)
+    y = x.to(dtype).reshape(1, b * c * n, h, w)
     y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kern[:, None, :, None], groups=b * n * c)
     y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kern[:, None, None, :], groups=b * n * c)
-    return y.reshape(b, n, c, h, w).permute(0, 1, 3, 4, 2).float().contiguous()
+    return y.reshape(b, c, n, h, w).float()
 
 
 def _fresnel(cos_i: torch.Tensor, n_glass: float = 1.5) -> torch.Tensor:
@@ -342,7 +343,7 @@ def _fresnel(cos_i: torch.Tensor, n_glass: float = 1.5) -> torch.Tensor:
 
 def _strength_map(d: _Draw, cfg: SynthConfig, hom_r: torch.Tensor, size: int) -> torch.Tensor:
     """synth._strength_map batched: a smooth gain on R's canonical plane, evaluated every 8 px
-    through each frame's R homography and upsampled, (B,N,H,W,1)."""
+    through each frame's R homography and upsampled, (B,1,N,H,W)."""
     h = w = size
     steps = max(2, (size - 1) // 8 + 1)
     g = torch.linspace(0.0, size - 1.0, steps, device=d.device)
@@ -365,16 +366,16 @@ def _strength_map(d: _Draw, cfg: SynthConfig, hom_r: torch.Tensor, size: int) ->
     smap = (peak.view(v) * gain * ((1.0 - mix.view(v)) + mix.view(v) * blob)).clamp(0.0, 1.0)
     b, n = smap.shape[:2]
     up = F.interpolate(smap.reshape(b * n, 1, steps, steps), size=(h, w), mode="bilinear", align_corners=True)
-    return up.reshape(b, n, h, w, 1)
+    return up.reshape(b, 1, n, h, w)
 
 
 def _highlight_offset(t_lin: torch.Tensor, r_lin: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """ERRNet: the mean overflow of T + R per sample and channel, over all its frames, (B,1,1,1,3)."""
+    """ERRNet: the mean overflow of T + R per sample and channel, over all its frames, (B,3,1,1,1)."""
     total = t_lin + r_lin
     over = total > 1.0
-    count = over.sum(dim=(1, 2, 3)).clamp_min(1)
-    mean_over = torch.where(over, total, torch.zeros((), device=total.device)).sum(dim=(1, 2, 3)) / count
-    return ((mean_over - 1.0).clamp_min(0.0) * factor[:, None]).view(-1, 1, 1, 1, 3)
+    count = over.sum(dim=(2, 3, 4)).clamp_min(1)
+    mean_over = torch.where(over, total, torch.zeros((), device=total.device)).sum(dim=(2, 3, 4)) / count
+    return ((mean_over - 1.0).clamp_min(0.0) * factor[:, None]).view(-1, 3, 1, 1, 1)
 
 
 @dataclass
@@ -519,7 +520,7 @@ class DeviceSynthesizer:
 
         xs, ys = self._xs, self._ys
         scene = self._sample(crop_t, hom_t, xs, ys, jit_t)
-        t_lin = scene * glass.view(-1, 1, 1, 1, 3)
+        t_lin = scene * glass.view(-1, 3, 1, 1, 1)
         r_lin = self._sample(crop_r, hom_r, xs, ys, jit_r)
         gsx, gsy = xs - g_shift[:, 0].view(-1, 1, 1, 1), ys - g_shift[:, 1].view(-1, 1, 1, 1)
         r_ghost = self._sample(crop_r, hom_r, gsx, gsy, jit_r)
@@ -527,7 +528,7 @@ class DeviceSynthesizer:
         del r_ghost
         r_lin = _blur(r_lin, sigmas, self._radius, self.blur_dtype)
         offset = _highlight_offset(t_lin, r_lin, hl_att)
-        r_lin = (r_lin - offset).clamp_(0.0, 1.0).mul_(smap).mul_(tint.view(-1, 1, 1, 1, 3))
+        r_lin = (r_lin - offset).clamp_(0.0, 1.0).mul_(smap).mul_(tint.view(-1, 3, 1, 1, 1))
         blend = t_lin + r_lin
         transmission = linear_to_srgb(t_lin.clamp_(0.0, 1.0))
         reflection = (linear_to_srgb(blend.clamp(0.0, 1.0)) - transmission).clamp_(0.0, 1.0)
@@ -544,7 +545,7 @@ class DeviceSynthesizer:
 
     def _sample(self, crop: _Crop, hom: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
                 jitter: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """One layer in linear light, (B,N,H,W,3): gather in sRGB, colour jitter, decode."""
+        """One layer in linear light, (B,3,N,H,W): sample in sRGB, colour jitter, decode."""
         sx, sy = _source_coords(hom, crop, xs, ys)
         x = _bilinear(self.photos, crop, sx, sy)
         if jitter is not None:
@@ -553,7 +554,7 @@ class DeviceSynthesizer:
 
     def _outputs(self, layers: dict[str, torch.Tensor], flows: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         m = self.n_frames // 2
-        out = dict(layers)
+        out = {k: v.transpose(1, 2) for k, v in layers.items()}  # work layout (B,3,N,H,W) -> (B,N,3,H,W)
         out["flow_T"], out["flow_R"] = flows
         out["input"] = out["frames"][:, m]
         out["transmission"] = out["transmission_all"][:, m]
@@ -561,9 +562,9 @@ class DeviceSynthesizer:
         return {k: self._layout(out[k]) for k in KEYS}
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        """Channels-last (..., H, W, C) work layout -> the (..., C, H, W) shape the models read:
-        a free view with channels_last, one copy without."""
-        x = x.movedim(-1, -3)
+        """(B,N,C,H,W) or (B,C,H,W) in the memory layout asked for (one copy at most)."""
         if not self.channels_last:
             return x.contiguous()
-        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        if x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
