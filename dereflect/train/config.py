@@ -56,6 +56,7 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     perceptual: str = "auto"  # auto | hed | torchvision | off
+    glass_in_label: bool = True  # synthetic T label seen through the glass (teacher: frames = T + R); False: as real pairs' GT (students)
     perceptual_layers: int = 5  # VGG layers used by L_P (relu1_2 .. relu5_2): 3 stops at relu3_2, ~half the cost on a CPU
     gan: str = "relativistic"  # relativistic | hinge | off (student)
     d_lr: float = 1e-4

@@ -11,6 +11,7 @@ import torch
 
 from dereflect.data.datasets import SyntheticSequences
 from dereflect.data.photos import split_photos
+from dereflect.data.synth import SynthConfig
 from dereflect.models import create_model
 from dereflect.models.blocks import resize_flow
 from dereflect.train import losses as L
@@ -28,10 +29,11 @@ def build_synthetic(cfg, sources: DataSources, stage_seed: int):
     """Train/val synthetic sequence sets from held-apart photos (val photos never train)."""
     photos = load_all_photos(sources, cfg.max_photo_side)
     train_photos, val_photos = split_photos(photos, cfg.val_fraction, cfg.seed)
+    synth = SynthConfig(glass_in_label=cfg.glass_in_label)
     train = SyntheticSequences(train_photos, n_frames=cfg.frames, size=cfg.size, length=cfg.steps * cfg.batch,
-                               seed=cfg.seed + stage_seed, augment=True)
+                               seed=cfg.seed + stage_seed, augment=True, config=synth)
     val = SyntheticSequences(val_photos, n_frames=cfg.frames, size=cfg.size, length=cfg.val_samples,
-                             seed=10_000 + cfg.seed, augment=False)
+                             seed=10_000 + cfg.seed, augment=False, config=synth)
     return train, val, len(train_photos), len(val_photos)
 
 
