@@ -52,6 +52,7 @@ def test_leak_score_is_chance_for_an_independent_layer_and_high_for_t_itself(pho
     t, r = _layers(photos)
     assert rr.leak_score(r, t) < 2 * rr.LEAK_EDGE_SHARE
     assert rr.leak_score(0.1 * t, t) > 0.5
+    assert abs(rr.gradient_correlation(r, t)) < 0.2 < 0.9 < rr.gradient_correlation(0.1 * t, t)
 
 
 def test_suppress_leak_removes_t_structure_and_keeps_the_reflection(photos):

@@ -12,6 +12,8 @@ files by default (.data/ is git-ignored).
     .venv/bin/python tools/build_reflection_bank.py --shared /work/shared/data --out .data/reflections
     .venv/bin/python tools/build_reflection_bank.py --out .data/reflections --preview docs/real_reflections_preview.jpg \
         --photos /work/shared/data/kodak24     # only the sheet, from the bank already built
+    .venv/bin/python tools/build_reflection_bank.py --shared /work/shared/data --out .data/reflections --measure 40
+                                               # leak of N sampled layers: naive vs kept vs an unrelated T
 """
 
 from __future__ import annotations
@@ -45,6 +47,31 @@ def chance_leak(layers: list[tuple[str, np.ndarray]], pairs: dict[str, Path], k:
         if t.shape == r.shape:
             scores.append(rr.leak_score(r, t))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def measure(bank_dir: Path, shared: Path, k: int = 40, seed: int = 0) -> dict[str, float]:
+    """Both leak measures on k sampled bank layers: the naive cut-out (blended - g*T, no
+    suppression) and the kept layer against their own T, and the kept layer against another
+    scene's T (what no leak at all scores)."""
+    bank = rr.ReflectionBank(bank_dir)
+    root = shared / "real_pairs_saggy361"
+    pick = np.random.default_rng(seed).choice(len(bank), size=min(k, len(bank)), replace=False)
+    rows = []
+    for j, i in enumerate(pick):
+        entry = bank.layers[int(i)][1]
+        name = entry["file"].rsplit(".", 1)[0]
+        blended, trans = read_rgb(root / "blended" / f"{name}.jpeg"), read_rgb(root / "transmission" / f"{name}.jpeg")
+        naive = rr.extract_reflection(blended, trans, suppress=False).reflection
+        kept = bank.layer(int(i))
+        t_own = rr.srgb_to_linear(trans / 255.0)
+        other = next(bank.layers[int(o)][1] for o in np.roll(pick, -(j + 1)) if bank.layers[int(o)][1]["scene"] != entry["scene"])
+        t_other = rr.srgb_to_linear(read_rgb(root / "transmission" / other["source"].rsplit("/", 1)[1]) / 255.0)
+        rows.append([f(r, t) for f in (rr.leak_score, rr.gradient_correlation)
+                     for r, t in ((naive, t_own), (kept, t_own), (kept, t_other))])
+    names = [f"{m}_{w}" for m in ("edge_share", "grad_corr") for w in ("naive", "kept", "unrelated_T")]
+    result = {n: round(float(v), 4) for n, v in zip(names, np.mean(rows, axis=0))}
+    print(json.dumps({"layers": len(rows), **result}, indent=1))
+    return result
 
 
 def preview(bank_dir: Path, photo_dir: Path, out: Path, size: int = 160, seed: int = 0) -> None:
@@ -95,7 +122,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="only the first N training pairs (a quick look)")
     ap.add_argument("--preview", type=Path, help="write a preview sheet of the bank at --out (no build)")
     ap.add_argument("--photos", type=Path, help="transmission photos for the preview's composites")
+    ap.add_argument("--measure", type=int, default=0, help="measure the leak on N layers of the bank at --out (no build)")
     args = ap.parse_args()
+    if args.measure:
+        measure(args.out, args.shared, args.measure)
+        return
     if args.preview:
         preview(args.out, args.photos or args.shared / "kodak24", args.preview)
         return

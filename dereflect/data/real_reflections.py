@@ -136,6 +136,15 @@ def leak_score(r_lin: np.ndarray, t_lin: np.ndarray, border: int = 8) -> float:
     return float(e_r[edges].sum() / max(e_r.sum(), 1e-12))
 
 
+def gradient_correlation(r_lin: np.ndarray, t_lin: np.ndarray, border: int = 8) -> float:
+    """Pearson correlation of |grad R| and |grad T| (sRGB-encoded, 2-px scale): a second leak
+    measure, independent of leak_score's edge threshold. About 0 for an unrelated T."""
+    rx, ry = _grey_gradients(linear_to_srgb(r_lin))
+    tx, ty = _grey_gradients(linear_to_srgb(t_lin))
+    sl = (slice(border, -border), slice(border, -border))
+    return float(np.corrcoef(np.hypot(rx, ry)[sl].ravel(), np.hypot(tx, ty)[sl].ravel())[0, 1])
+
+
 def suppress_leak(r_lin: np.ndarray, t_lin: np.ndarray, sigmas: Sequence[float] = (8.0, 4.0, 2.0),
                   eps: float = 1e-4) -> np.ndarray:
     """Remove from R what a local linear fit of T explains (linear light, per channel), coarse to
