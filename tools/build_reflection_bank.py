@@ -130,7 +130,7 @@ def main() -> None:
     if args.preview:
         preview(args.out, args.photos or args.shared / "kodak24", args.preview)
         return
-    pairs = rr.saggy_training_pairs(args.shared)[: args.limit or None]
+    pairs = round_robin(rr.saggy_training_pairs(args.shared))[: args.limit or None]
     (args.out / rr.LAYER_DIR).mkdir(parents=True, exist_ok=True)
     entries, skipped, kept = [], {"shift": 0, "empty": 0, "leak": 0}, []
     t0 = time.time()
@@ -153,7 +153,9 @@ def main() -> None:
         entries.append(info)
         if len(entries) % 20 == 1:  # a sample for the chance level (all of them would be GBs)
             kept.append((name, layer.reflection))
-        if i % 50 == 0:
+        if len(entries) % 50 == 0:  # an interrupted build still leaves a usable bank
+            write_index(args.out, entries, {"partial": True, "pairs_read": i + 1})
+        if len(entries) % 50 == 0:
             print(f"{i}/{len(pairs)} {name}: shift {shift:.2f} gain {info['gain']} leak {info['leak_naive']} -> {info['leak']}"
                   f" ({time.time() - t0:.0f} s)", flush=True)
     summary = {"pairs_read": len(pairs), "kept": len(entries), "skipped": skipped,
@@ -161,10 +163,25 @@ def main() -> None:
                "leak_mean": round(float(np.mean([e["leak"] for e in entries])), 4),
                "leak_chance": round(chance_leak(kept, {n: t for n, _, t in pairs}), 4),
                "max_shift": args.max_shift, "max_leak": args.max_leak, "scenes": len({e["scene"] for e in entries})}
+    write_index(args.out, entries, summary)
+    print(json.dumps(summary, indent=1))
+
+
+def write_index(out: Path, entries: list[dict], summary: dict) -> None:
     index = {"format": rr.BANK_FORMAT, "version": 1, "encoding": "16-bit PNG, linear-light R (not sRGB), [0, 1]",
              "made_by": "tools/build_reflection_bank.py", "summary": summary, "layers": entries}
-    write_bytes_atomic(args.out / rr.BANK_INDEX, json.dumps(index, indent=1).encode())
-    print(json.dumps(summary, indent=1))
+    write_bytes_atomic(out / rr.BANK_INDEX, json.dumps(index, indent=1).encode())
+
+
+def round_robin(pairs: list[tuple[str, Path, Path]]) -> list[tuple[str, Path, Path]]:
+    """Every scene's first shot, then every scene's second, ...: a partial build (--limit, or
+    one stopped early) covers all backgrounds' reflections evenly."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for n, b, t in pairs:
+        rank[scene_of(n)] = rank.get(scene_of(n), -1) + 1
+        keyed.append((rank[scene_of(n)], len(keyed), (n, b, t)))
+    return [p for _, _, p in sorted(keyed)]
 
 
 if __name__ == "__main__":
