@@ -8,7 +8,8 @@ device. This prints, per device (CPU, and CUDA when present):
 - synthesis only: the old per-item path (SyntheticSequences[i], what one DataLoader worker does) and
   DeviceSynthesizer.batch, in samples/s;
 - per model: one optimisation step alone on a ready batch (forward + backward of an L1 loss on the
-  transmission, AdamW step; bf16 autocast on CUDA, as the trainers' amp), the same step fed by
+  transmission, AdamW step; bf16 autocast on CUDA, as the trainers' amp; with --trainer, the real
+  TeacherTrainer/StudentTrainer.train_step with all their losses, students with KT), the same step fed by
   DeviceSynthesizer.batch every step (the new pipeline: a loop of --steps steps, mean), on CUDA also
   fed by DeviceSynthesizer.batches (next batch made on a side stream, overlapping the step), and the
   old pipeline's bound min(step alone, workers x per-item rate) (workers = --workers, default the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +106,31 @@ class StepRunner:
         self.opt.step()
 
 
+class TrainerStep:
+    """The real trainers' train_step (all their losses; students with KT from a fresh teacher-base,
+    so the teacher's forward on `frames` is in the step) on a DeviceSynthesizer batch."""
+
+    def __init__(self, name: str, device: torch.device, args: argparse.Namespace, tmp: Path) -> None:
+        from dereflect.models import save_checkpoint
+        from dereflect.train.config import load_config
+        from dereflect.train.student import StudentTrainer
+        from dereflect.train.teacher import TeacherTrainer
+
+        common = dict(model=name, batch=args.batch, size=args.size, frames=args.frames, steps=10, val_samples=1, workers=0)
+        if name.startswith("teacher"):
+            self.trainer = TeacherTrainer(load_config("teacher", None, common), tmp / name, device=str(device), progress=False)
+        else:
+            teacher = save_checkpoint(create_model("teacher-base"), tmp / "teacher.safetensors")
+            self.trainer = StudentTrainer(load_config("student", None, dict(real_fraction=0.0, **common)), tmp / name,
+                                          teacher=teacher, device=str(device), progress=False)
+        self.model = self.trainer.model
+        self.calls = 0
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.trainer.train_step(batch, self.calls)
+        self.calls += 1
+
+
 def run_device(device: torch.device, args: argparse.Namespace, photos_u8: list[np.ndarray], old: float) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -123,16 +150,18 @@ def run_device(device: torch.device, args: argparse.Namespace, photos_u8: list[n
     if device.type == "cuda":
         head += f" {'overlapped':>11s} {'it/s':>7s}"
     print(head + "  (samples/s)")
-    for name in args.models:
-        print(model_line(name, synth, device, args, old))
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    with tempfile.TemporaryDirectory(prefix="bench_train_throughput_") as tmp:
+        for name in args.models:
+            print(model_line(name, synth, device, args, old, Path(tmp)))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
-def model_line(name: str, synth: DeviceSynthesizer, device: torch.device, args: argparse.Namespace, old: float) -> str:
+def model_line(name: str, synth: DeviceSynthesizer, device: torch.device, args: argparse.Namespace, old: float,
+               tmp: Path) -> str:
     """One table row: step alone, synth + step, (CUDA) overlapped, old-path bound, in samples/s."""
     try:
-        step = StepRunner(name, device, args.channels_last)
+        step = TrainerStep(name, device, args, tmp) if args.trainer else StepRunner(name, device, args.channels_last)
     except Exception as exc:  # noqa: BLE001 - a preset that cannot be built here (e.g. needs weights) is reported, not fatal
         return f"{name:18s} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
     ready = synth.batch(2 * 10**6, args.batch)
@@ -164,6 +193,7 @@ def main() -> None:
     ap.add_argument("--old-items", type=int, default=8, help="items timed for the per-item CPU path")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers the old path would have")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--trainer", action="store_true", help="time the real trainers' train_step instead of a plain L1 step")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args()
     if args.threads > 0:
