@@ -10,7 +10,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo lint test test-fast clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ install: $(STAMP)
 demo: install
 	$(BIN)/dereflect demo run --out $(DEMO_OUT)
 
-test: install demo-app
+# lint: the formatter and the linter (rules and the reasons for each ignore: pyproject.toml, [tool.ruff]).
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+test: install demo-app lint
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -45,13 +45,25 @@ def measure(sizes: list[int], runs: int, warmup: int, threads: list[int], backen
             info = page.evaluate("window.__dereflect.info()")
             for size in sizes:
                 times = page.evaluate("([s, r, w]) => window.__dereflect.bench(s, r, w)", [size, runs, warmup])
-                row = ledger_row(times, size=size, device=device, backend=f"onnxruntime-web/{info['backend']}",
-                                 precision=info["model"]["precision"], threads=info["threads"],
-                                 cross_origin_isolated=info["crossOriginIsolated"], model=info["model"]["file"],
-                                 browser=version, warmup=warmup, source="android_demo/bench.py")
+                row = ledger_row(
+                    times,
+                    size=size,
+                    device=device,
+                    backend=f"onnxruntime-web/{info['backend']}",
+                    precision=info["model"]["precision"],
+                    threads=info["threads"],
+                    cross_origin_isolated=info["crossOriginIsolated"],
+                    model=info["model"]["file"],
+                    browser=version,
+                    warmup=warmup,
+                    source="android_demo/bench.py",
+                )
                 rows.append(row)
-                print(f"{row['backend']} {size}px, {row['threads']} thread(s): median {row['latency_ms']:.1f} ms, "
-                      f"p90 {row['p90_ms']:.1f} ms over {row['runs']} runs", flush=True)
+                print(
+                    f"{row['backend']} {size}px, {row['threads']} thread(s): median {row['latency_ms']:.1f} ms, "
+                    f"p90 {row['p90_ms']:.1f} ms over {row['runs']} runs",
+                    flush=True,
+                )
     return rows
 
 
@@ -64,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="wasm", choices=["wasm", "webgpu", "auto"])
     ap.add_argument("--json", type=Path, default=REPO / "runs" / "bench" / "browser-ledger.json")
     args = ap.parse_args(argv)
-    rows = measure([int(s) for s in args.sizes.split(",")], args.runs, args.warmup,
-                   [int(t) for t in args.threads.split(",")], args.backend)
+    rows = measure([int(s) for s in args.sizes.split(",")], args.runs, args.warmup, [int(t) for t in args.threads.split(",")], args.backend)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"ledger: {args.json}")

@@ -12,9 +12,10 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,17 +23,26 @@ from dereflect.demo.server import APP_ROOT, DemoServer
 
 #: A mid-size Android phone (Pixel 7: 412 x 915 CSS px at 2.625 device pixels per px).
 PHONE = {"viewport": {"width": 412, "height": 915}, "device_scale_factor": 2.625, "is_mobile": True, "has_touch": True}
-PHONE_UA = ("Mozilla/5.0 (Linux; Android 14; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) "
-            "Chrome/156.0.0.0 Mobile Safari/537.36")
+PHONE_UA = "Mozilla/5.0 (Linux; Android 14; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Mobile Safari/537.36"
 BASE_FLAGS = [
-    "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--no-sandbox",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
 ]
 NO_GPU_FLAGS = ["--disable-gpu"]
 #: WebGPU without a GPU: Chromium's SwiftShader (Vulkan on the CPU). Slow (seconds per shader
 #: compile) and without shader-f16, but it runs the app's WebGPU path for real.
-SWIFTSHADER_WEBGPU_FLAGS = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader", "--enable-features=Vulkan",
-                            "--use-angle=swiftshader"]
+SWIFTSHADER_WEBGPU_FLAGS = [
+    "--enable-unsafe-webgpu",
+    "--use-webgpu-adapter=swiftshader",
+    "--enable-features=Vulkan",
+    "--use-angle=swiftshader",
+]
 
 
 def find_chromium() -> str | None:
@@ -100,8 +110,9 @@ def serving(root: Path = APP_ROOT) -> Iterator[DemoServer]:
 
 
 @contextmanager
-def chromium(video: Path | None = None, extra_flags: list[str] | None = None, webgpu: bool = False,
-             playwright: Any = None) -> Iterator[Any]:
+def chromium(
+    video: Path | None = None, extra_flags: list[str] | None = None, webgpu: bool = False, playwright: Any = None
+) -> Iterator[Any]:
     """A headless Chromium (a Playwright persistent context on a fresh profile, phone-sized) with
     a fake camera playing `video` when given; `webgpu`: SwiftShader WebGPU instead of no GPU.
     `playwright`: a running sync Playwright to use (one per thread may run); else one is started."""
@@ -119,8 +130,8 @@ def chromium(video: Path | None = None, extra_flags: list[str] | None = None, we
         profile = stack.enter_context(tempfile.TemporaryDirectory(prefix="dereflect-chromium-"))
         # a persistent context is how Playwright takes a fresh --user-data-dir
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=exe, headless=True, args=flags, user_agent=PHONE_UA,
-            permissions=["camera"], **PHONE)
+            profile, executable_path=exe, headless=True, args=flags, user_agent=PHONE_UA, permissions=["camera"], **PHONE
+        )
         try:
             yield context
         finally:

@@ -73,8 +73,7 @@ def ensure_node_modules() -> Path:
         return pkg / "dist"
     npm = shutil.which("npm")
     if npm is None:
-        raise BuildError("npm is not installed: it fetches onnxruntime-web from the npm registry "
-                         "(Debian: apt-get install npm)")
+        raise BuildError("npm is not installed: it fetches onnxruntime-web from the npm registry (Debian: apt-get install npm)")
     log(f"npm ci (onnxruntime-web {want})")
     # --ignore-scripts: nothing here needs an install script (protobufjs's only prints a notice)
     proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=HERE)
@@ -105,11 +104,15 @@ def export_model(checkpoint: Path, precision: str) -> tuple[Path, dict]:
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"dereflect export {checkpoint.name} --format ort --precision {precision}")
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "dereflect", "export", str(checkpoint), "--format", "ort",
-                           "--precision", precision, "--out", str(tmp)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dereflect", "export", str(checkpoint), "--format", "ort", "--precision", precision, "--out", str(tmp)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
-        raise BuildError(f"dereflect export --precision {precision} failed (exit {proc.returncode}):\n"
-                         + (proc.stderr or proc.stdout)[-2000:])
+        raise BuildError(
+            f"dereflect export --precision {precision} failed (exit {proc.returncode}):\n" + (proc.stderr or proc.stdout)[-2000:]
+        )
     webs = sorted(tmp.glob("*.web.onnx"))
     if not webs:
         raise BuildError(f"dereflect export wrote no .web.onnx into {tmp}")
@@ -153,8 +156,10 @@ def draw_icon(size: int, maskable: bool = False):
     sd = ImageDraw.Draw(streaks)
     for k, (off, width) in enumerate([(0.0, 0.10), (0.17, 0.05), (0.28, 0.03)]):
         x0 = box[0] + (off - 0.15) * s
-        sd.polygon([(x0, box[3]), (x0 + width * s, box[3]), (x0 + width * s + 0.45 * s, box[1]), (x0 + 0.45 * s, box[1])],
-                   fill=(235, 245, 246, 120 - 25 * k))
+        sd.polygon(
+            [(x0, box[3]), (x0 + width * s, box[3]), (x0 + width * s + 0.45 * s, box[1]), (x0 + 0.45 * s, box[1])],
+            fill=(235, 245, 246, 120 - 25 * k),
+        )
     clip = Image.new("L", (s, s), 0)
     ImageDraw.Draw(clip).rectangle((box[0], box[1], mid, box[3]), fill=255)
     img.paste(streaks, (0, 0), Image.composite(streaks.getchannel("A"), Image.new("L", (s, s), 0), clip))
@@ -169,8 +174,12 @@ def draw_icon(size: int, maskable: bool = False):
 
 def write_icons(folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
-    made = {"icon-192.png": draw_icon(192), "icon-512.png": draw_icon(512),
-            "maskable-512.png": draw_icon(512, maskable=True), "apple-touch-icon.png": draw_icon(180, maskable=True)}
+    made = {
+        "icon-192.png": draw_icon(192),
+        "icon-512.png": draw_icon(512),
+        "maskable-512.png": draw_icon(512, maskable=True),
+        "apple-touch-icon.png": draw_icon(180, maskable=True),
+    }
     for name, img in made.items():
         img.save(folder / name, optimize=True)
     return [f"icons/{n}" for n in made]
@@ -213,7 +222,8 @@ def assemble(dist: Path, models: dict[str, tuple[Path, dict]], checkpoint: Path,
     pkg = json.loads((dist.parent / "package.json").read_text())
     (tmp / "ort" / "NOTICE.txt").write_text(
         f"{pkg['name']} {pkg['version']} (license: {pkg.get('license')}), from the npm registry.\n"
-        "Copyright (c) Microsoft Corporation (ONNX Runtime).\n")
+        "Copyright (c) Microsoft Corporation (ONNX Runtime).\n"
+    )
     (tmp / "model").mkdir()
     model_info: dict[str, dict] = {}
     for backend, (web, manifest) in models.items():
@@ -222,12 +232,17 @@ def assemble(dist: Path, models: dict[str, tuple[Path, dict]], checkpoint: Path,
         files += [f"model/{web.name}", f"model/{web.name}.json"]
         parity = manifest.get("parity", {})
         model_info[backend] = {
-            "file": web.name, "manifest": web.name + ".json", "precision": manifest["precision"],
-            "sha256": manifest["artifact_sha256"], "bytes": manifest.get("artifact_bytes"),
+            "file": web.name,
+            "manifest": web.name + ".json",
+            "precision": manifest["precision"],
+            "sha256": manifest["artifact_sha256"],
+            "bytes": manifest.get("artifact_bytes"),
             "multiple_of": manifest["constraints"]["multiple_of"],
-            "parity": {"status": parity.get("status"), "reference": parity.get("reference"),
-                       **{k: v for k, v in parity.get("metrics", {}).items()
-                          if k in ("max_abs_diff", "mean_abs_diff", "ssim_drop", "lmse_rise")}},
+            "parity": {
+                "status": parity.get("status"),
+                "reference": parity.get("reference"),
+                **{k: v for k, v in parity.get("metrics", {}).items() if k in ("max_abs_diff", "mean_abs_diff", "ssim_drop", "lmse_rise")},
+            },
         }
     files += write_icons(tmp / "icons")
     build_id = tree_hash(tmp, files + [p for v in ort_lists.values() for p in v])
@@ -242,8 +257,7 @@ def assemble(dist: Path, models: dict[str, tuple[Path, dict]], checkpoint: Path,
     }
     (tmp / "build.json").write_text(json.dumps(build, indent=2) + "\n")
     precache = ["./", *[f"./{f}" for f in files], "./build.json"]
-    sw = (APP / "sw.js").read_text().replace("'__BUILD_ID__'", json.dumps(build_id)).replace(
-        "__PRECACHE__", json.dumps(precache))
+    sw = (APP / "sw.js").read_text().replace("'__BUILD_ID__'", json.dumps(build_id)).replace("__PRECACHE__", json.dumps(precache))
     (tmp / "sw.js").write_text(sw)
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

@@ -21,14 +21,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from dereflect.export.calib import reference_student
 from dereflect.export.formats import FORMATS, format_status
-from dereflect.export.pipeline import ExportOptions, Exporter, ExportResult
+from dereflect.export.pipeline import Exporter, ExportOptions, ExportResult
 from dereflect.models import load_checkpoint, save_checkpoint
 
 
@@ -94,8 +94,10 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {platform.platform()}, {_cpu()}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}); "
-          f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}")
+    print(
+        f"machine: {platform.platform()}, {_cpu()}, {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}); "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}"
+    )
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-export-"))
     if args.checkpoint:
         ckpt = args.checkpoint
@@ -117,8 +119,10 @@ def main() -> None:
     with torch.no_grad():
         xt = torch.from_numpy(x)
         torch_ms = _median_ms(lambda _: model(xt), x, args.runs, args.warmup)
-    print(f"\nlatency at {args.latency_size}x{args.latency_size}, batch 1, median of {args.runs} after {args.warmup} warm-up; "
-          f"parity on {opts.size}px synthesised pairs vs PyTorch fp32\n")
+    print(
+        f"\nlatency at {args.latency_size}x{args.latency_size}, batch 1, median of {args.runs} after {args.warmup} warm-up; "
+        f"parity on {opts.size}px synthesised pairs vs PyTorch fp32\n"
+    )
     print("| format | precision | artifact | size KiB | parity | max abs diff | SSIM drop | latency ms | runs on |")
     print("|---|---|---|---:|---|---:|---:|---:|---|")
     print(f"| pytorch | fp32 | (eager) | - | reference | 0 | 0 | {torch_ms:.1f} | torch CPU |")

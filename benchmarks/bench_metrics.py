@@ -36,8 +36,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=4000)
     args = parser.parse_args()
     gt, est = _pair(args.height, args.width)
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}), numpy {np.__version__}")
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}), numpy {np.__version__}"
+    )
     print(f"image pair: {args.height}x{args.width}x3 uint8, median of {args.runs} runs")
     for name in ("psnr", "ssim", "lmse", "ncc"):
         fn = getattr(metrics, name)
@@ -46,8 +48,10 @@ def main() -> None:
             t0 = time.perf_counter()
             value = fn(gt, est)
             times.append(time.perf_counter() - t0)
-        print(f"{name:5s} {statistics.median(times) * 1e3:8.1f} ms  (min {min(times) * 1e3:.1f}, "
-              f"max {max(times) * 1e3:.1f})  value {value:.6f}")
+        print(
+            f"{name:5s} {statistics.median(times) * 1e3:8.1f} ms  (min {min(times) * 1e3:.1f}, "
+            f"max {max(times) * 1e3:.1f})  value {value:.6f}"
+        )
     # Float input takes SSIM's float64 path (uint8 pairs use exact int32 window sums).
     gt_f, est_f = gt.astype(np.float32), est.astype(np.float32)
     times = []

@@ -84,11 +84,19 @@ def worker(model: str, backend: str, mp: int, runs: int) -> dict:
         del out
     best = min(times[1:]) if len(times) > 1 else times[0]
     return {
-        "backend": session.backend, "detail": session.describe(), "megapixels": round(h * w / 1e6, 2),
-        "shape": [h, w], "tiles": session.plan(h, w).count, "load_s": round(load_s, 3),
-        "first_s": round(times[0], 3), "best_s": round(best, 3), "s_per_mp": round(best / (h * w / 1e6), 3),
-        "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(_peak_mb(reset_ok), 1),
-        "peak_is_run_only": reset_ok, "image_mb": round(image.nbytes / 2**20, 1),
+        "backend": session.backend,
+        "detail": session.describe(),
+        "megapixels": round(h * w / 1e6, 2),
+        "shape": [h, w],
+        "tiles": session.plan(h, w).count,
+        "load_s": round(load_s, 3),
+        "first_s": round(times[0], 3),
+        "best_s": round(best, 3),
+        "s_per_mp": round(best / (h * w / 1e6), 3),
+        "rss_before_mb": round(rss_before, 1),
+        "peak_rss_mb": round(_peak_mb(reset_ok), 1),
+        "peak_is_run_only": reset_ok,
+        "image_mb": round(image.nbytes / 2**20, 1),
     }
 
 
@@ -98,17 +106,21 @@ def _models(model: str | None, backends: list[str], tmp: Path) -> dict[str, str]
         return {b: model for b in backends}
     from dereflect.export.calib import reference_student
     from dereflect.export.formats import FORMATS_BY_NAME
-    from dereflect.export.pipeline import ExportOptions, Exporter
+    from dereflect.export.pipeline import Exporter, ExportOptions
     from dereflect.models import save_checkpoint
 
     student = reference_student("student-nano", seed=0)
     ckpt = save_checkpoint(student, tmp / "student-nano.safetensors")
     formats = [FORMATS_BY_NAME[n] for n in ("onnx", "openvino") if n in backends or (n == "onnx" and "onnxruntime" in backends)]
     if formats:
-        Exporter(ckpt, tmp / "export", ExportOptions(precision="fp32", size=64, val_count=2), log=lambda _: None,
-                 model=student).run(formats)
-    paths = {"torch": str(ckpt), "onnxruntime": str(tmp / "export" / "student-nano-fp32.onnx"),
-             "openvino": str(tmp / "export" / "student-nano-fp32_openvino")}
+        Exporter(ckpt, tmp / "export", ExportOptions(precision="fp32", size=64, val_count=2), log=lambda _: None, model=student).run(
+            formats
+        )
+    paths = {
+        "torch": str(ckpt),
+        "onnxruntime": str(tmp / "export" / "student-nano-fp32.onnx"),
+        "openvino": str(tmp / "export" / "student-nano-fp32_openvino"),
+    }
     return {b: paths[b] for b in backends}
 
 
@@ -132,8 +144,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as tmp:
         models = _models(args.model, backends, Path(tmp))
-        print(f"{'backend':<12} {'MP':>5} {'tiles':>5} {'first s':>8} {'best s':>7} {'s/MP':>6} "
-              f"{'RSS before':>10} {'peak RSS':>9} {'peak/MP':>8}")
+        print(
+            f"{'backend':<12} {'MP':>5} {'tiles':>5} {'first s':>8} {'best s':>7} {'s/MP':>6} "
+            f"{'RSS before':>10} {'peak RSS':>9} {'peak/MP':>8}"
+        )
         for backend in backends:
             for mp in sizes:
                 cmd = [sys.executable, __file__, "--worker", models[backend], backend, str(mp), "--runs", str(args.runs)]
@@ -143,12 +157,17 @@ def main() -> None:
                     continue
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
                 rows.append(row)
-                print(f"{row['backend']:<12} {row['megapixels']:>5} {row['tiles']:>5} {row['first_s']:>8.2f} "
-                      f"{row['best_s']:>7.2f} {row['s_per_mp']:>6.3f} {row['rss_before_mb']:>8.0f}MB "
-                      f"{row['peak_rss_mb']:>7.0f}MB {row['peak_rss_mb'] / row['megapixels']:>6.0f}MB", flush=True)
+                print(
+                    f"{row['backend']:<12} {row['megapixels']:>5} {row['tiles']:>5} {row['first_s']:>8.2f} "
+                    f"{row['best_s']:>7.2f} {row['s_per_mp']:>6.3f} {row['rss_before_mb']:>8.0f}MB "
+                    f"{row['peak_rss_mb']:>7.0f}MB {row['peak_rss_mb'] / row['megapixels']:>6.0f}MB",
+                    flush=True,
+                )
     if rows:
-        print("# peak RSS is the whole process during the runs (model, input and output photos included);"
-              f" input photo = {rows[-1]['image_mb']:.0f} MB uint8 at the last size")
+        print(
+            "# peak RSS is the whole process during the runs (model, input and output photos included);"
+            f" input photo = {rows[-1]['image_mb']:.0f} MB uint8 at the last size"
+        )
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
 

@@ -127,8 +127,7 @@ def machine_info() -> dict:
                 osname = "Android (Termux)"
     elif sys.platform == "darwin":
         osname = f"macOS {platform.mac_ver()[0]}"
-    info = {"cpu": cpu, "cores": os.cpu_count() or 1, "os": osname, "arch": platform.machine(),
-            "python": platform.python_version()}
+    info = {"cpu": cpu, "cores": os.cpu_count() or 1, "os": osname, "arch": platform.machine(), "python": platform.python_version()}
     try:
         info["memory_gb"] = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
@@ -254,6 +253,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def find_pairs(root: Path) -> list[tuple[str, Path, Path]]:
     """blended/ + transmission/ (or transmission_layer/), or SEQ/frame_*.png + SEQ/transmission/."""
+
     def images(d: Path) -> dict[str, Path]:
         return {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES} if d.is_dir() else {}
 
@@ -319,7 +319,7 @@ def bench(args: argparse.Namespace) -> list[dict]:
     pairs = pairs[: args.max_pairs] if args.max_pairs else pairs
     scores, ident = [], []
     first = None
-    for name, b_path, t_path in pairs:
+    for _name, b_path, t_path in pairs:
         blended, truth = read_rgb(b_path), read_rgb(t_path)
         first = blended if first is None else first
         scores.append(score(truth, model.run(blended)))
@@ -330,33 +330,56 @@ def bench(args: argparse.Namespace) -> list[dict]:
         yy, xx = np.mgrid[0:512, 0:512]
         first = np.stack([(xx / 2) % 256, (yy / 2) % 256, ((xx + yy) / 4) % 256], axis=2).astype(np.uint8)
     info = machine_info()
-    tools = {"python": platform.python_version(), "numpy": np.__version__, model.backend: model.version,
-             "pillow": Image.__version__}
+    tools = {"python": platform.python_version(), "numpy": np.__version__, model.backend: model.version, "pillow": Image.__version__}
     rows = []
     for size in args.sizes:
         photo = fit_square(first, size)
         reset = peak_rss_reset()
-        e2e = time_call(lambda: model.run(photo), args.runs, args.warmup, args.time_cap)
+        e2e = time_call(lambda photo=photo: model.run(photo), args.runs, args.warmup, args.time_cap)
         peak = peak_rss_mb()
         x = model.prepare(photo)
-        only = time_call(lambda: model.infer(x), args.runs, args.warmup, args.time_cap)
+        only = time_call(lambda x=x: model.infer(x), args.runs, args.warmup, args.time_cap)
         med = statistics.median(e2e)
-        rows.append({
-            "device": args.device or device_name(info), "backend": model.label, "format": manifest.get("format"),
-            "precision": manifest.get("precision"), "size": size, "status": "ok",
-            "latency_ms": med, "p90_ms": p90(e2e), "runs": len(e2e), "runs_ms": [round(v, 3) for v in e2e],
-            "warmup": args.warmup, "model_latency_ms": statistics.median(only), "model_p90_ms": p90(only),
-            "img_per_s": 1000.0 / med, "mp_per_s": size * size / 1e6 * 1000.0 / med,
-            "peak_rss_mb": peak, "peak_rss_kind": "VmHWM (reset per measurement)" if reset else "ru_maxrss (process lifetime)",
-            "psnr": mean.get("psnr"), "ssim": mean.get("ssim"), "lmse": mean.get("lmse"), "ncc": mean.get("ncc"),
-            "ref_ssim": None, "identity_psnr": ident_mean.get("psnr"), "identity_ssim": ident_mean.get("ssim"),
-            "identity_lmse": ident_mean.get("lmse"),
-            "pairs": f"{args.pairs} ({len(pairs)} pairs, full resolution)" if pairs else None, "pair_count": len(pairs),
-            "metric_impl": METRIC_IMPL, "artifact": artifact.name, "artifact_sha256": sha,
-            "size_bytes": manifest.get("artifact_bytes"), "threads": args.threads,
-            "machine": info, "tools": tools, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": SOURCE,
-        })
+        rows.append(
+            {
+                "device": args.device or device_name(info),
+                "backend": model.label,
+                "format": manifest.get("format"),
+                "precision": manifest.get("precision"),
+                "size": size,
+                "status": "ok",
+                "latency_ms": med,
+                "p90_ms": p90(e2e),
+                "runs": len(e2e),
+                "runs_ms": [round(v, 3) for v in e2e],
+                "warmup": args.warmup,
+                "model_latency_ms": statistics.median(only),
+                "model_p90_ms": p90(only),
+                "img_per_s": 1000.0 / med,
+                "mp_per_s": size * size / 1e6 * 1000.0 / med,
+                "peak_rss_mb": peak,
+                "peak_rss_kind": "VmHWM (reset per measurement)" if reset else "ru_maxrss (process lifetime)",
+                "psnr": mean.get("psnr"),
+                "ssim": mean.get("ssim"),
+                "lmse": mean.get("lmse"),
+                "ncc": mean.get("ncc"),
+                "ref_ssim": None,
+                "identity_psnr": ident_mean.get("psnr"),
+                "identity_ssim": ident_mean.get("ssim"),
+                "identity_lmse": ident_mean.get("lmse"),
+                "pairs": f"{args.pairs} ({len(pairs)} pairs, full resolution)" if pairs else None,
+                "pair_count": len(pairs),
+                "metric_impl": METRIC_IMPL,
+                "artifact": artifact.name,
+                "artifact_sha256": sha,
+                "size_bytes": manifest.get("artifact_bytes"),
+                "threads": args.threads,
+                "machine": info,
+                "tools": tools,
+                "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "source": SOURCE,
+            }
+        )
     return rows
 
 
@@ -374,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's choice)")
     ap.add_argument("--device", help="device label for the ledger (default: CPU model, cores, OS)")
     ap.add_argument("--no-verify", action="store_true", help="run even if the artifact's sha256 differs from its manifest")
-    ap.add_argument("--json", help="write/extend this ledger file ({\"rows\": [...]})")
+    ap.add_argument("--json", help='write/extend this ledger file ({"rows": [...]})')
     args = ap.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -383,14 +406,19 @@ def main(argv: list[str] | None = None) -> None:
     rows = bench(args)
     for r in rows:
         q = f" SSIM {r['ssim']:.4f} LMSE {r['lmse']:.4f} PSNR {r['psnr']:.2f}" if r["ssim"] is not None else ""
-        print(f"{r['device']} | {r['backend']} {r['format']} {r['precision']} {r['size']}px: "
-              f"{r['latency_ms']:.1f} ms (p90 {r['p90_ms']:.1f}, model {r['model_latency_ms']:.1f}){q}")
+        print(
+            f"{r['device']} | {r['backend']} {r['format']} {r['precision']} {r['size']}px: "
+            f"{r['latency_ms']:.1f} ms (p90 {r['p90_ms']:.1f}, model {r['model_latency_ms']:.1f}){q}"
+        )
     if args.json:
         path = Path(args.json)
         old = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
         keys = {(r["device"], r["backend"], r["format"], r["precision"], r["size"], r["artifact"]) for r in rows}
-        old = [r for r in old if (r.get("device"), r.get("backend"), r.get("format"), r.get("precision"), r.get("size"),
-                                  r.get("artifact")) not in keys]
+        old = [
+            r
+            for r in old
+            if (r.get("device"), r.get("backend"), r.get("format"), r.get("precision"), r.get("size"), r.get("artifact")) not in keys
+        ]
         clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
         doc = {"schema": "dereflect-bench/1", "rows": old + [{k: clean(v) for k, v in r.items()} for r in rows]}
         path.write_text(json.dumps(doc, indent=1) + "\n")

@@ -17,8 +17,7 @@ from dereflect.errors import DereflectError, os_reason
 
 app = typer.Typer(
     name="dereflect",
-    help="Remove reflections from photos taken through glass, on the device that took them.\n\n"
-    "Example: dereflect remove photo.jpg -o out/",
+    help="Remove reflections from photos taken through glass, on the device that took them.\n\nExample: dereflect remove photo.jpg -o out/",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -34,21 +33,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(
-        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Remove reflections from photos taken through glass."""
 
 
 def _assemble() -> None:
+    from dereflect.bench.cli import bench_command
     from dereflect.data.cli import app as data_app
     from dereflect.demo.cli import app as demo_app
     from dereflect.evaluate.cli import eval_command
     from dereflect.export.cli import export_command
     from dereflect.runtime.cli import remove_command
     from dereflect.train.cli import app as train_app
-    from dereflect.bench.cli import bench_command
 
     app.add_typer(data_app, name="data", help="Make training data: multi-view sequences through glass.")
     app.add_typer(train_app, name="train", help="Train the teacher, then distil the student.")

@@ -397,9 +397,9 @@ def _write_png16(fh, samples: np.ndarray, icc_profile: Optional[bytes], exif: Op
 
 def _write_tiff16(fh, samples: np.ndarray, icc_profile: Optional[bytes]) -> None:
     """16-bit TIFF with tifffile (deflate). EXIF is not written: tifffile has no EXIF IFD writer."""
-    import tifffile
-
     from io import BytesIO
+
+    import tifffile
 
     c = samples.shape[2]
     buf = BytesIO()  # tifffile wants a named file or a buffer; ours is an os.fdopen handle
@@ -499,4 +499,3 @@ def _write_pillow(fh, samples: np.ndarray, fmt: str, icc_profile: Optional[bytes
     if fmt in ("WEBP", "BMP") and mode == "LA":  # no grey+alpha there: store RGBA
         im = im.convert("RGBA")
     im.save(fh, format=fmt, **options)
-

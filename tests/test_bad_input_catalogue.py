@@ -25,9 +25,9 @@ import subprocess
 import sys
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -63,121 +63,401 @@ _CONFIG_KEYS = ", ".join(sorted(f.name for f in dataclasses.fields(TrainConfig))
 
 ROWS: list[Row] = [
     # ---------------------------------------------------------------- images (`dereflect remove`)
-    Row("image-empty", "image", "empty file (0 bytes)", _remove("empty.png"),
-        ("error: {in}/empty.png: empty file (0 bytes)",), 1, subprocess=True),
-    Row("image-truncated-png", "image", "PNG cut in half", _remove("truncated.png"),
-        ("error: {in}/truncated.png: corrupt or truncated image (image file is truncated)",), 1),
-    Row("image-truncated-jpeg", "image", "JPEG cut in half", _remove("truncated.jpg"),
-        ("error: {in}/truncated.jpg: corrupt or truncated image (image file is truncated (… bytes not processed))",), 1),
-    Row("image-corrupt-header", "image", "PNG whose IHDR header is damaged (bad CRC)", _remove("bad-header.png"),
-        ("error: {in}/bad-header.png: not an image (or a format Pillow cannot read)",), 1),
-    Row("image-not-an-image", "image", "a text file named .png", _remove("notes.png"),
-        ("error: {in}/notes.png: not an image (or a format Pillow cannot read)",), 1),
-    Row("image-missing", "image", "a file that does not exist", _remove("gone.jpg"),
-        ("error: {in}/gone.jpg: no such file",), 1),
-    Row("image-zero-size", "image", "PNG header declaring 0x0 pixels", _remove("zero.png"),
-        ("error: {in}/zero.png: zero-size image (0x0 pixels)",), 1),
-    Row("image-100-megapixel", "image", "PNG declaring 10240x10240 (105 MP, over the 100 MP limit)", _remove("huge.png"),
-        ("error: {in}/huge.png: too many pixels (10240x10240 = 104,857,600; limit 100,000,000)",), 1,
-        outcome="refused from the header, before any pixel is decoded", subprocess=True),
-    Row("image-decompression-bomb", "image", "tiny PNG declaring 50000x50000 (2.5 GP: a decompression bomb)", _remove("bomb.png"),
-        ("error: {in}/bomb.png: too many pixels to decode safely (Image size (2500000000 pixels) exceeds limit of "
-         "178956970 pixels, could be decompression bomb DOS attack.)",), 1,
-        outcome="refused from the header, before any pixel is decoded"),
-    Row("image-float-tiff", "image", "32-bit float TIFF (mode F)", _remove("float.tif"),
-        ("error: {in}/float.tif: unsupported image mode 'F' (expected 8/16-bit grey, palette, RGB, RGBA or CMYK)",), 1),
-    Row("image-wrong-extension", "image", "a PNG named .jpg", _remove("png-named.jpg"),
-        (), 0, ("png-named.jpg",), "accepted: read by content; written as the name says (JPEG)"),
-    Row("image-1x1", "image", "1x1 pixel PNG", _remove("one.png"),
-        (), 0, ("one.png",), "accepted: padded to 8x8 for the network, 1x1 out"),
-    Row("image-16-bit", "image", "16-bit RGB PNG", _remove("deep.png"),
-        (), 0, ("deep.png",), "accepted: 16-bit in, 16-bit PNG out"),
-    Row("image-cmyk", "image", "CMYK JPEG", _remove("cmyk.jpg"),
-        (), 0, ("cmyk.jpg",), "accepted: converted to sRGB, RGB JPEG out"),
-    Row("image-palette", "image", "palette (P mode) PNG", _remove("palette.png"),
-        (), 0, ("palette.png",), "accepted: expanded to RGB"),
-    Row("image-alpha", "image", "RGBA PNG", _remove("alpha.png"),
-        (), 0, ("alpha.png",), "accepted: alpha passed through unchanged"),
-    Row("image-animated-gif", "image", "2-frame animated GIF", _remove("anim.gif"),
-        ("warning: {in}/anim.gif: has 2 frames; using the first",), 0, ("anim.png",),
-        "accepted: first frame, with a warning; written as PNG (GIF is not written)"),
-    Row("image-animated-webp", "image", "2-frame animated WebP", _remove("anim.webp"),
-        ("warning: {in}/anim.webp: has 2 frames; using the first",), 0, ("anim.webp",),
-        "accepted: first frame, with a warning"),
-    Row("image-one-bad-among-good", "image", "a folder with one truncated PNG among good photos", ("remove", "{in}/mixed", "-o", "{out}"),
-        ("error: {in}/mixed/b-truncated.png: corrupt or truncated image (image file is truncated)",), 1, ("a.png", "c.png"),
-        "the bad file is named and skipped, the others are written, exit 1"),
-    Row("image-empty-folder", "image", "a folder with no images", ("remove", "{in}/empty-dir", "-o", "{out}"),
-        ("error: {in}/empty-dir: no images in this folder (looked for .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)",
-         "error: nothing to do: every input failed (see above)"), 1),
-    Row("image-glob-no-match", "image", "a glob that matches nothing", ("remove", "{in}/*.heic", "-o", "{out}"),
-        ("error: {in}/*.heic: no image files match this pattern", "error: nothing to do: every input failed (see above)"), 1),
+    Row(
+        "image-empty",
+        "image",
+        "empty file (0 bytes)",
+        _remove("empty.png"),
+        ("error: {in}/empty.png: empty file (0 bytes)",),
+        1,
+        subprocess=True,
+    ),
+    Row(
+        "image-truncated-png",
+        "image",
+        "PNG cut in half",
+        _remove("truncated.png"),
+        ("error: {in}/truncated.png: corrupt or truncated image (image file is truncated)",),
+        1,
+    ),
+    Row(
+        "image-truncated-jpeg",
+        "image",
+        "JPEG cut in half",
+        _remove("truncated.jpg"),
+        ("error: {in}/truncated.jpg: corrupt or truncated image (image file is truncated (… bytes not processed))",),
+        1,
+    ),
+    Row(
+        "image-corrupt-header",
+        "image",
+        "PNG whose IHDR header is damaged (bad CRC)",
+        _remove("bad-header.png"),
+        ("error: {in}/bad-header.png: not an image (or a format Pillow cannot read)",),
+        1,
+    ),
+    Row(
+        "image-not-an-image",
+        "image",
+        "a text file named .png",
+        _remove("notes.png"),
+        ("error: {in}/notes.png: not an image (or a format Pillow cannot read)",),
+        1,
+    ),
+    Row("image-missing", "image", "a file that does not exist", _remove("gone.jpg"), ("error: {in}/gone.jpg: no such file",), 1),
+    Row(
+        "image-zero-size",
+        "image",
+        "PNG header declaring 0x0 pixels",
+        _remove("zero.png"),
+        ("error: {in}/zero.png: zero-size image (0x0 pixels)",),
+        1,
+    ),
+    Row(
+        "image-100-megapixel",
+        "image",
+        "PNG declaring 10240x10240 (105 MP, over the 100 MP limit)",
+        _remove("huge.png"),
+        ("error: {in}/huge.png: too many pixels (10240x10240 = 104,857,600; limit 100,000,000)",),
+        1,
+        outcome="refused from the header, before any pixel is decoded",
+        subprocess=True,
+    ),
+    Row(
+        "image-decompression-bomb",
+        "image",
+        "tiny PNG declaring 50000x50000 (2.5 GP: a decompression bomb)",
+        _remove("bomb.png"),
+        (
+            "error: {in}/bomb.png: too many pixels to decode safely (Image size (2500000000 pixels) exceeds limit of "
+            "178956970 pixels, could be decompression bomb DOS attack.)",
+        ),
+        1,
+        outcome="refused from the header, before any pixel is decoded",
+    ),
+    Row(
+        "image-float-tiff",
+        "image",
+        "32-bit float TIFF (mode F)",
+        _remove("float.tif"),
+        ("error: {in}/float.tif: unsupported image mode 'F' (expected 8/16-bit grey, palette, RGB, RGBA or CMYK)",),
+        1,
+    ),
+    Row(
+        "image-wrong-extension",
+        "image",
+        "a PNG named .jpg",
+        _remove("png-named.jpg"),
+        (),
+        0,
+        ("png-named.jpg",),
+        "accepted: read by content; written as the name says (JPEG)",
+    ),
+    Row("image-1x1", "image", "1x1 pixel PNG", _remove("one.png"), (), 0, ("one.png",), "accepted: padded to 8x8 for the network, 1x1 out"),
+    Row("image-16-bit", "image", "16-bit RGB PNG", _remove("deep.png"), (), 0, ("deep.png",), "accepted: 16-bit in, 16-bit PNG out"),
+    Row("image-cmyk", "image", "CMYK JPEG", _remove("cmyk.jpg"), (), 0, ("cmyk.jpg",), "accepted: converted to sRGB, RGB JPEG out"),
+    Row("image-palette", "image", "palette (P mode) PNG", _remove("palette.png"), (), 0, ("palette.png",), "accepted: expanded to RGB"),
+    Row("image-alpha", "image", "RGBA PNG", _remove("alpha.png"), (), 0, ("alpha.png",), "accepted: alpha passed through unchanged"),
+    Row(
+        "image-animated-gif",
+        "image",
+        "2-frame animated GIF",
+        _remove("anim.gif"),
+        ("warning: {in}/anim.gif: has 2 frames; using the first",),
+        0,
+        ("anim.png",),
+        "accepted: first frame, with a warning; written as PNG (GIF is not written)",
+    ),
+    Row(
+        "image-animated-webp",
+        "image",
+        "2-frame animated WebP",
+        _remove("anim.webp"),
+        ("warning: {in}/anim.webp: has 2 frames; using the first",),
+        0,
+        ("anim.webp",),
+        "accepted: first frame, with a warning",
+    ),
+    Row(
+        "image-one-bad-among-good",
+        "image",
+        "a folder with one truncated PNG among good photos",
+        ("remove", "{in}/mixed", "-o", "{out}"),
+        ("error: {in}/mixed/b-truncated.png: corrupt or truncated image (image file is truncated)",),
+        1,
+        ("a.png", "c.png"),
+        "the bad file is named and skipped, the others are written, exit 1",
+    ),
+    Row(
+        "image-empty-folder",
+        "image",
+        "a folder with no images",
+        ("remove", "{in}/empty-dir", "-o", "{out}"),
+        (
+            "error: {in}/empty-dir: no images in this folder (looked for .bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)",
+            "error: nothing to do: every input failed (see above)",
+        ),
+        1,
+    ),
+    Row(
+        "image-glob-no-match",
+        "image",
+        "a glob that matches nothing",
+        ("remove", "{in}/*.heic", "-o", "{out}"),
+        ("error: {in}/*.heic: no image files match this pattern", "error: nothing to do: every input failed (see above)"),
+        1,
+    ),
     # ---------------------------------------------------------------- artifacts and checkpoints
-    Row("onnx-truncated", "artifact", "ONNX cut in half (manifest beside it)", _remove("good.png", "--model", "{art}/truncated.onnx"),
-        ("error: {art}/truncated.onnx: sha256 mismatch: manifest says …, file is … (changed or corrupted after export)",), 1),
-    Row("onnx-truncated-no-verify", "artifact", "the same, with --no-verify", _remove("good.png", "--model", "{art}/truncated.onnx", "--no-verify"),
-        ("error: {art}/truncated.onnx: ONNX Runtime cannot load this model ([ONNXRuntimeError] : 7 : INVALID_PROTOBUF : "
-         "Load model from {art}/truncated.onnx failed:Protobuf parsing failed.)",), 1, subprocess=True),
-    Row("onnx-sha256-mismatch", "artifact", "ONNX with one byte changed after export", _remove("good.png", "--model", "{art}/flipped.onnx"),
-        ("error: {art}/flipped.onnx: sha256 mismatch: manifest says …, file is … (changed or corrupted after export)",), 1),
-    Row("onnx-manifest-missing", "artifact", "ONNX without its manifest", _remove("good.png", "--model", "{art}/bare.onnx"),
-        ("error: {art}/bare.onnx: no manifest beside this artifact (bare.onnx.json), so its bytes cannot be checked; "
-         "re-export it, or pass verify=False (--no-verify) to run it anyway",), 1),
-    Row("onnx-manifest-cut", "artifact", "manifest JSON cut short", _remove("good.png", "--model", "{art}/cut-manifest.onnx"),
-        ("error: {art}/cut-manifest.onnx.json: corrupt manifest: not valid JSON (Unterminated string starting at: line 1 column … (char …))",), 1),
-    Row("onnx-manifest-edited", "artifact", "manifest edited by hand (multiple_of: 0)", _remove("good.png", "--model", "{art}/edited.onnx"),
-        ("error: {art}/edited.onnx.json: manifest constraints need an integer 'multiple_of' in 1..1024",), 1),
-    Row("onnx-wrong-input-shape", "artifact", "ONNX whose input has 4 channels (valid manifest)", _remove("good.png", "--model", "{art}/rgba-input.onnx"),
-        ("error: {art}/rgba-input.onnx: model input 'input' is float32 (?, 4, ?, ?); dereflect runs image models with a "
-         "float32 (N, 3, H, W) input",), 1, outcome="refused at load, before any photo"),
-    Row("ckpt-teacher-for-remove", "artifact", "a teacher checkpoint given to remove", _remove("good.png", "--model", "{ck}/teacher.safetensors"),
-        ("error: {ck}/teacher.safetensors: expected a student checkpoint, got 'teacher-small'",), 1),
-    Row("ckpt-teacher-for-export", "artifact", "a teacher checkpoint given to export", ("export", "{ck}/teacher.safetensors", "--out", "{out}"),
-        ("error: {ck}/teacher.safetensors: expected a student checkpoint, got 'teacher-small'",), 1),
-    Row("ckpt-student-as-teacher", "artifact", "a student checkpoint given as --teacher", ("train", "student", "--teacher", "{ck}/student.safetensors", "--out", "{out}/run"),
-        ("error: {ck}/student.safetensors: expected a teacher checkpoint, got 'student-nano'",), 1),
-    Row("ckpt-truncated", "artifact", "safetensors checkpoint cut in half", ("eval", "{ck}/truncated.safetensors", "--pairs", "{in}/pairs"),
-        ("error: {ck}/truncated.safetensors: not a readable safetensors checkpoint (Error while deserializing header: "
-         "incomplete metadata, file not fully covered)",), 1),
-    Row("ckpt-foreign", "artifact", "a safetensors file from another project", _remove("good.png", "--model", "{ck}/foreign.safetensors"),
-        ("error: {ck}/foreign.safetensors: safetensors file has no dereflect model header (not a dereflect checkpoint)",), 1),
-    Row("model-not-a-model", "artifact", "a photo given as --model", _remove("good.png", "--model", "{in}/good.png"),
-        ("error: {in}/good.png: not a model: expected a .safetensors checkpoint, an exported artifact (.onnx, .ort, "
-         "OpenVINO IR folder, .mlpackage, .engine) or a folder an export wrote",), 1),
+    Row(
+        "onnx-truncated",
+        "artifact",
+        "ONNX cut in half (manifest beside it)",
+        _remove("good.png", "--model", "{art}/truncated.onnx"),
+        ("error: {art}/truncated.onnx: sha256 mismatch: manifest says …, file is … (changed or corrupted after export)",),
+        1,
+    ),
+    Row(
+        "onnx-truncated-no-verify",
+        "artifact",
+        "the same, with --no-verify",
+        _remove("good.png", "--model", "{art}/truncated.onnx", "--no-verify"),
+        (
+            "error: {art}/truncated.onnx: ONNX Runtime cannot load this model ([ONNXRuntimeError] : 7 : INVALID_PROTOBUF : "
+            "Load model from {art}/truncated.onnx failed:Protobuf parsing failed.)",
+        ),
+        1,
+        subprocess=True,
+    ),
+    Row(
+        "onnx-sha256-mismatch",
+        "artifact",
+        "ONNX with one byte changed after export",
+        _remove("good.png", "--model", "{art}/flipped.onnx"),
+        ("error: {art}/flipped.onnx: sha256 mismatch: manifest says …, file is … (changed or corrupted after export)",),
+        1,
+    ),
+    Row(
+        "onnx-manifest-missing",
+        "artifact",
+        "ONNX without its manifest",
+        _remove("good.png", "--model", "{art}/bare.onnx"),
+        (
+            "error: {art}/bare.onnx: no manifest beside this artifact (bare.onnx.json), so its bytes cannot be checked; "
+            "re-export it, or pass verify=False (--no-verify) to run it anyway",
+        ),
+        1,
+    ),
+    Row(
+        "onnx-manifest-cut",
+        "artifact",
+        "manifest JSON cut short",
+        _remove("good.png", "--model", "{art}/cut-manifest.onnx"),
+        (
+            "error: {art}/cut-manifest.onnx.json: corrupt manifest: not valid JSON (Unterminated string starting at: line 1 column … (char …))",
+        ),
+        1,
+    ),
+    Row(
+        "onnx-manifest-edited",
+        "artifact",
+        "manifest edited by hand (multiple_of: 0)",
+        _remove("good.png", "--model", "{art}/edited.onnx"),
+        ("error: {art}/edited.onnx.json: manifest constraints need an integer 'multiple_of' in 1..1024",),
+        1,
+    ),
+    Row(
+        "onnx-wrong-input-shape",
+        "artifact",
+        "ONNX whose input has 4 channels (valid manifest)",
+        _remove("good.png", "--model", "{art}/rgba-input.onnx"),
+        (
+            "error: {art}/rgba-input.onnx: model input 'input' is float32 (?, 4, ?, ?); dereflect runs image models with a "
+            "float32 (N, 3, H, W) input",
+        ),
+        1,
+        outcome="refused at load, before any photo",
+    ),
+    Row(
+        "ckpt-teacher-for-remove",
+        "artifact",
+        "a teacher checkpoint given to remove",
+        _remove("good.png", "--model", "{ck}/teacher.safetensors"),
+        ("error: {ck}/teacher.safetensors: expected a student checkpoint, got 'teacher-small'",),
+        1,
+    ),
+    Row(
+        "ckpt-teacher-for-export",
+        "artifact",
+        "a teacher checkpoint given to export",
+        ("export", "{ck}/teacher.safetensors", "--out", "{out}"),
+        ("error: {ck}/teacher.safetensors: expected a student checkpoint, got 'teacher-small'",),
+        1,
+    ),
+    Row(
+        "ckpt-student-as-teacher",
+        "artifact",
+        "a student checkpoint given as --teacher",
+        ("train", "student", "--teacher", "{ck}/student.safetensors", "--out", "{out}/run"),
+        ("error: {ck}/student.safetensors: expected a teacher checkpoint, got 'student-nano'",),
+        1,
+    ),
+    Row(
+        "ckpt-truncated",
+        "artifact",
+        "safetensors checkpoint cut in half",
+        ("eval", "{ck}/truncated.safetensors", "--pairs", "{in}/pairs"),
+        (
+            "error: {ck}/truncated.safetensors: not a readable safetensors checkpoint (Error while deserializing header: "
+            "incomplete metadata, file not fully covered)",
+        ),
+        1,
+    ),
+    Row(
+        "ckpt-foreign",
+        "artifact",
+        "a safetensors file from another project",
+        _remove("good.png", "--model", "{ck}/foreign.safetensors"),
+        ("error: {ck}/foreign.safetensors: safetensors file has no dereflect model header (not a dereflect checkpoint)",),
+        1,
+    ),
+    Row(
+        "model-not-a-model",
+        "artifact",
+        "a photo given as --model",
+        _remove("good.png", "--model", "{in}/good.png"),
+        (
+            "error: {in}/good.png: not a model: expected a .safetensors checkpoint, an exported artifact (.onnx, .ort, "
+            "OpenVINO IR folder, .mlpackage, .engine) or a folder an export wrote",
+        ),
+        1,
+    ),
     # ---------------------------------------------------------------- arguments
-    Row("out-equals-input", "argument", "-o is the input file", ("remove", "{in}/good.png", "-o", "{in}/good.png"),
-        ("error: {in}/good.png: -o points at an input file; -o is the output folder and inputs are never overwritten",), 1,
-        subprocess=True),
-    Row("out-is-input-folder", "argument", "-o is the inputs' own folder", ("remove", "{in}/good.png", "-o", "{in}"),
-        ("error: {in}/good.png: its output {in}/good.png would overwrite an input (refused): choose another -o folder or add --suffix",
-         "error: nothing to do: every input failed (see above)"), 1),
-    Row("out-unwritable", "argument", "-o inside a regular file", ("remove", "{in}/good.png", "-o", "{in}/notes.png/clean"),
-        ("error: {in}/notes.png/clean: cannot create the output folder (Not a directory)",), 1),
-    Row("export-out-unwritable", "argument", "export --out inside a regular file", ("export", "{ck}/student.safetensors", "--out", "{in}/notes.png/art"),
-        ("error: {in}/notes.png/art: cannot create the output folder (Not a directory)",), 1),
-    Row("eval-json-unwritable", "argument", "eval --json inside a regular file", ("eval", "identity", "--pairs", "{in}/pairs", "--json", "{in}/notes.png/s.json"),
-        ("error: {in}/notes.png/s.json: cannot write here: {in}/notes.png is not a folder",), 1,
-        outcome="refused before any scoring"),
-    Row("synth-out-unwritable", "argument", "data synth --out inside a regular file", ("data", "synth", "--out", "{in}/notes.png/seqs"),
-        ("error: {in}/notes.png/seqs: cannot create the output folder (Not a directory)",), 1),
-    Row("export-unknown-format", "argument", "--format tflite", ("export", "{ck}/student.safetensors", "--format", "tflite", "--out", "{out}"),
-        ("error: unknown format 'tflite'; choose one of onnx, ort, openvino, coreml, tensorrt or all",), 2, subprocess=True),
-    Row("export-unknown-precision", "argument", "--precision int4", ("export", "{ck}/student.safetensors", "--precision", "int4", "--out", "{out}"),
-        ("error: unknown precision 'int4'; choose one of fp32, fp16, int8",), 2),
-    Row("remove-unknown-precision", "argument", "remove --precision int4", _remove("good.png", "--precision", "int4"),
-        ("error: unknown precision 'int4'; choose one of fp32, fp16, int8",), 2),
-    Row("remove-unknown-backend", "argument", "--backend quantum", _remove("good.png", "--backend", "quantum"),
-        ("error: unknown backend 'quantum'; choose auto or one of torch, onnxruntime, openvino, coreml, tensorrt",), 2),
-    Row("remove-tile-too-small", "argument", "--tile 4", _remove("good.png", "--tile", "4"),
-        ("error: tile size must be at least 16 pixels, got 4",), 2),
-    Row("synth-even-frames", "argument", "data synth --frames 4", ("data", "synth", "--out", "{out}", "--frames", "4"),
-        ("error: --frames must be odd and at least 3 (3 or 5), got 4",), 2),
-    Row("train-unknown-config-key", "argument", "a config with a typo (stpes)", ("train", "teacher", "--config", "{in}/typo.yaml", "--out", "{out}/run"),
-        ("error: {in}/typo.yaml: unknown config key 'stpes' (known: " + _CONFIG_KEYS + ")",), 1),
-    Row("train-resume-nothing", "argument", "--resume in an empty run folder", ("train", "teacher", "--out", "{out}/run", "--resume"),
-        ("error: {out}/run/state.pt: nothing to resume: no state.pt in the run folder",), 1),
-    Row("eval-pairs-missing", "argument", "--pairs folder that does not exist", ("eval", "identity", "--pairs", "{in}/no-pairs"),
-        ("error: {in}/no-pairs: no such folder",), 1),
+    Row(
+        "out-equals-input",
+        "argument",
+        "-o is the input file",
+        ("remove", "{in}/good.png", "-o", "{in}/good.png"),
+        ("error: {in}/good.png: -o points at an input file; -o is the output folder and inputs are never overwritten",),
+        1,
+        subprocess=True,
+    ),
+    Row(
+        "out-is-input-folder",
+        "argument",
+        "-o is the inputs' own folder",
+        ("remove", "{in}/good.png", "-o", "{in}"),
+        (
+            "error: {in}/good.png: its output {in}/good.png would overwrite an input (refused): choose another -o folder or add --suffix",
+            "error: nothing to do: every input failed (see above)",
+        ),
+        1,
+    ),
+    Row(
+        "out-unwritable",
+        "argument",
+        "-o inside a regular file",
+        ("remove", "{in}/good.png", "-o", "{in}/notes.png/clean"),
+        ("error: {in}/notes.png/clean: cannot create the output folder (Not a directory)",),
+        1,
+    ),
+    Row(
+        "export-out-unwritable",
+        "argument",
+        "export --out inside a regular file",
+        ("export", "{ck}/student.safetensors", "--out", "{in}/notes.png/art"),
+        ("error: {in}/notes.png/art: cannot create the output folder (Not a directory)",),
+        1,
+    ),
+    Row(
+        "eval-json-unwritable",
+        "argument",
+        "eval --json inside a regular file",
+        ("eval", "identity", "--pairs", "{in}/pairs", "--json", "{in}/notes.png/s.json"),
+        ("error: {in}/notes.png/s.json: cannot write here: {in}/notes.png is not a folder",),
+        1,
+        outcome="refused before any scoring",
+    ),
+    Row(
+        "synth-out-unwritable",
+        "argument",
+        "data synth --out inside a regular file",
+        ("data", "synth", "--out", "{in}/notes.png/seqs"),
+        ("error: {in}/notes.png/seqs: cannot create the output folder (Not a directory)",),
+        1,
+    ),
+    Row(
+        "export-unknown-format",
+        "argument",
+        "--format tflite",
+        ("export", "{ck}/student.safetensors", "--format", "tflite", "--out", "{out}"),
+        ("error: unknown format 'tflite'; choose one of onnx, ort, openvino, coreml, tensorrt or all",),
+        2,
+        subprocess=True,
+    ),
+    Row(
+        "export-unknown-precision",
+        "argument",
+        "--precision int4",
+        ("export", "{ck}/student.safetensors", "--precision", "int4", "--out", "{out}"),
+        ("error: unknown precision 'int4'; choose one of fp32, fp16, int8",),
+        2,
+    ),
+    Row(
+        "remove-unknown-precision",
+        "argument",
+        "remove --precision int4",
+        _remove("good.png", "--precision", "int4"),
+        ("error: unknown precision 'int4'; choose one of fp32, fp16, int8",),
+        2,
+    ),
+    Row(
+        "remove-unknown-backend",
+        "argument",
+        "--backend quantum",
+        _remove("good.png", "--backend", "quantum"),
+        ("error: unknown backend 'quantum'; choose auto or one of torch, onnxruntime, openvino, coreml, tensorrt",),
+        2,
+    ),
+    Row(
+        "remove-tile-too-small",
+        "argument",
+        "--tile 4",
+        _remove("good.png", "--tile", "4"),
+        ("error: tile size must be at least 16 pixels, got 4",),
+        2,
+    ),
+    Row(
+        "synth-even-frames",
+        "argument",
+        "data synth --frames 4",
+        ("data", "synth", "--out", "{out}", "--frames", "4"),
+        ("error: --frames must be odd and at least 3 (3 or 5), got 4",),
+        2,
+    ),
+    Row(
+        "train-unknown-config-key",
+        "argument",
+        "a config with a typo (stpes)",
+        ("train", "teacher", "--config", "{in}/typo.yaml", "--out", "{out}/run"),
+        ("error: {in}/typo.yaml: unknown config key 'stpes' (known: " + _CONFIG_KEYS + ")",),
+        1,
+    ),
+    Row(
+        "train-resume-nothing",
+        "argument",
+        "--resume in an empty run folder",
+        ("train", "teacher", "--out", "{out}/run", "--resume"),
+        ("error: {out}/run/state.pt: nothing to resume: no state.pt in the run folder",),
+        1,
+    ),
+    Row(
+        "eval-pairs-missing",
+        "argument",
+        "--pairs folder that does not exist",
+        ("eval", "identity", "--pairs", "{in}/no-pairs"),
+        ("error: {in}/no-pairs: no such folder",),
+        1,
+    ),
 ]
 
 
@@ -186,6 +466,7 @@ ROWS: list[Row] = [
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
     """A valid PNG signature + IHDR claiming width x height, with a tiny IDAT: what a bomb looks like."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -210,10 +491,27 @@ def _export_onnx(model, path: Path, channels: int = 3) -> None:
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Wrap().eval(), torch.rand(1, channels, 32, 32), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["transmission"], dynamic_axes={"input": axes, "transmission": axes})
-    write_manifest(path, build_manifest(fmt="onnx", precision="fp32", runtime="onnxruntime", artifact=path,
-                                        source={"model": "student-nano"}, parity={"status": "passed"}))
+        torch.onnx.export(
+            Wrap().eval(),
+            torch.rand(1, channels, 32, 32),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["transmission"],
+            dynamic_axes={"input": axes, "transmission": axes},
+        )
+    write_manifest(
+        path,
+        build_manifest(
+            fmt="onnx",
+            precision="fp32",
+            runtime="onnxruntime",
+            artifact=path,
+            source={"model": "student-nano"},
+            parity={"status": "passed"},
+        ),
+    )
 
 
 def build_inputs(root: Path) -> dict[str, Path]:
@@ -409,8 +707,14 @@ def _run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def _run_subprocess(argv: list[str]) -> tuple[int, str, str]:
-    done = subprocess.run([sys.executable, "-m", "dereflect", *argv], capture_output=True, text=True, timeout=TIMEOUT_S,
-                          cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+    done = subprocess.run(
+        [sys.executable, "-m", "dereflect", *argv],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -450,8 +754,7 @@ def render_doc() -> str:
         "# Bad input: what the user sees",
         "",
         "Every row is run through the real CLI by `tests/test_bad_input_catalogue.py` (the test id is in the last",
-        "column): the exact `error:` / `warning:` lines, the exit status, no traceback, an answer within "
-        f"{TIMEOUT_S} s, every input",
+        f"column): the exact `error:` / `warning:` lines, the exit status, no traceback, an answer within {TIMEOUT_S} s, every input",
         "file byte-identical afterwards (sha256) and no partial or temp file in the output folder. This file is",
         "generated from the test's `ROWS` (`python tests/test_bad_input_catalogue.py`), and a test fails when they differ.",
         "",
@@ -469,8 +772,10 @@ def render_doc() -> str:
         says = "<br>".join(f"`{fill(s, DOC_NAMES)}`" for s in row.says) or "(nothing on stderr)"
         outcome = row.outcome + (f"; writes {', '.join(f'`{o}`' for o in row.outputs)}" if row.outputs and row.exit == 0 else "")
         via = " (subprocess)" if row.subprocess else ""
-        lines.append(f"| {i} | {row.kind} | {row.what} | `{command}` | {says.replace('|', '&#124;')} | {row.exit} | {outcome} "
-                     f"| `test_row[{row.id}]`{via} |")
+        lines.append(
+            f"| {i} | {row.kind} | {row.what} | `{command}` | {says.replace('|', '&#124;')} | {row.exit} | {outcome} "
+            f"| `test_row[{row.id}]`{via} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -482,11 +787,30 @@ def test_doc_matches_rows() -> None:
 def test_catalogue_covers_the_asked_kinds() -> None:
     ids = {r.id for r in ROWS}
     assert len(ROWS) >= 20 and len(ids) == len(ROWS)  # ids unique: the doc's test column names exactly one test
-    for needed in ("image-empty", "image-truncated-png", "image-corrupt-header", "image-wrong-extension", "image-1x1",
-                   "image-100-megapixel", "image-decompression-bomb", "image-16-bit", "image-cmyk", "image-palette",
-                   "image-alpha", "image-animated-gif", "onnx-truncated", "onnx-manifest-missing", "onnx-manifest-edited",
-                   "onnx-sha256-mismatch", "onnx-wrong-input-shape", "ckpt-teacher-for-remove", "out-unwritable",
-                   "out-equals-input", "export-unknown-format", "export-unknown-precision"):
+    for needed in (
+        "image-empty",
+        "image-truncated-png",
+        "image-corrupt-header",
+        "image-wrong-extension",
+        "image-1x1",
+        "image-100-megapixel",
+        "image-decompression-bomb",
+        "image-16-bit",
+        "image-cmyk",
+        "image-palette",
+        "image-alpha",
+        "image-animated-gif",
+        "onnx-truncated",
+        "onnx-manifest-missing",
+        "onnx-manifest-edited",
+        "onnx-sha256-mismatch",
+        "onnx-wrong-input-shape",
+        "ckpt-teacher-for-remove",
+        "out-unwritable",
+        "out-equals-input",
+        "export-unknown-format",
+        "export-unknown-precision",
+    ):
         assert needed in ids, needed
     assert set(ACCEPTED_CHECKS) == {r.id for r in ROWS if r.exit == 0}  # every accepted row checks what happened
 

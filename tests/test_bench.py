@@ -37,19 +37,27 @@ def bench_env(tmp_path_factory):
 
 
 def _build_env(root: Path) -> tuple[Path, Path]:
-    from dereflect.export.pipeline import export_all
     from dereflect.export.calib import synthesize_pairs
     from dereflect.export.manifest import build_manifest, io_spec, write_manifest
+    from dereflect.export.pipeline import export_all
     from dereflect.runtime.resolve import default_checkpoint
 
     art = root / "art"
-    export_all(default_checkpoint(), art, ("fp32", "int8"), "onnx,openvino", log=lambda _: None, size=64,
-               val_count=2, calib_count=4)
+    export_all(default_checkpoint(), art, ("fp32", "int8"), "onnx,openvino", log=lambda _: None, size=64, val_count=2, calib_count=4)
     engine = art / "student-nano-fp16.engine"
     engine.write_bytes(b"not a real engine")
-    write_manifest(engine, build_manifest(fmt="tensorrt", precision="fp16", runtime="tensorrt", artifact=engine,
-                                          source={"checkpoint": str(default_checkpoint())},
-                                          parity={"status": "not run", "reason": "test"}, io=io_spec()))
+    write_manifest(
+        engine,
+        build_manifest(
+            fmt="tensorrt",
+            precision="fp16",
+            runtime="tensorrt",
+            artifact=engine,
+            source={"checkpoint": str(default_checkpoint())},
+            parity={"status": "not run", "reason": "test"},
+            io=io_spec(),
+        ),
+    )
     pairs = root / "pairs"
     data = synthesize_pairs(2, 64, seed=5)
     for i in range(2):
@@ -75,9 +83,11 @@ def test_bench_rows_quality_and_report(bench_env, tmp_path):
     got = {(r["format"], r["precision"], r["backend"], r["status"]) for r in rows}
     assert got == {
         ("pytorch", "fp32", "torch/cpu", "reference"),
-        ("onnx", "fp32", "onnxruntime/cpu", "passed"), ("onnx", "fp32", "openvino/cpu", "passed"),
+        ("onnx", "fp32", "onnxruntime/cpu", "passed"),
+        ("onnx", "fp32", "openvino/cpu", "passed"),
         ("openvino", "fp32", "openvino/cpu", "passed"),
-        ("onnx", "int8", "onnxruntime/cpu", "passed"), ("onnx", "int8", "openvino/cpu", "passed"),
+        ("onnx", "int8", "onnxruntime/cpu", "passed"),
+        ("onnx", "int8", "openvino/cpu", "passed"),
         ("openvino", "int8", "openvino/cpu", "passed"),
         ("tensorrt", "fp16", "tensorrt", "could not run"),
     }
@@ -113,8 +123,9 @@ def test_bench_rows_quality_and_report(bench_env, tmp_path):
 def test_bench_gate_fails_with_reasons(bench_env, tmp_path):
     art, pairs = bench_env
     out = tmp_path / "b.json"
-    res = _bench([str(art), "--pairs", str(pairs), "--backends", "onnxruntime", "--max-diff", "0",
-                  "--min-ssim", "0.9999", "--json", str(out)])
+    res = _bench(
+        [str(art), "--pairs", str(pairs), "--backends", "onnxruntime", "--max-diff", "0", "--min-ssim", "0.9999", "--json", str(out)]
+    )
     assert res.exit_code == 1 and isinstance(res.exception, DereflectError)
     message = str(res.exception)
     assert "2 target(s) did not pass" in message and "max_abs_diff" in message and "< --min-ssim 0.9999" in message
@@ -145,10 +156,30 @@ def test_ledgers_merge_and_speedups(tmp_path):
     rows = load_ledger(browser)
     assert set(REQUIRED_KEYS) <= set(rows[0])
     mine = [
-        {"device": "pc", "backend": "ov", "format": "openvino", "precision": p, "size": 256, "status": "passed",
-         "latency_ms": ms, "artifact": f"a-{p}"} for p, ms in (("fp32", 20.0), ("int8", 8.0))
-    ] + [{"device": "pc", "backend": "ort", "format": "onnx", "precision": p, "size": 256, "status": "passed",
-          "latency_ms": ms, "artifact": f"b-{p}"} for p, ms in (("fp32", 30.0), ("int8", 10.0))]
+        {
+            "device": "pc",
+            "backend": "ov",
+            "format": "openvino",
+            "precision": p,
+            "size": 256,
+            "status": "passed",
+            "latency_ms": ms,
+            "artifact": f"a-{p}",
+        }
+        for p, ms in (("fp32", 20.0), ("int8", 8.0))
+    ] + [
+        {
+            "device": "pc",
+            "backend": "ort",
+            "format": "onnx",
+            "precision": p,
+            "size": 256,
+            "status": "passed",
+            "latency_ms": ms,
+            "artifact": f"b-{p}",
+        }
+        for p, ms in (("fp32", 30.0), ("int8", 10.0))
+    ]
     newer = dict(mine[0], latency_ms=25.0)
     merged = merge_rows(rows, mine, [newer])
     assert len(merged) == 5 and next(r for r in merged if r.get("artifact") == "a-fp32")["latency_ms"] == 25.0

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bench import bench_env  # noqa: F401  (the export both files use, built once per session)
 
 from dereflect import metrics
-from test_bench import bench_env  # noqa: F401  (the export both files use, built once per session)
 
 RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "device_runner.py"
 
@@ -28,8 +28,25 @@ def device_runner():
 
 
 def test_device_runner_imports_only_what_a_phone_has():
-    allowed = {"argparse", "hashlib", "json", "math", "os", "platform", "resource", "statistics", "sys", "time",
-               "datetime", "pathlib", "__future__", "numpy", "PIL", "onnxruntime", "openvino"}
+    allowed = {
+        "argparse",
+        "hashlib",
+        "json",
+        "math",
+        "os",
+        "platform",
+        "resource",
+        "statistics",
+        "sys",
+        "time",
+        "datetime",
+        "pathlib",
+        "__future__",
+        "numpy",
+        "PIL",
+        "onnxruntime",
+        "openvino",
+    }
     imported = set()
     for node in ast.walk(ast.parse(RUNNER.read_text())):
         if isinstance(node, ast.Import):
@@ -50,7 +67,7 @@ def test_device_runner_metrics_equal_dereflect(device_runner, photo, shape):
         assert mine[k] == pytest.approx(ref[k], abs=1e-6), k
 
 
-def test_device_runner_rows_match_main_runner(device_runner, bench_env, tmp_path):
+def test_device_runner_rows_match_main_runner(device_runner, bench_env, tmp_path):  # noqa: F811 - the imported fixture
     from typer.testing import CliRunner
 
     from dereflect.bench.ledger import ROW_KEYS, load_ledger
@@ -60,15 +77,15 @@ def test_device_runner_rows_match_main_runner(device_runner, bench_env, tmp_path
     art, pairs = bench_env
     artifact = art / "student-nano-int8.onnx"
     dev_json, main_json = tmp_path / "device.json", tmp_path / "main.json"
-    device_runner.main([str(artifact), "--pairs", str(pairs), "--sizes", "64", "--runs", "2", "--warmup", "1",
-                        "--backend", "onnxruntime", "--json", str(dev_json)])
+    timing = ["--pairs", str(pairs), *"--sizes 64 --runs 2 --warmup 1".split()]  # the same for both runners
+    device_runner.main([str(artifact), *timing, "--backend", "onnxruntime", "--json", str(dev_json)])
     [row] = load_ledger(dev_json)
     assert set(ROW_KEYS) <= set(row) and row["status"] == "ok" and row["device"] == device_name()
     assert row["source"] == "benchmarks/device_runner.py" and "numpy" in row["metric_impl"]
     assert row["latency_ms"] > 0 and row["model_latency_ms"] > 0 and row["runs"] == 2
-    res = CliRunner().invoke(app, ["bench", str(art), "--pairs", str(pairs), "--sizes", "64", "--runs", "2",
-                                   "--warmup", "1", "--backends", "onnxruntime", "--json", str(main_json),
-                                   "--browser-ledger", "/nonexistent.json"])
+    res = CliRunner().invoke(
+        app, ["bench", str(art), *timing, "--backends", "onnxruntime", "--json", str(main_json), "--browser-ledger", "/nonexistent.json"]
+    )
     assert res.exit_code == 0, res.output
     main = next(r for r in json.loads(main_json.read_text())["rows"] if r.get("artifact") == artifact.name)
     for k in ("psnr", "ssim", "lmse", "ncc", "identity_ssim", "identity_lmse"):
@@ -77,7 +94,7 @@ def test_device_runner_rows_match_main_runner(device_runner, bench_env, tmp_path
         assert row[k] == main[k], k
 
 
-def test_device_runner_refuses_a_changed_artifact(device_runner, bench_env, tmp_path):
+def test_device_runner_refuses_a_changed_artifact(device_runner, bench_env, tmp_path):  # noqa: F811 - the imported fixture
     import shutil
 
     art, _ = bench_env

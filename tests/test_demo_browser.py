@@ -59,8 +59,10 @@ def harness():
     pytest.importorskip("playwright", reason="Playwright is not installed: pip install 'dereflect[dev]'")
     browser = _load("browser")
     if browser.find_chromium() is None:
-        pytest.skip("no Chromium: `make test` installs Debian's chromium when it runs as root with apt-get; "
-                    "elsewhere install it or set DEREFLECT_CHROMIUM")
+        pytest.skip(
+            "no Chromium: `make test` installs Debian's chromium when it runs as root with apt-get; "
+            "elsewhere install it or set DEREFLECT_CHROMIUM"
+        )
     return browser
 
 
@@ -74,7 +76,7 @@ def frame() -> np.ndarray:
     seq = synthesize_sequence(data.coffee(), data.astronaut(), n_frames=3, size=FRAME_W, rng=np.random.default_rng(3))
     middle = seq.frames[seq.middle]
     top = (FRAME_W - FRAME_H) // 2
-    img = np.rint(middle[top:top + FRAME_H] * 255).astype(np.uint8)
+    img = np.rint(middle[top : top + FRAME_H] * 255).astype(np.uint8)
     assert np.abs(middle - seq.transmission[seq.middle]).mean() > 0.02, "the synthetic frame shows no reflection"
     return img
 
@@ -175,13 +177,24 @@ def test_capture_matches_onnxruntime(page, frame, ort_session):
     # 4. end to end from the original frame (camera YUV + resize + network), for the record
     e2e_in = np.asarray(Image.fromarray(frame).resize((512, 339), Image.BILINEAR))
     e2e = np.abs(_reference(ort_session, e2e_in) - got)
-    _record("capture", {
-        "frame": [FRAME_W, FRAME_H], "preview": [512, 339], "camera_mean_abs_levels": round(float(camera_diff), 3),
-        "resize_max_abs_levels": resize_diff, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-        "output_max_abs_levels": int(byte_diff.max()), "output_mean_abs_levels": float(byte_diff.mean()),
-        "end_to_end_max_abs_diff": float(e2e.max()), "end_to_end_mean_abs_diff": float(e2e.mean()),
-        "latency_ms": result["latencyMs"], "backend": result["backend"], "threads": result["threads"],
-    })
+    _record(
+        "capture",
+        {
+            "frame": [FRAME_W, FRAME_H],
+            "preview": [512, 339],
+            "camera_mean_abs_levels": round(float(camera_diff), 3),
+            "resize_max_abs_levels": resize_diff,
+            "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()),
+            "output_max_abs_levels": int(byte_diff.max()),
+            "output_mean_abs_levels": float(byte_diff.mean()),
+            "end_to_end_max_abs_diff": float(e2e.max()),
+            "end_to_end_mean_abs_diff": float(e2e.mean()),
+            "latency_ms": result["latencyMs"],
+            "backend": result["backend"],
+            "threads": result["threads"],
+        },
+    )
     assert diff.max() < 0.02 and diff.mean() < 1e-3, f"wasm vs onnxruntime: max {diff.max():.4g}, mean {diff.mean():.4g}"
     assert byte_diff.max() <= 5
     # the network did something: the output is not the input
@@ -203,9 +216,18 @@ def test_full_resolution_tiles_match_the_runtime_tiling(page, ort_session):
     ref = tiling.run_tiled(lambda x: ort_session.run(["transmission"], {"input": x})[0], source, plan)
     got = _rgb(full)
     diff = np.abs(got.astype(np.int16) - ref)
-    _record("full_resolution", {"size": [FRAME_W, FRAME_H], "tiles": plan.count, "tile": [plan.tile_h, plan.tile_w],
-                                "overlap": plan.overlap, "max_abs_levels": int(diff.max()),
-                                "mean_abs_levels": float(diff.mean()), "ms": full["ms"]})
+    _record(
+        "full_resolution",
+        {
+            "size": [FRAME_W, FRAME_H],
+            "tiles": plan.count,
+            "tile": [plan.tile_h, plan.tile_w],
+            "overlap": plan.overlap,
+            "max_abs_levels": int(diff.max()),
+            "mean_abs_levels": float(diff.mean()),
+            "ms": full["ms"],
+        },
+    )
     assert diff.max() <= 5 and diff.mean() < 0.2
     # the button: default 512 px tiles, progress, then the full-size before/after
     page.locator("#full").tap()
@@ -250,7 +272,9 @@ def test_offline_after_first_load(page):
     build_id = page.evaluate("fetch('build.json').then(r => r.json()).then(b => b.build_id)")
     page.wait_for_function(
         "id => caches.open(`dereflect-${id}`).then(c => c.match('ort/ort-wasm-simd-threaded.wasm')).then(Boolean)",
-        arg=build_id, timeout=30_000)
+        arg=build_id,
+        timeout=30_000,
+    )
     context = page.context
     context.set_offline(True)
     try:
@@ -270,15 +294,22 @@ def test_latency_goes_to_the_bench_ledger(page):
     for size in (256, 512):
         times = page.evaluate(f"window.__dereflect.bench({size}, 5, 2)")
         assert len(times) == 5 and all(t > 0 for t in times)
-        rows.append(ledger_row(times, size=size, device=f"headless Chromium on {platform.machine()} ({os.cpu_count()} cores)",
-                               precision=info["model"]["precision"], threads=info["threads"],
-                               cross_origin_isolated=info["crossOriginIsolated"], model=info["model"]["file"],
-                               browser=page.browser_version,
-                               source="tests/test_demo_browser.py"))
+        rows.append(
+            ledger_row(
+                times,
+                size=size,
+                device=f"headless Chromium on {platform.machine()} ({os.cpu_count()} cores)",
+                precision=info["model"]["precision"],
+                threads=info["threads"],
+                cross_origin_isolated=info["crossOriginIsolated"],
+                model=info["model"]["file"],
+                browser=page.browser_version,
+                source="tests/test_demo_browser.py",
+            )
+        )
     LEDGER.parent.mkdir(parents=True, exist_ok=True)
     LEDGER.write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n" + "\n".join(f"wasm {r['size']}px: median {r['latency_ms']} ms, p90 {r['p90_ms']} ms "
-                           f"({r['threads']} threads)" for r in rows))
+    print("\n" + "\n".join(f"wasm {r['size']}px: median {r['latency_ms']} ms, p90 {r['p90_ms']} ms ({r['threads']} threads)" for r in rows))
     assert rows[0]["backend"] == "onnxruntime-web/wasm" and rows[0]["p90_ms"] >= rows[0]["latency_ms"]
 
 
@@ -310,7 +341,15 @@ def test_webgpu_path_matches_onnxruntime(app_root, harness, playwright, frame, t
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     got = np.frombuffer(base64.b64decode(result["outputFloat"]), np.float32).reshape(3, 40, 56)
     diff = np.abs(got - _reference(sess, photo))
-    _record("webgpu_swiftshader", {"model": info["model"]["file"], "size": [56, 40], "max_abs_diff": float(diff.max()),
-                                   "mean_abs_diff": float(diff.mean()), "latency_ms": result["latencyMs"]})
+    _record(
+        "webgpu_swiftshader",
+        {
+            "model": info["model"]["file"],
+            "size": [56, 40],
+            "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()),
+            "latency_ms": result["latencyMs"],
+        },
+    )
     tol = 1e-4 if info["model"]["precision"] == "fp32" else 5e-3
     assert diff.max() < tol

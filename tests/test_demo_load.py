@@ -38,8 +38,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(site: Path):
     """`dereflect demo serve` as a real process on a free loopback port: (port, psutil.Process)."""
-    proc = subprocess.Popen([sys.executable, "-m", "dereflect", "demo", "serve", "--port", "0", "--quiet", "--root", str(site)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dereflect", "demo", "serve", "--port", "0", "--quiet", "--root", str(site)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         assert first.startswith("serving ") and "http://127.0.0.1:" in first, first + proc.stderr.read()
@@ -103,7 +107,7 @@ def _load(port: int, total: int, site: Path, deadline: float) -> tuple[list[str]
     return errors, time.perf_counter() - started
 
 
-def test_2000_requests_from_50_clients(served: tuple[int, "psutil.Process"], site: Path) -> None:
+def test_2000_requests_from_50_clients(served: tuple[int, psutil.Process], site: Path) -> None:
     port, server = served
     deadline = time.monotonic() + WALL_CLOCK_CAP_S
     errors, _ = _load(port, WARMUP, site, deadline)
@@ -113,5 +117,7 @@ def test_2000_requests_from_50_clients(served: tuple[int, "psutil.Process"], sit
     after = server.memory_info().rss / 2**20
     assert errors == [], errors[:10]
     assert after - before < MAX_RSS_GROWTH_MB, f"server RSS {before:.0f} -> {after:.0f} MB over {REQUESTS} requests"
-    print(f"{REQUESTS} requests from {CLIENTS} clients in {seconds:.1f} s ({REQUESTS / seconds:.0f}/s); "
-          f"server RSS {before:.0f} -> {after:.0f} MB")
+    print(
+        f"{REQUESTS} requests from {CLIENTS} clients in {seconds:.1f} s ({REQUESTS / seconds:.0f}/s); "
+        f"server RSS {before:.0f} -> {after:.0f} MB"
+    )

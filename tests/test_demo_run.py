@@ -14,8 +14,25 @@ from dereflect.metrics import ssim
 
 def test_demo_run_writes_scores_and_clean_photos(tmp_path):
     # One format and two precisions keep the test short; `make demo` exports every format at all three.
-    res = CliRunner().invoke(app, ["demo", "run", "--out", str(tmp_path), "--sequences", "2", "--size", "64",
-                                   "--bench-sizes", "64", "--formats", "onnx", "--precisions", "fp32,int8"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "demo",
+            "run",
+            "--out",
+            str(tmp_path),
+            "--sequences",
+            "2",
+            "--size",
+            "64",
+            "--bench-sizes",
+            "64",
+            "--formats",
+            "onnx",
+            "--precisions",
+            "fp32,int8",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "preview.png").is_file()
     identity = json.loads((tmp_path / "scores-identity.json").read_text())
@@ -29,11 +46,13 @@ def test_demo_run_writes_scores_and_clean_photos(tmp_path):
     assert a.shape == b.shape and (a != b).any() and ssim(a, b) > 0.8
     assert "results in" in res.output
     # The export + benchmark steps: every artifact scored on the synthesised pairs and timed at 64 px.
-    assert sorted(p.name for p in (tmp_path / "artifacts").glob("*.onnx")) == [
-        "student-nano-fp32.onnx", "student-nano-int8.onnx"]
+    assert sorted(p.name for p in (tmp_path / "artifacts").glob("*.onnx")) == ["student-nano-fp32.onnx", "student-nano-int8.onnx"]
     rows = [r for r in json.loads((tmp_path / "bench.json").read_text())["rows"] if r.get("source") == "dereflect bench"]
     assert {(r["format"], r["precision"], r["status"]) for r in rows} >= {
-        ("pytorch", "fp32", "reference"), ("onnx", "fp32", "passed"), ("onnx", "int8", "passed")}
+        ("pytorch", "fp32", "reference"),
+        ("onnx", "fp32", "passed"),
+        ("onnx", "int8", "passed"),
+    }
     assert all(r["pair_count"] == 2 and r["size"] == 64 for r in rows)
     assert f"report: {(tmp_path / 'bench.html').resolve()}" in res.output.replace("\n", "")
     assert "<svg" in (tmp_path / "bench.html").read_text()

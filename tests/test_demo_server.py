@@ -68,8 +68,9 @@ def server(site: Path):
     srv.server_close()
 
 
-def request(srv: DemoServer, method: str, path: str, headers: dict[str, str] | None = None,
-            body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    srv: DemoServer, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     try:
         conn.putrequest(method, path, skip_host=False, skip_accept_encoding=True)
@@ -99,13 +100,16 @@ def test_index_has_isolation_and_security_headers(server: DemoServer) -> None:
     assert headers["cache-control"] == "no-cache"  # a rebuilt app is picked up on the next load
 
 
-@pytest.mark.parametrize("path, mime", [
-    ("/main.js", "text/javascript; charset=utf-8"),
-    ("/ort.min.mjs", "text/javascript; charset=utf-8"),
-    ("/runtime.wasm", "application/wasm"),
-    ("/model.onnx", "application/octet-stream"),
-    ("/manifest.webmanifest", "application/manifest+json"),
-])
+@pytest.mark.parametrize(
+    "path, mime",
+    [
+        ("/main.js", "text/javascript; charset=utf-8"),
+        ("/ort.min.mjs", "text/javascript; charset=utf-8"),
+        ("/runtime.wasm", "application/wasm"),
+        ("/model.onnx", "application/octet-stream"),
+        ("/manifest.webmanifest", "application/manifest+json"),
+    ],
+)
 def test_mime_types(server: DemoServer, path: str, mime: str) -> None:
     status, headers, _ = request(server, "GET", path)
     assert status == 200 and headers["content-type"] == mime
@@ -139,27 +143,30 @@ def test_link_inside_root_is_served(server: DemoServer) -> None:
 
 
 # ------------------------------------------------------------------ what must never be served
-@pytest.mark.parametrize("path", [
-    "/../secret.txt",
-    "/sub/../../secret.txt",
-    "/%2e%2e/secret.txt",
-    "/%2E%2E%2Fsecret.txt",
-    "/..%2fsecret.txt",
-    "/sub/%2e%2e/%2e%2e/secret.txt",
-    "/%252e%252e/secret.txt",  # double-encoded: decoded once, it is a file literally named %2e%2e
-    "/..\\secret.txt",
-    "/%5c..%5csecret.txt",
-    "//etc/passwd",
-    "/etc/passwd",
-    "/%2fetc%2fpasswd",
-    f"/{'%2e%2e/' * 12}etc/passwd",
-    "/index.html%00.png",
-    "/escape.txt",  # symlink to a file outside
-    "/linkdir/secret.txt",  # symlinked folder outside
-    "/.hidden",
-    "/%2ehidden",
-    "http://127.0.0.1/../secret.txt",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../secret.txt",
+        "/sub/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E%2Fsecret.txt",
+        "/..%2fsecret.txt",
+        "/sub/%2e%2e/%2e%2e/secret.txt",
+        "/%252e%252e/secret.txt",  # double-encoded: decoded once, it is a file literally named %2e%2e
+        "/..\\secret.txt",
+        "/%5c..%5csecret.txt",
+        "//etc/passwd",
+        "/etc/passwd",
+        "/%2fetc%2fpasswd",
+        f"/{'%2e%2e/' * 12}etc/passwd",
+        "/index.html%00.png",
+        "/escape.txt",  # symlink to a file outside
+        "/linkdir/secret.txt",  # symlinked folder outside
+        "/.hidden",
+        "/%2ehidden",
+        "http://127.0.0.1/../secret.txt",
+    ],
+)
 def test_traversal_attempts_are_refused(server: DemoServer, path: str) -> None:
     status, _, body = request(server, "GET", path)
     assert status in (400, 404), f"{path} -> {status}"
@@ -209,8 +216,12 @@ def test_binds_loopback_unless_asked(site: Path) -> None:
 def test_unbuilt_app_says_which_target_builds_it(tmp_path: Path) -> None:
     with pytest.raises(DereflectError, match=r"not built yet: run `make demo-app`"):
         DemoServer(tmp_path, port=0)
-    proc = subprocess.run([sys.executable, "-m", "dereflect", "demo", "serve", "--root", str(tmp_path), "--port", "0"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dereflect", "demo", "serve", "--root", str(tmp_path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith(f"error: {tmp_path}: the phone demo app is not built yet: run `make demo-app`")
 
@@ -254,8 +265,13 @@ def test_serve_lan_prints_https_url_and_qr(site: Path, tmp_path: Path) -> None:
     pytest.importorskip("cryptography")
     pytest.importorskip("qrcode")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "dereflect", "demo", "serve", "--lan", "--port", "0", "--quiet",
-                             "--root", str(site)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dereflect", "demo", "serve", "--lan", "--port", "0", "--quiet", "--root", str(site)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         lines = []
         for line in proc.stdout:  # ends at "Ctrl+C stops the server."
@@ -281,8 +297,7 @@ def test_serve_lan_prints_https_url_and_qr(site: Path, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ ledger and QR helpers
 def test_ledger_row_median_and_p90() -> None:
-    row = ledger_row([30.0, 10.0, 20.0, 50.0, 40.0, 60.0, 70.0, 80.0, 90.0, 100.0], size=512,
-                     device="test", threads=2)
+    row = ledger_row([30.0, 10.0, 20.0, 50.0, 40.0, 60.0, 70.0, 80.0, 90.0, 100.0], size=512, device="test", threads=2)
     assert row["backend"] == "onnxruntime-web/wasm" and row["format"] == "onnx" and row["precision"] == "int8"
     assert row["size"] == 512 and row["status"] == "ok" and row["threads"] == 2
     assert row["latency_ms"] == 55.0 and row["p90_ms"] == 90.0 and row["runs"] == 10
@@ -305,8 +320,9 @@ def run_node(script: str, payload: dict) -> dict:
     if node is None:
         pytest.skip("node is not installed (the app's JS is checked under node)")
     prelude = f"import * as ops from {json.dumps(IMAGEOPS.as_uri())};\n"
-    proc = subprocess.run([node, "--input-type=module", "-e", prelude + script], input=json.dumps(payload),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [node, "--input-type=module", "-e", prelude + script], input=json.dumps(payload), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -319,14 +335,22 @@ def test_js_resize_is_pillows_bilinear() -> None:
 
     rng = np.random.default_rng(0)
     cases = []
-    for (w, h), (dw, dh) in [((640, 424), (512, 339)), ((97, 61), (40, 25)), ((300, 500), (307, 512)),
-                             ((1000, 10), (512, 5)), ((33, 33), (33, 20))]:
+    for (w, h), (dw, dh) in [
+        ((640, 424), (512, 339)),
+        ((97, 61), (40, 25)),
+        ((300, 500), (307, 512)),
+        ((1000, 10), (512, 5)),
+        ((33, 33), (33, 20)),
+    ]:
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         img[: h // 2] = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None]  # smooth part + noise part
         cases.append((img, (dw, dh)))
-    payload = {"cases": [{"w": img.shape[1], "h": img.shape[0], "dw": dw, "dh": dh,
-                          "rgb": img.reshape(-1).tolist()} for img, (dw, dh) in cases]}
-    script = READ_STDIN_ESM + """
+    payload = {
+        "cases": [{"w": img.shape[1], "h": img.shape[0], "dw": dw, "dh": dh, "rgb": img.reshape(-1).tolist()} for img, (dw, dh) in cases]
+    }
+    script = (
+        READ_STDIN_ESM
+        + """
 const out = input.cases.map((c) => {
   const data = new Uint8ClampedArray(c.w * c.h * 4);
   for (let i = 0; i < c.w * c.h; i++) { data.set(c.rgb.slice(i * 3, i * 3 + 3), i * 4); data[i * 4 + 3] = 255; }
@@ -337,6 +361,7 @@ const out = input.cases.map((c) => {
 });
 console.log(JSON.stringify({ out }));
 """
+    )
     got = run_node(script, payload)["out"]
     for (img, (dw, dh)), rgb in zip(cases, got):
         ref = np.asarray(Image.fromarray(img).resize((dw, dh), Image.BILINEAR))
@@ -345,9 +370,19 @@ console.log(JSON.stringify({ out }));
 
 def test_js_padding_and_tile_plan_mirror_python() -> None:
     tiling = pytest.importorskip("dereflect.runtime.tiling", reason="dereflect.runtime is not importable")
-    sizes = [(424, 640, 256, 64), (4000, 3000, 512, 64), (3024, 4032, 512, 64), (1080, 1920, 512, 64),
-             (17, 1000, 256, 128), (520, 520, 512, 64), (100, 100, 512, 64), (2000, 37, 64, 16)]
-    script = READ_STDIN_ESM + """
+    sizes = [
+        (424, 640, 256, 64),
+        (4000, 3000, 512, 64),
+        (3024, 4032, 512, 64),
+        (1080, 1920, 512, 64),
+        (17, 1000, 256, 128),
+        (520, 520, 512, 64),
+        (100, 100, 512, 64),
+        (2000, 37, 64, 16),
+    ]
+    script = (
+        READ_STDIN_ESM
+        + """
 const plans = input.sizes.map(([h, w, tile, overlap]) => ops.planTiles(h, w, { tile, overlap }));
 // a 6x5 image padded to 8x8 (reflect), and its 3x2 crop at (1,1) padded to 8x8 (too small to reflect: edge)
 const img = { width: 6, height: 5, data: new Uint8ClampedArray(6 * 5 * 4).map((_, i) => (i % 4 === 3 ? 255 : i)) };
@@ -355,6 +390,7 @@ const big = Array.from(ops.cropToTensor(img, 0, 0, 6, 5, 8, 8), (v) => Math.roun
 const small = Array.from(ops.cropToTensor(img, 1, 1, 3, 2, 8, 8), (v) => Math.round(v * 255));
 console.log(JSON.stringify({ plans, big, small, ramp: Array.from(ops.ramp(64)) }));
 """
+    )
     got = run_node(script, {"sizes": sizes})
     for (h, w, tile, overlap), plan in zip(sizes, got["plans"]):
         ref = tiling.plan_tiles(h, w, tile=tile, overlap=overlap)

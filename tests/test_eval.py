@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dereflect import metrics
 from dereflect.cli import app, main
 from dereflect.errors import DereflectError
-from dereflect.evaluate import EvalResult, UnpairedWarning, evaluate, find_pairs, load_predict
+from dereflect.evaluate import EvalResult, UnpairedWarning, evaluate, find_pairs
 from dereflect.images import read_rgb, write_image
 
 

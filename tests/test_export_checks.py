@@ -16,7 +16,13 @@ from dereflect.export import parity
 from dereflect.export.calib import load_calibration, load_pairs
 from dereflect.export.formats import FORMATS, FORMATS_BY_NAME, format_status, resolve_formats, table_rows
 from dereflect.export.manifest import (
-    build_manifest, find_artifacts, load_manifest_for, manifest_path, read_manifest, sha256_artifact, write_manifest,
+    build_manifest,
+    find_artifacts,
+    load_manifest_for,
+    manifest_path,
+    read_manifest,
+    sha256_artifact,
+    write_manifest,
 )
 from dereflect.export.pipeline import ExportOptions, check_options
 from dereflect.export.quantize import resolve_exclude
@@ -94,11 +100,11 @@ def test_option_combinations_refused_up_front():
 
 
 def test_cli_usage_errors_exit_2(tmp_path, capsys):
-    code, err = _cli(["export", str(tmp_path / "x.safetensors"), "--format", "onnx", "--precision", "bf16",
-                      "--out", str(tmp_path)], capsys)
+    code, err = _cli(["export", str(tmp_path / "x.safetensors"), "--format", "onnx", "--precision", "bf16", "--out", str(tmp_path)], capsys)
     assert code == 2 and "error: unknown precision 'bf16'" in err
-    code, err = _cli(["export", str(tmp_path / "x.safetensors"), "--format", "onnx", "--calib", str(tmp_path),
-                      "--out", str(tmp_path)], capsys)
+    code, err = _cli(
+        ["export", str(tmp_path / "x.safetensors"), "--format", "onnx", "--calib", str(tmp_path), "--out", str(tmp_path)], capsys
+    )
     assert code == 2 and "--calib is only used by --precision int8" in err
 
 
@@ -113,8 +119,7 @@ def test_teacher_and_junk_checkpoints_refused(tmp_path, capsys):
     from safetensors.numpy import save_file
 
     teacher = tmp_path / "teacher.safetensors"
-    save_file({"w": np.zeros(2, np.float32)}, str(teacher),
-              metadata={"dereflect": json.dumps({"model": "teacher-small", "config": {}})})
+    save_file({"w": np.zeros(2, np.float32)}, str(teacher), metadata={"dereflect": json.dumps({"model": "teacher-small", "config": {}})})
     code, err = _cli(["export", str(teacher), "--out", str(tmp_path / "o")], capsys)
     assert code == 1 and err.startswith(f"error: {teacher}: expected a student checkpoint")
     junk = tmp_path / "junk.safetensors"
@@ -129,9 +134,14 @@ def test_teacher_and_junk_checkpoints_refused(tmp_path, capsys):
 def _fake_artifact(tmp_path: Path, status: str = "passed") -> Path:
     artifact = tmp_path / "m-fp32.onnx"
     artifact.write_bytes(b"graph bytes")
-    data = build_manifest(fmt="onnx", precision="fp32", runtime="onnxruntime", artifact=artifact,
-                          source={"checkpoint": "c", "sha256": "0" * 64, "model": "student-nano", "config": {}},
-                          parity={"status": status, "metrics": {}})
+    data = build_manifest(
+        fmt="onnx",
+        precision="fp32",
+        runtime="onnxruntime",
+        artifact=artifact,
+        source={"checkpoint": "c", "sha256": "0" * 64, "model": "student-nano", "config": {}},
+        parity={"status": status, "metrics": {}},
+    )
     write_manifest(artifact, data)
     return artifact
 
@@ -157,8 +167,12 @@ def test_corrupt_and_incomplete_manifests(tmp_path):
     with pytest.raises(DereflectError, match="corrupt manifest: not valid JSON") as err:
         read_manifest(path)
     assert err.value.path == str(path)
-    for key, value, message in [("parity", None, "no 'parity'"), ("schema", "other/1", "not a dereflect export manifest"),
-                                ("artifact_sha256", "abc", "not a sha256"), ("inputs", "x", "wrong type")]:
+    for key, value, message in [
+        ("parity", None, "no 'parity'"),
+        ("schema", "other/1", "not a dereflect export manifest"),
+        ("artifact_sha256", "abc", "not a sha256"),
+        ("inputs", "x", "wrong type"),
+    ]:
         bad = dict(good)
         if value is None:
             del bad[key]
@@ -286,7 +300,11 @@ def test_gate_on_a_numpy_runner():
 def test_int8_exclude_resolution():
     nodes = ["encoder.stem.0/Conv", "encoder.stem.1/LeakyRelu", "decoder.head/Conv", "decoder.head2/Conv", "model/Add"]
     assert resolve_exclude(["decoder.head"], nodes) == ["decoder.head/Conv"]
-    assert resolve_exclude(["encoder", "decoder.head/Conv"], nodes) == ["encoder.stem.0/Conv", "encoder.stem.1/LeakyRelu", "decoder.head/Conv"]
+    assert resolve_exclude(["encoder", "decoder.head/Conv"], nodes) == [
+        "encoder.stem.0/Conv",
+        "encoder.stem.1/LeakyRelu",
+        "decoder.head/Conv",
+    ]
     with pytest.raises(UsageError, match="'decoder.tail' matches no layer; layers: encoder.stem.0, decoder.head"):
         resolve_exclude(["decoder.tail"], nodes)
 
@@ -310,8 +328,24 @@ def test_cli_bad_calibration_folder_is_one_error_before_any_build(tmp_path, caps
     few = tmp_path / "few"
     for i in range(2):
         _write(few / f"{i}.png", _colour(i))
-    code, err = _cli(["export", str(ckpt), "--format", "all", "--precision", "int8", "--calib", str(few),
-                      "--out", str(tmp_path / "out"), "--size", "32"], capsys)
-    assert code == 1 and err.strip() == (f"error: {few}: only 2 calibration image(s); INT8 calibration needs at least 4 "
-                                         "(16-64 photos like the ones the model will see)")
+    code, err = _cli(
+        [
+            "export",
+            str(ckpt),
+            "--format",
+            "all",
+            "--precision",
+            "int8",
+            "--calib",
+            str(few),
+            "--out",
+            str(tmp_path / "out"),
+            "--size",
+            "32",
+        ],
+        capsys,
+    )
+    assert code == 1 and err.strip() == (
+        f"error: {few}: only 2 calibration image(s); INT8 calibration needs at least 4 (16-64 photos like the ones the model will see)"
+    )
     assert not list((tmp_path / "out").glob("*.onnx"))

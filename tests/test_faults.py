@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 import torch
+from conftest import run_cli
 from PIL import Image
 
-from dereflect.cli import main
 from dereflect.errors import DereflectError
 from dereflect.models import create_model, load_checkpoint, save_checkpoint
 from dereflect.train.config import load_config
@@ -52,8 +51,7 @@ def tmpfs(tmp_path):
     def mount(size: str) -> Path:
         where = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True, text=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
         mounted.append(where)
@@ -66,8 +64,21 @@ def tmpfs(tmp_path):
 
 def tiny_trainer(run: Path, **extra) -> TeacherTrainer:
     kr = _harness()
-    values = dict(model="teacher-small", model_overrides=kr.TINY_TEACHER, steps=2, batch=2, size=32, frames=3,
-                  val_samples=2, val_every=100, ckpt_every=1, log_every=1, perceptual="off", warmup=1, max_photo_side=96)
+    values = dict(
+        model="teacher-small",
+        model_overrides=kr.TINY_TEACHER,
+        steps=2,
+        batch=2,
+        size=32,
+        frames=3,
+        val_samples=2,
+        val_every=100,
+        ckpt_every=1,
+        log_every=1,
+        perceptual="off",
+        warmup=1,
+        max_photo_side=96,
+    )
     values.update(extra)
     return TeacherTrainer(load_config("teacher", None, values), run, device="cpu", progress=False)
 
@@ -77,8 +88,10 @@ def tiny_trainer(run: Path, **extra) -> TeacherTrainer:
 
 def test_killed_during_checkpoint_writes_resumes_bit_exactly(tmp_path):
     kr = _harness()
-    plan = [kr.Kill("write", target="state.pt", nth=2),  # fresh run: dies writing step 2's state
-            kr.Kill("write", target="last.safetensors", nth=2)]  # resumed at 1: dies writing step 3's weights
+    plan = [
+        kr.Kill("write", target="state.pt", nth=2),  # fresh run: dies writing step 2's state
+        kr.Kill("write", target="last.safetensors", nth=2),
+    ]  # resumed at 1: dies writing step 3's weights
     summary = kr.harness(tmp_path, "teacher", steps=4, seed=1, plan=plan, say=lambda _: None)
     assert summary.problems == [] and summary.equal, "\n".join(summary.lines())
     assert summary.kills == 2 and summary.resumes == 2 and summary.fresh_starts == 1
@@ -124,8 +137,9 @@ def test_checkpoint_on_full_disk_is_one_line_and_keeps_the_previous(tmp_path, mo
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(DereflectError) as err:
         trainer.save(2)
-    assert str(err.value) == (f"{tmp_path / 'run' / 'state.pt'}: could not write the training state ({ENOSPC_TEXT}); "
-                              "the previous file, if any, is unchanged")
+    assert str(err.value) == (
+        f"{tmp_path / 'run' / 'state.pt'}: could not write the training state ({ENOSPC_TEXT}); the previous file, if any, is unchanged"
+    )
     monkeypatch.setattr(os, "replace", real_replace)
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 1
     assert not list((tmp_path / "run").glob(".*.tmp"))
@@ -169,19 +183,27 @@ def test_export_on_full_disk_leaves_no_truncated_artifact(tmpfs, tmp_path, capsy
 
     from dereflect.export.calib import reference_student
     from dereflect.export.formats import FORMATS_BY_NAME
-    from dereflect.export.pipeline import ExportOptions, Exporter
+    from dereflect.export.pipeline import Exporter, ExportOptions
 
     student = reference_student("student-nano", seed=1)
     ckpt = save_checkpoint(student, tmp_path / "nano.safetensors")
     base = tmp_path / "base.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(student.eval(), torch.rand(1, 3, 32, 32), str(base), dynamo=False, input_names=["input"],
-                          output_names=["transmission"], opset_version=17,
-                          dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "transmission": {0: "batch", 2: "height", 3: "width"}})
+        torch.onnx.export(
+            student.eval(),
+            torch.rand(1, 3, 32, 32),
+            str(base),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["transmission"],
+            opset_version=17,
+            dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "transmission": {0: "batch", 2: "height", 3: "width"}},
+        )
     disk = tmpfs("256k")  # the fp32 student is ~1.2 MB
-    results = Exporter(ckpt, disk / "art", ExportOptions(precision="fp32", size=32, val_count=2), log=lambda _: None,
-                       model=student, base_onnx=base).run([FORMATS_BY_NAME["onnx"]])
+    results = Exporter(
+        ckpt, disk / "art", ExportOptions(precision="fp32", size=32, val_count=2), log=lambda _: None, model=student, base_onnx=base
+    ).run([FORMATS_BY_NAME["onnx"]])
     assert [r.status for r in results] == ["error"]
     assert results[0].message == f"{disk / 'art' / 'student-nano-fp32.onnx'}: could not write the artifact ({ENOSPC_TEXT})"
     assert list((disk / "art").iterdir()) == []
@@ -192,7 +214,9 @@ def test_synth_on_full_disk_leaves_no_half_sequence(tmpfs, capsys):
     code, _, err = run_cli(["data", "synth", "--out", str(disk / "s"), "--sequences", "6", "--size", "64", "--frames", "3"], capsys)
     assert code == 1 and "Traceback" not in err
     (line,) = [x for x in err.splitlines() if x.startswith("error:")]
-    assert re.fullmatch(rf"error: {re.escape(str(disk / 's'))}/seq_0000[1-5]: could not write the sequence \(.*{ENOSPC_TEXT}.*\)", line), err
+    assert re.fullmatch(rf"error: {re.escape(str(disk / 's'))}/seq_0000[1-5]: could not write the sequence \(.*{ENOSPC_TEXT}.*\)", line), (
+        err
+    )
     written = sorted((disk / "s").iterdir())
     assert written and all(not seq.name.startswith(".") for seq in written)  # no hidden temp folder left
     for seq in written:  # only whole sequences

@@ -97,8 +97,18 @@ def test_manifest_with_bool_multiple_is_refused(tmp_path: Path) -> None:
     """`"multiple_of": true` passed isinstance(int) and planned tiles on multiples of 1."""
     from dereflect.export.manifest import SCHEMA, io_spec, validate_manifest
 
-    data = {"schema": SCHEMA, "format": "onnx", "precision": "fp32", "runtime": "onnxruntime", "artifact": "m.onnx",
-            "artifact_sha256": "0" * 64, **io_spec(), "source": {}, "tools": {}, "parity": {"status": "passed"}}
+    data = {
+        "schema": SCHEMA,
+        "format": "onnx",
+        "precision": "fp32",
+        "runtime": "onnxruntime",
+        "artifact": "m.onnx",
+        "artifact_sha256": "0" * 64,
+        **io_spec(),
+        "source": {},
+        "tools": {},
+        "parity": {"status": "passed"},
+    }
     validate_manifest(json.loads(json.dumps(data)))
     data["constraints"]["multiple_of"] = True
     with pytest.raises(DereflectError, match="multiple_of"):

@@ -64,8 +64,7 @@ def test_8bit_lossless_round_trip(tmp_path_factory: pytest.TempPathFactory, pixe
 
 @FAST
 @given(pixels=images(np.uint16), alpha=st.booleans(), suffix=st.sampled_from(LOSSLESS_16))
-def test_16bit_round_trip_with_alpha(tmp_path_factory: pytest.TempPathFactory, pixels: np.ndarray, alpha: bool,
-                                     suffix: str) -> None:
+def test_16bit_round_trip_with_alpha(tmp_path_factory: pytest.TempPathFactory, pixels: np.ndarray, alpha: bool, suffix: str) -> None:
     path = tmp_path_factory.mktemp("rt16") / f"x{suffix}"
     a = pixels[..., 1][::-1].copy() if alpha else None
     write_image(path, pixels, alpha=a)
@@ -98,10 +97,16 @@ def test_16bit_to_8bit_format_rounds(tmp_path_factory: pytest.TempPathFactory, p
 
 
 @FAST
-@given(h=st.integers(1, 40), w=st.integers(1, 40), colour=st.tuples(*[st.integers(0, 255)] * 3),
-       dtype=st.sampled_from([np.uint8, np.uint16]), suffix=st.sampled_from([".jpg", ".webp"]))
-def test_lossy_formats_keep_size_and_flat_colour(tmp_path_factory: pytest.TempPathFactory, h: int, w: int,
-                                                 colour: tuple[int, int, int], dtype: type, suffix: str) -> None:
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    colour=st.tuples(*[st.integers(0, 255)] * 3),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    suffix=st.sampled_from([".jpg", ".webp"]),
+)
+def test_lossy_formats_keep_size_and_flat_colour(
+    tmp_path_factory: pytest.TempPathFactory, h: int, w: int, colour: tuple[int, int, int], dtype: type, suffix: str
+) -> None:
     """JPEG/WebP: any size (1x1 included) and 16-bit input are written as 8-bit; a flat colour
     survives within a few levels (chroma subsampling and colour transforms round a little)."""
     pixels = np.empty((h, w, 3), np.uint8)
@@ -122,11 +127,14 @@ def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes
 
 
 @FAST
-@given(seed=st.sampled_from(sorted(p.name for p in SEEDS.iterdir()) if SEEDS.is_dir() else ["none"]),
-       edits=st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)), max_size=8),
-       cut=st.none() | st.integers(0, 2048))
-def test_mutated_images_give_an_image_or_one_dereflect_error(tmp_path_factory: pytest.TempPathFactory, seed: str,
-                                                             edits: list[tuple[int, int]], cut: int | None) -> None:
+@given(
+    seed=st.sampled_from(sorted(p.name for p in SEEDS.iterdir()) if SEEDS.is_dir() else ["none"]),
+    edits=st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)), max_size=8),
+    cut=st.none() | st.integers(0, 2048),
+)
+def test_mutated_images_give_an_image_or_one_dereflect_error(
+    tmp_path_factory: pytest.TempPathFactory, seed: str, edits: list[tuple[int, int]], cut: int | None
+) -> None:
     """Valid seed files (fuzz/corpus/decode) with bytes changed or cut off: decoded, or refused
     with a DereflectError that names the file; never another exception."""
     if seed == "none":
@@ -157,8 +165,8 @@ def test_random_bytes_are_one_dereflect_error(tmp_path_factory: pytest.TempPathF
 
 # ============================================================================ metrics
 pairs = st.integers(20, 40).flatmap(
-    lambda h: st.integers(20, 40).flatmap(
-        lambda w: st.tuples(*[hnp.arrays(np.uint8, (h, w, 3), elements=st.integers(0, 255))] * 2)))
+    lambda h: st.integers(20, 40).flatmap(lambda w: st.tuples(*[hnp.arrays(np.uint8, (h, w, 3), elements=st.integers(0, 255))] * 2))
+)
 
 
 @FAST
@@ -294,9 +302,11 @@ def test_tiled_equals_whole_for_a_pointwise_affine_model(image: np.ndarray, tile
 
 
 @settings(max_examples=40, deadline=None)
-@given(image=hnp.arrays(np.float32, st.tuples(st.integers(1, 70), st.integers(1, 70), st.just(3)),
-                        elements=st.floats(0.0, 1.0, width=32)),
-       tile=st.integers(16, 40), overlap=st.integers(0, 24))
+@given(
+    image=hnp.arrays(np.float32, st.tuples(st.integers(1, 70), st.integers(1, 70), st.just(3)), elements=st.floats(0.0, 1.0, width=32)),
+    tile=st.integers(16, 40),
+    overlap=st.integers(0, 24),
+)
 def test_tiled_float_and_uint16_match_whole(image: np.ndarray, tile: int, overlap: int) -> None:
     tiled = Session(Pointwise(), None, tile=tile, overlap=overlap).run(image)
     assert tiled.dtype == np.float32
@@ -308,15 +318,22 @@ def test_tiled_float_and_uint16_match_whole(image: np.ndarray, tile: int, overla
 # ============================================================================ manifest parser
 def _valid_manifest() -> dict[str, Any]:
     return {
-        "schema": mf.SCHEMA, "format": "onnx", "precision": "fp32", "runtime": "onnxruntime",
-        "artifact": "model.onnx", "artifact_kind": "file", "artifact_sha256": "a" * 64,
-        **mf.io_spec(), "source": {"checkpoint": "x.safetensors"}, "tools": {"python": "3"},
+        "schema": mf.SCHEMA,
+        "format": "onnx",
+        "precision": "fp32",
+        "runtime": "onnxruntime",
+        "artifact": "model.onnx",
+        "artifact_kind": "file",
+        "artifact_sha256": "a" * 64,
+        **mf.io_spec(),
+        "source": {"checkpoint": "x.safetensors"},
+        "tools": {"python": "3"},
         "parity": {"status": "passed", "max_abs_diff": 0.0},
     }
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -368,28 +385,34 @@ def test_edited_manifest_is_valid_or_one_dereflect_error(data: Any) -> None:
 
 
 @FAST
-@given(text=st.one_of(st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
-                      json_values.map(lambda v: json.dumps(v)),
-                      edited_manifests().map(lambda v: json.dumps(v))))
+@given(
+    text=st.one_of(
+        st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
+        json_values.map(lambda v: json.dumps(v)),
+        edited_manifests().map(lambda v: json.dumps(v)),
+    )
+)
 def test_manifest_files_parse_or_raise_dereflect_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     """read_manifest / find_artifacts / load_manifest_for on any file content: DereflectError only."""
     folder = tmp_path_factory.mktemp("man")
     (folder / "model.onnx").write_bytes(b"onnx")
     path = mf.manifest_path(folder / "model.onnx")
     path.write_text(text, encoding="utf-8")
-    for call in (lambda: mf.read_manifest(path), lambda: mf.find_artifacts(folder),
-                 lambda: mf.load_manifest_for(folder / "model.onnx")):
+    for call in (lambda: mf.read_manifest(path), lambda: mf.find_artifacts(folder), lambda: mf.load_manifest_for(folder / "model.onnx")):
         try:
             call()
         except DereflectError as exc:
             assert exc.path is not None and exc.problem
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("[" * 100_000, "not valid JSON"),  # nesting deeper than the parser's recursion limit
-    ("1" * 5000, "not valid JSON"),  # an integer longer than Python converts
-    ('{"schema": "' + mf.SCHEMA + '"' + ', "x": 1' * 10 + "}", "no 'format'"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("[" * 100_000, "not valid JSON"),  # nesting deeper than the parser's recursion limit
+        ("1" * 5000, "not valid JSON"),  # an integer longer than Python converts
+        ('{"schema": "' + mf.SCHEMA + '"' + ', "x": 1' * 10 + "}", "no 'format'"),
+    ],
+)
 def test_pathological_manifest_text(tmp_path: Path, text: str, problem: str) -> None:
     path = tmp_path / "m.onnx.json"
     path.write_text(text)

@@ -14,10 +14,9 @@ import pytest
 from conftest import run_cli
 from PIL import Image, ImageCms
 
-from dereflect.cli import main
 from dereflect.export.calib import reference_student
 from dereflect.export.formats import FORMATS_BY_NAME
-from dereflect.export.pipeline import ExportOptions, Exporter
+from dereflect.export.pipeline import Exporter, ExportOptions
 from dereflect.images import read_image, write_image
 from dereflect.models import save_checkpoint
 from dereflect.runtime import load
@@ -71,15 +70,22 @@ def test_folder_with_a_corrupt_file(ckpt, photos, tmp_path, capsys):
     assert "2 image(s) written" in stdout and "1 failed" in stdout
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "no such file"),
-    ("corrupt", "corrupt"),
-    ("not an image", "not an image"),
-    ("no match", "no image files match"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no such file"),
+        ("corrupt", "corrupt"),
+        ("not an image", "not an image"),
+        ("no match", "no image files match"),
+    ],
+)
 def test_bad_inputs_are_named(ckpt, photos, tmp_path, capsys, case, message):
-    bad = {"missing": tmp_path / "gone.jpg", "corrupt": tmp_path / "broken.jpg", "not an image": tmp_path / "notes.png",
-           "no match": tmp_path / "*.webp"}[case]
+    bad = {
+        "missing": tmp_path / "gone.jpg",
+        "corrupt": tmp_path / "broken.jpg",
+        "not an image": tmp_path / "notes.png",
+        "no match": tmp_path / "*.webp",
+    }[case]
     if case == "corrupt":
         bad.write_bytes((photos / "b.jpg").read_bytes()[:400])
     elif case == "not an image":
@@ -161,8 +167,9 @@ def test_exported_artifact_folder(tmp_path, photos, capsys):
     student = reference_student("student-nano", seed=1)
     ck = save_checkpoint(student, tmp_path / "ck" / "nano.safetensors")
     art = tmp_path / "art"
-    Exporter(ck, art, ExportOptions(precision="fp32", size=32, val_count=2), log=lambda _: None,
-             model=student).run([FORMATS_BY_NAME["onnx"]])
+    Exporter(ck, art, ExportOptions(precision="fp32", size=32, val_count=2), log=lambda _: None, model=student).run(
+        [FORMATS_BY_NAME["onnx"]]
+    )
     code, stdout, err = run_cli(["remove", str(photos), "-o", str(tmp_path / "o"), "--model", str(art)], capsys)
     assert code == 0, err
     assert "backend onnxruntime" in stdout and "student-nano-fp32.onnx" in stdout

@@ -20,7 +20,7 @@ import torch
 from dereflect.errors import DereflectError, UsageError
 from dereflect.export.formats import FORMATS_BY_NAME, format_status
 from dereflect.export.manifest import manifest_path
-from dereflect.export.pipeline import ExportOptions, Exporter
+from dereflect.export.pipeline import Exporter, ExportOptions
 from dereflect.models.blocks import pad_to_multiple
 from dereflect.runtime import load, resolve, tiling
 
@@ -33,8 +33,9 @@ def exported(tmp_path_factory, ckpt, student) -> Path:
     """fp32 ONNX (+ .ort) and, when installed, OpenVINO IR of the same weights, with manifests."""
     out = tmp_path_factory.mktemp("art")
     names = ["onnx"] + (["openvino"] if HAS_OPENVINO else [])
-    results = Exporter(ckpt, out, ExportOptions(precision="fp32", size=32, val_count=2), log=lambda _: None,
-                       model=student).run([FORMATS_BY_NAME[n] for n in names])
+    results = Exporter(ckpt, out, ExportOptions(precision="fp32", size=32, val_count=2), log=lambda _: None, model=student).run(
+        [FORMATS_BY_NAME[n] for n in names]
+    )
     assert all(r.status == "passed" for r in results), [(r.format, r.status, r.message) for r in results]
     return out
 

@@ -24,8 +24,8 @@ import os
 import shutil
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -103,7 +103,7 @@ def scan(roots: list[Path] = SCANNED, base: Path = REPO) -> dict[str, list[str]]
     for path in _python_files(roots):
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         aliases = _aliases(tree)
-        where = lambda node: f"{path.relative_to(base)}:{node.lineno}"  # noqa: E731
+        where = lambda node, path=path: f"{path.relative_to(base)}:{node.lineno}"  # noqa: E731
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -183,8 +183,9 @@ def test_the_payload_really_runs_without_weights_only(evil: tuple[Path, Path]) -
     assert marker.exists()
 
 
-def test_training_resume_refuses_a_pickle_state(evil: tuple[Path, Path], tmp_path: Path, photo: np.ndarray,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_training_resume_refuses_a_pickle_state(
+    evil: tuple[Path, Path], tmp_path: Path, photo: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`dereflect train teacher --resume` with a state.pt that carries code."""
     path, marker = evil
     run_dir = tmp_path / "run"
@@ -194,8 +195,29 @@ def test_training_resume_refuses_a_pickle_state(evil: tuple[Path, Path], tmp_pat
     for i in range(4):
         write_image(photos / f"p{i}.png", np.ascontiguousarray(np.rot90(photo, i)[:96, :96]))
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "teacher", "--out", str(run_dir), "--resume", "--data", str(photos), "--model", "teacher-small",
-              "--steps", "1", "--batch", "1", "--size", "32", "--frames", "3", "--workers", "0"])
+        main(
+            [
+                "train",
+                "teacher",
+                "--out",
+                str(run_dir),
+                "--resume",
+                "--data",
+                str(photos),
+                "--model",
+                "teacher-small",
+                "--steps",
+                "1",
+                "--batch",
+                "1",
+                "--size",
+                "32",
+                "--frames",
+                "3",
+                "--workers",
+                "0",
+            ]
+        )
     assert exit_info.value.code == 1
     assert f"error: {run_dir / 'state.pt'}: cannot read training state" in capsys.readouterr().err
     assert not marker.exists()
@@ -220,8 +242,9 @@ def test_vgg19_state_dict_refuses_pickle(evil: tuple[Path, Path]) -> None:
 
 
 @pytest.mark.parametrize("name", ["evil.safetensors", "evil.pt", "evil.onnx"])
-def test_runtime_and_remove_refuse_pickles_under_any_name(evil: tuple[Path, Path], tmp_path: Path,
-                                                          photo: np.ndarray, name: str, capsys) -> None:
+def test_runtime_and_remove_refuse_pickles_under_any_name(
+    evil: tuple[Path, Path], tmp_path: Path, photo: np.ndarray, name: str, capsys
+) -> None:
     path, marker = evil
     model = tmp_path / "m" / name
     model.parent.mkdir()
@@ -252,13 +275,19 @@ def _identity_onnx(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = ["batch", 3, "height", "width"]
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["transmission"])], "identity",
+        [helper.make_node("Identity", ["input"], ["transmission"])],
+        "identity",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("transmission", TensorProto.FLOAT, shape)])
+        [helper.make_tensor_value_info("transmission", TensorProto.FLOAT, shape)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, path)
-    write_manifest(path, build_manifest(fmt="onnx", precision="fp32", runtime="onnxruntime", artifact=path,
-                                        source={"model": "identity"}, parity={"status": "passed"}))
+    write_manifest(
+        path,
+        build_manifest(
+            fmt="onnx", precision="fp32", runtime="onnxruntime", artifact=path, source={"model": "identity"}, parity={"status": "passed"}
+        ),
+    )
     return path
 
 
@@ -284,8 +313,7 @@ def test_runtime_refuses_a_changed_artifact_unless_overridden(tampered: Path, ph
     np.testing.assert_array_equal(session.run(img), img)
 
 
-def test_remove_refuses_a_changed_artifact_unless_no_verify(tampered: Path, tmp_path: Path, photo: np.ndarray,
-                                                            capsys) -> None:
+def test_remove_refuses_a_changed_artifact_unless_no_verify(tampered: Path, tmp_path: Path, photo: np.ndarray, capsys) -> None:
     src = tmp_path / "in.png"
     write_image(src, photo[:40, :56])
     out = tmp_path / "out"
@@ -378,17 +406,20 @@ def test_cli_binds_loopback_by_default() -> None:
     assert params["lan"].default.default is False
 
 
-@pytest.mark.parametrize("request_bytes, status", [
-    (b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"404"),
-    (b"DELETE /app.js HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
-    (b"GET /app.js HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", b"413"),
-    (b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
-    (b"GET /app.js HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
-    (b"GET /app.js HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(150)) + b"\r\n", b"431"),
-    (b"GET /app.js HTTP/1.1\r\n\r\n", b"400"),  # no Host
-    (b"GARBAGE\r\n\r\n", b"400"),
-    (b"GET /app.js HTTP/9.9\r\n\r\n", b"505"),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"404"),
+        (b"DELETE /app.js HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
+        (b"GET /app.js HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", b"413"),
+        (b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+        (b"GET /app.js HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
+        (b"GET /app.js HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(150)) + b"\r\n", b"431"),
+        (b"GET /app.js HTTP/1.1\r\n\r\n", b"400"),  # no Host
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET /app.js HTTP/9.9\r\n\r\n", b"505"),
+    ],
+)
 def test_error_responses_carry_security_headers(server: DemoServer, request_bytes: bytes, status: bytes) -> None:
     """Every answer, errors and oversized requests included, has the full set of safe headers."""
     response = raw(server, request_bytes)

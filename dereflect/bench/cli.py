@@ -18,11 +18,16 @@ from dereflect.bench.ledger import BROWSER_LEDGER
 from dereflect.bench.runner import parse_sizes
 from dereflect.errors import DereflectError, UsageError
 
+
 def bench_command(
     artifact_dir: Path = typer.Argument(..., help="Folder of exported artifacts, or a student checkpoint to export first."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Paired set (blended/ + transmission/) or synthetic sequence set for PSNR/SSIM/LMSE (default: 4 synthesised pairs)."),
+    pairs: Optional[Path] = typer.Option(
+        None,
+        "--pairs",
+        help="Paired set (blended/ + transmission/) or synthetic sequence set for PSNR/SSIM/LMSE (default: 4 synthesised pairs).",
+    ),
     sizes: str = typer.Option("512,1024", "--sizes", help="Comma-separated square sizes (px) to time."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="JSON ledger to write ({\"rows\": [...]} plus a summary)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help='JSON ledger to write ({"rows": [...]} plus a summary).'),
     report: Optional[Path] = typer.Option(None, "--report", help="HTML report to write (self-contained)."),
     runs: int = typer.Option(10, "--runs", help="Timed runs per target and size (after warm-up)."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed runs first."),
@@ -34,8 +39,12 @@ def bench_command(
     export_dir: Optional[Path] = typer.Option(None, "--export-dir", help="With a checkpoint: export here (default: a temporary folder)."),
     max_pairs: Optional[int] = typer.Option(None, "--max-pairs", help="Score only the first N pairs."),
     max_diff: Optional[float] = typer.Option(None, "--max-diff", help="Parity budget override: max |diff| vs PyTorch (default fp32 1e-4)."),
-    max_ssim_drop: Optional[float] = typer.Option(None, "--max-ssim-drop", help="Parity budget override: SSIM drop (default fp16 0.002, int8 0.01)."),
-    max_lmse_rise: Optional[float] = typer.Option(None, "--max-lmse-rise", help="Parity budget override: LMSE rise (default: not checked)."),
+    max_ssim_drop: Optional[float] = typer.Option(
+        None, "--max-ssim-drop", help="Parity budget override: SSIM drop (default fp16 0.002, int8 0.01)."
+    ),
+    max_lmse_rise: Optional[float] = typer.Option(
+        None, "--max-lmse-rise", help="Parity budget override: LMSE rise (default: not checked)."
+    ),
     thumbs: int = typer.Option(6, "--thumbs", help="Pairs shown as before/after thumbnails in the report."),
 ) -> None:
     """Benchmark every artifact on every backend here: latency, size, memory, SSIM/LMSE parity.
@@ -52,9 +61,18 @@ def bench_command(
     if not console.is_terminal:
         console = Console(highlight=False, width=220)
     opts = BenchOptions(
-        sizes=parse_sizes(sizes), runs=runs, warmup=warmup, time_cap_s=time_cap, pairs=pairs, max_pairs=max_pairs,
-        min_ssim=min_ssim, backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
-        max_abs_diff=max_diff, max_ssim_drop=max_ssim_drop, max_lmse_rise=max_lmse_rise, thumbs=max(thumbs, 0),
+        sizes=parse_sizes(sizes),
+        runs=runs,
+        warmup=warmup,
+        time_cap_s=time_cap,
+        pairs=pairs,
+        max_pairs=max_pairs,
+        min_ssim=min_ssim,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
+        max_abs_diff=max_diff,
+        max_ssim_drop=max_ssim_drop,
+        max_lmse_rise=max_lmse_rise,
+        thumbs=max(thumbs, 0),
     )
     opts.check()
     merged = [p for p in merge] + ([browser_ledger] if browser_ledger.is_file() and browser_ledger not in merge else [])

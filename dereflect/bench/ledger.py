@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from dereflect.errors import DereflectError
 
@@ -33,8 +34,15 @@ GATE_FAILS = ("failed", "error")
 
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
     """What makes two rows the same measurement (a newer one replaces an older one)."""
-    return (row.get("device"), row.get("backend"), row.get("format"), row.get("precision"), row.get("size"),
-            row.get("artifact") or row.get("model"), row.get("threads"))
+    return (
+        row.get("device"),
+        row.get("backend"),
+        row.get("format"),
+        row.get("precision"),
+        row.get("size"),
+        row.get("artifact") or row.get("model"),
+        row.get("threads"),
+    )
 
 
 def clean(value: Any) -> Any:
@@ -64,7 +72,7 @@ def load_ledger(path: str | Path) -> list[dict[str, Any]]:
         raise DereflectError(path, f"not a ledger: invalid JSON ({exc})") from None
     rows = data.get("rows") if isinstance(data, dict) else data
     if not isinstance(rows, list):
-        raise DereflectError(path, "not a ledger: expected {\"rows\": [...]} or a list of rows")
+        raise DereflectError(path, 'not a ledger: expected {"rows": [...]} or a list of rows')
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DereflectError(path, f"ledger row {i} is not an object")
@@ -103,9 +111,19 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = _latency(r)
         if base and mine:
             r["speedup_vs_fp32"] = round(base / mine, 3)
-            out.append({"device": r["device"], "backend": r["backend"], "format": r["format"], "size": r["size"],
-                        "precision": r["precision"], "fp32_ms": base, "ms": mine, "speedup": r["speedup_vs_fp32"],
-                        "status": r["status"]})
+            out.append(
+                {
+                    "device": r["device"],
+                    "backend": r["backend"],
+                    "format": r["format"],
+                    "size": r["size"],
+                    "precision": r["precision"],
+                    "fp32_ms": base,
+                    "ms": mine,
+                    "speedup": r["speedup_vs_fp32"],
+                    "status": r["status"],
+                }
+            )
     return out
 
 
@@ -121,18 +139,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             candidates = [r for r in mine if r["size"] == size and r["status"] in ("passed", "ok") and _latency(r) is not None]
             if candidates:
                 best = min(candidates, key=lambda r: _latency(r) or math.inf)
-                ship[str(size)] = {k: best.get(k) for k in ("backend", "format", "precision", "artifact", "latency_ms",
-                                                             "ssim", "lmse", "ref_ssim", "status")}
+                ship[str(size)] = {
+                    k: best.get(k)
+                    for k in ("backend", "format", "precision", "artifact", "latency_ms", "ssim", "lmse", "ref_ssim", "status")
+                }
         int8 = [u for u in ups if u["device"] == device and u["precision"] == "int8"]
         best_int8 = None
         if int8:
             largest = max(u["size"] for u in int8)
             best_int8 = min((u for u in int8 if u["size"] == largest), key=lambda u: u["ms"])
-        devices[device] = {"ship": ship, "int8_vs_fp32_best": best_int8,
-                           "int8_vs_fp32": [u for u in ups if u["device"] == device]}
-    return {"devices": devices,
-            "gate": {"failed": sum(r["status"] in GATE_FAILS for r in rows),
-                     "passed": sum(r["status"] == "passed" for r in rows)}}
+        devices[device] = {"ship": ship, "int8_vs_fp32_best": best_int8, "int8_vs_fp32": [u for u in ups if u["device"] == device]}
+    return {
+        "devices": devices,
+        "gate": {"failed": sum(r["status"] in GATE_FAILS for r in rows), "passed": sum(r["status"] == "passed" for r in rows)},
+    }
 
 
 def ledger_document(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -147,8 +167,17 @@ def write_ledger(path: str | Path, document: dict[str, Any]) -> None:
     write_bytes_atomic(Path(path), (json.dumps(document, indent=1, allow_nan=False) + "\n").encode())
 
 
-def ledger_row(latencies_ms: list[float], *, size: int, device: str, backend: str = "onnxruntime-web/wasm",
-               fmt: str = "onnx", precision: str = "int8", status: str = "ok", **extra: Any) -> dict[str, Any]:
+def ledger_row(
+    latencies_ms: list[float],
+    *,
+    size: int,
+    device: str,
+    backend: str = "onnxruntime-web/wasm",
+    fmt: str = "onnx",
+    precision: str = "int8",
+    status: str = "ok",
+    **extra: Any,
+) -> dict[str, Any]:
     """One benchmark-ledger row from per-run latencies (ms) of one input size (square, px).
 
     median and p90 (nearest rank) are what the ledger compares across targets; the raw runs
@@ -159,11 +188,16 @@ def ledger_row(latencies_ms: list[float], *, size: int, device: str, backend: st
     runs = sorted(float(v) for v in latencies_ms)
     p90 = runs[min(len(runs) - 1, max(0, -(-9 * len(runs) // 10) - 1))] if runs else None
     return {
-        "device": device, "backend": backend, "format": fmt, "precision": precision, "size": int(size),
+        "device": device,
+        "backend": backend,
+        "format": fmt,
+        "precision": precision,
+        "size": int(size),
         "status": status,
         "latency_ms": round(statistics.median(runs), 2) if runs else None,
         "p90_ms": round(p90, 2) if p90 is not None else None,
-        "runs": len(runs), "runs_ms": [round(v, 2) for v in latencies_ms],
+        "runs": len(runs),
+        "runs_ms": [round(v, 2) for v in latencies_ms],
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }

@@ -46,8 +46,13 @@ def _os_name() -> str:
 @lru_cache(maxsize=1)
 def machine_info() -> dict[str, Any]:
     """CPU model, logical cores, OS, architecture, memory and Python: the row's `machine`."""
-    info: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count() or 1, "os": _os_name(),
-                            "arch": platform.machine(), "python": platform.python_version()}
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count() or 1,
+        "os": _os_name(),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+    }
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         info["memory_gb"] = round(pages / 2**30, 1)
@@ -86,7 +91,7 @@ class PeakMeter:
         self.before_mb = float("nan")
         self.peak_mb = float("nan")
 
-    def __enter__(self) -> "PeakMeter":
+    def __enter__(self) -> PeakMeter:
         self.before_mb = rss_mb()
         try:
             Path("/proc/self/clear_refs").write_text("5")

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from dereflect import metrics
 from dereflect.errors import DereflectError
-from dereflect.images import from_float, to_float
 from dereflect.export import parity as parity_mod
+from dereflect.images import from_float, to_float
 
 RunFloat = Callable[[np.ndarray], np.ndarray]  # HxWx3 float32 [0,1] -> same
 MEMORY_BUDGET = 256 * 2**20  # bytes of pairs / reference outputs kept in RAM before spilling to disk
@@ -96,8 +97,13 @@ class PairSet:
         return self.store.get(0)[0]
 
 
-def load_pair_set(pairs_dir: Path | None, max_pairs: int | None = None, synth_count: int = 4, synth_size: int = 256,
-                  on_skip: Callable[[str], None] | None = None) -> PairSet:
+def load_pair_set(
+    pairs_dir: Path | None,
+    max_pairs: int | None = None,
+    synth_count: int = 4,
+    synth_size: int = 256,
+    on_skip: Callable[[str], None] | None = None,
+) -> PairSet:
     """`--pairs` (a paired set or a synthetic sequence set, as `dereflect eval` reads them), or,
     without it, synthesised pairs at `synth_size` (the export gate's default validation data)."""
     store = ArrayStore()
@@ -118,8 +124,11 @@ def load_pair_set(pairs_dir: Path | None, max_pairs: int | None = None, synth_co
     for i, pair in enumerate(pairs):
         blended, truth = read_rgb(pair.blended), read_rgb(pair.transmission)
         if blended.shape != truth.shape:
-            raise DereflectError(pair.transmission, f"size {truth.shape[1]}x{truth.shape[0]} differs from its blended "
-                                                    f"image {pair.blended.name} ({blended.shape[1]}x{blended.shape[0]})")
+            raise DereflectError(
+                pair.transmission,
+                f"size {truth.shape[1]}x{truth.shape[0]} differs from its blended "
+                f"image {pair.blended.name} ({blended.shape[1]}x{blended.shape[0]})",
+            )
         if min(truth.shape[:2]) < metrics.LMSE_WINDOW:
             raise DereflectError(pair.transmission, f"image is smaller than one LMSE window ({metrics.LMSE_WINDOW} px)")
         store.put(i, (blended, truth))
@@ -147,8 +156,9 @@ def _mean(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "lmse", "ncc")}
 
 
-def score_model(run: RunFloat, pairs: PairSet, *, reference: "Reference | None" = None, keep: ArrayStore | None = None,
-                thumbs: int = 0) -> Quality:
+def score_model(
+    run: RunFloat, pairs: PairSet, *, reference: Reference | None = None, keep: ArrayStore | None = None, thumbs: int = 0
+) -> Quality:
     """Run every pair, score it against ground truth, compare with the reference outputs."""
     rows: list[dict[str, Any]] = []
     small: dict[str, np.ndarray] = {}
@@ -175,11 +185,15 @@ def score_model(run: RunFloat, pairs: PairSet, *, reference: "Reference | None" 
     if reference is not None:
         ref_mean = reference.quality.mean
         quality.numbers = {
-            "images": float(len(rows)), "max_abs_diff": max_abs, "mean_abs_diff": abs_sum / max(count, 1),
+            "images": float(len(rows)),
+            "max_abs_diff": max_abs,
+            "mean_abs_diff": abs_sum / max(count, 1),
             "psnr_vs_reference": float(np.mean(psnrs)),
-            "ssim_reference": ref_mean["ssim"], "ssim_artifact": quality.mean["ssim"],
+            "ssim_reference": ref_mean["ssim"],
+            "ssim_artifact": quality.mean["ssim"],
             "ssim_drop": ref_mean["ssim"] - quality.mean["ssim"],
-            "lmse_reference": ref_mean["lmse"], "lmse_artifact": quality.mean["lmse"],
+            "lmse_reference": ref_mean["lmse"],
+            "lmse_artifact": quality.mean["lmse"],
             "lmse_rise": quality.mean["lmse"] - ref_mean["lmse"],
         }
     return quality

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ Log = Callable[[str], None]
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
-    """"256,512" -> (256, 512): the square sides to time (duplicates dropped, order kept)."""
+    """ "256,512" -> (256, 512): the square sides to time (duplicates dropped, order kept)."""
     try:
         sizes = tuple(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
     except ValueError:
@@ -143,8 +144,11 @@ def find_targets(folder: Path, backends: tuple[str, ...] | None, log: Log) -> tu
 
     found = find_artifacts(folder)
     if not found:
-        raise DereflectError(folder, "no exported artifacts here (no manifests); export first "
-                                     "(dereflect export CKPT --format all --out DIR) or give the checkpoint instead")
+        raise DereflectError(
+            folder,
+            "no exported artifacts here (no manifests); export first "
+            "(dereflect export CKPT --format all --out DIR) or give the checkpoint instead",
+        )
     order = [f.name for f in FORMATS]
     targets, skipped, seen = [], [], {}
     for artifact, manifest in found:
@@ -164,8 +168,12 @@ def find_targets(folder: Path, backends: tuple[str, ...] | None, log: Log) -> tu
 
     def rank(t: Target) -> tuple[int, int, int, str]:
         fmt = str(t.manifest.get("format"))
-        return (PRECISIONS.index(t.precision) if t.precision in PRECISIONS else 9,
-                order.index(fmt) if fmt in order else 99, int(t.manifest.get("target") == "web"), t.backend)
+        return (
+            PRECISIONS.index(t.precision) if t.precision in PRECISIONS else 9,
+            order.index(fmt) if fmt in order else 99,
+            int(t.manifest.get("target") == "web"),
+            t.backend,
+        )
 
     targets.sort(key=rank)
     for s in skipped:
@@ -207,11 +215,21 @@ def latency(session, photo: np.ndarray, opts: BenchOptions) -> dict[str, Any]:
     model = time_call(lambda: session.impl.infer(x), runs=opts.runs, warmup=opts.warmup, time_cap_s=opts.time_cap_s)
     per_s = 1000.0 / e2e.median_ms
     return {
-        "latency_ms": e2e.median_ms, "p90_ms": e2e.p90_ms, "runs": len(e2e.runs_ms),
-        "runs_ms": [round(v, 3) for v in e2e.runs_ms], "warmup": opts.warmup, "time_capped": e2e.capped,
-        "model_latency_ms": model.median_ms, "model_p90_ms": model.p90_ms, "model_input": list(x.shape),
-        "img_per_s": per_s, "mp_per_s": size * size / 1e6 * per_s, "tiles": plan.count,
-        "peak_rss_mb": mem.peak_mb, "peak_rss_delta_mb": mem.delta_mb, "peak_rss_kind": mem.kind,
+        "latency_ms": e2e.median_ms,
+        "p90_ms": e2e.p90_ms,
+        "runs": len(e2e.runs_ms),
+        "runs_ms": [round(v, 3) for v in e2e.runs_ms],
+        "warmup": opts.warmup,
+        "time_capped": e2e.capped,
+        "model_latency_ms": model.median_ms,
+        "model_p90_ms": model.p90_ms,
+        "model_input": list(x.shape),
+        "img_per_s": per_s,
+        "mp_per_s": size * size / 1e6 * per_s,
+        "tiles": plan.count,
+        "peak_rss_mb": mem.peak_mb,
+        "peak_rss_delta_mb": mem.delta_mb,
+        "peak_rss_kind": mem.kind,
     }
 
 
@@ -236,13 +254,28 @@ class Bench:
         ref = self.reference.quality.mean if self.reference is not None else {}
         qual = m.quality.mean if m.quality is not None else {}
         row = {
-            "device": self.device, "backend": m.backend, "format": m.format, "precision": m.precision, "size": size,
-            "status": m.status, "latency_ms": None, "p90_ms": None,
-            "psnr": qual.get("psnr"), "ssim": qual.get("ssim"), "lmse": qual.get("lmse"), "ncc": qual.get("ncc"),
-            "ref_psnr": ref.get("psnr"), "ref_ssim": ref.get("ssim"), "ref_lmse": ref.get("lmse"),
-            "identity_psnr": ident["psnr"], "identity_ssim": ident["ssim"], "identity_lmse": ident["lmse"],
+            "device": self.device,
+            "backend": m.backend,
+            "format": m.format,
+            "precision": m.precision,
+            "size": size,
+            "status": m.status,
+            "latency_ms": None,
+            "p90_ms": None,
+            "psnr": qual.get("psnr"),
+            "ssim": qual.get("ssim"),
+            "lmse": qual.get("lmse"),
+            "ncc": qual.get("ncc"),
+            "ref_psnr": ref.get("psnr"),
+            "ref_ssim": ref.get("ssim"),
+            "ref_lmse": ref.get("lmse"),
+            "identity_psnr": ident["psnr"],
+            "identity_ssim": ident["ssim"],
+            "identity_lmse": ident["lmse"],
             "reference": self.reference.label if self.reference is not None else None,
-            "pairs": self.pairs.source, "pair_count": len(self.pairs), "metric_impl": q.METRIC_IMPL,
+            "pairs": self.pairs.source,
+            "pair_count": len(self.pairs),
+            "metric_impl": q.METRIC_IMPL,
         }
         if m.reason:
             row["reason"] = m.reason
@@ -264,18 +297,26 @@ class Bench:
         quality = q.score_model(session.run, self.pairs, keep=store, thumbs=self.opts.thumbs)
         self.reference = q.Reference(label, quality, store)
         m = Measured(f"{checkpoint.name}@torch", label, "pytorch", "fp32", session.impl.label, "reference", quality=quality)
-        self.measure(m, session, {"artifact": checkpoint.name, "size_bytes": checkpoint.stat().st_size,
-                                  "backend_detail": session.impl.detail})
+        self.measure(
+            m, session, {"artifact": checkpoint.name, "size_bytes": checkpoint.stat().st_size, "backend_detail": session.impl.detail}
+        )
         return m
 
     def run_target(self, t: Target, *, as_reference: bool = False) -> Measured:
         from dereflect.runtime import backend_problem, load
 
-        budget = parity_mod.budget_for(t.precision if t.precision in PRECISIONS else "fp32",
-                                       self.opts.max_abs_diff, self.opts.max_ssim_drop, self.opts.max_lmse_rise)
-        extra = {"artifact": t.artifact.name, "artifact_sha256": t.manifest.get("artifact_sha256"),
-                 "size_bytes": t.manifest.get("artifact_bytes"), "runtime": t.backend, "budget": budget.as_dict(),
-                 "min_ssim": self.opts.min_ssim, "export_parity": (t.manifest.get("parity") or {}).get("status")}
+        budget = parity_mod.budget_for(
+            t.precision if t.precision in PRECISIONS else "fp32", self.opts.max_abs_diff, self.opts.max_ssim_drop, self.opts.max_lmse_rise
+        )
+        extra = {
+            "artifact": t.artifact.name,
+            "artifact_sha256": t.manifest.get("artifact_sha256"),
+            "size_bytes": t.manifest.get("artifact_bytes"),
+            "runtime": t.backend,
+            "budget": budget.as_dict(),
+            "min_ssim": self.opts.min_ssim,
+            "export_parity": (t.manifest.get("parity") or {}).get("status"),
+        }
         m = Measured(t.key, f"{t.format} {t.precision} on {t.backend}", t.format, t.precision, t.backend, "passed")
         problem = backend_problem(t.backend)
         if problem is not None:
@@ -287,24 +328,33 @@ class Bench:
             before = rss_mb()
             started = time.perf_counter()
             session = load(t.artifact, backend=t.backend, verify=True)
-            extra.update(load_s=time.perf_counter() - started, load_rss_mb=rss_mb() - before,
-                         backend_detail=session.impl.detail)
+            extra.update(load_s=time.perf_counter() - started, load_rss_mb=rss_mb() - before, backend_detail=session.impl.detail)
             m.backend = session.impl.label
             keep = q.ArrayStore() if as_reference else None
-            m.quality = q.score_model(session.run, self.pairs, reference=None if as_reference else self.reference,
-                                      keep=keep, thumbs=self.opts.thumbs)
+            m.quality = q.score_model(
+                session.run, self.pairs, reference=None if as_reference else self.reference, keep=keep, thumbs=self.opts.thumbs
+            )
             if as_reference:
                 self.reference = q.Reference(f"{t.artifact.name} on {m.backend} (checkpoint not found)", m.quality, keep)
                 mean = m.quality.mean  # held to itself: no drop by definition
-                m.quality.numbers = {"images": float(len(self.pairs)), "max_abs_diff": 0.0, "mean_abs_diff": 0.0,
-                                     "psnr_vs_reference": 100.0, "ssim_reference": mean["ssim"], "ssim_artifact": mean["ssim"],
-                                     "ssim_drop": 0.0, "lmse_reference": mean["lmse"], "lmse_artifact": mean["lmse"],
-                                     "lmse_rise": 0.0}
+                m.quality.numbers = {
+                    "images": float(len(self.pairs)),
+                    "max_abs_diff": 0.0,
+                    "mean_abs_diff": 0.0,
+                    "psnr_vs_reference": 100.0,
+                    "ssim_reference": mean["ssim"],
+                    "ssim_artifact": mean["ssim"],
+                    "ssim_drop": 0.0,
+                    "lmse_reference": mean["lmse"],
+                    "lmse_artifact": mean["lmse"],
+                    "lmse_rise": 0.0,
+                }
             failures = q.verdict(m.quality, budget, self.opts.min_ssim)
             m.status = "failed" if failures else "passed"
             m.reason = "; ".join(failures)
-            extra.update({k: m.quality.numbers.get(k) for k in ("max_abs_diff", "mean_abs_diff", "psnr_vs_reference",
-                                                                  "ssim_drop", "lmse_rise")})
+            extra.update(
+                {k: m.quality.numbers.get(k) for k in ("max_abs_diff", "mean_abs_diff", "psnr_vs_reference", "ssim_drop", "lmse_rise")}
+            )
             extra["failures"] = failures
             self.measure(m, session, extra)
         except DereflectError as exc:
@@ -322,8 +372,9 @@ class Bench:
     def run(self) -> BenchResult:
         self.opts.check()
         targets, skipped = find_targets(self.folder, self.opts.backends, self.log)
-        self.pairs = q.load_pair_set(self.opts.pairs, self.opts.max_pairs, synth_size=self.opts.synth_size,
-                                     on_skip=lambda msg: self.log(f"warning: {msg}"))
+        self.pairs = q.load_pair_set(
+            self.opts.pairs, self.opts.max_pairs, synth_size=self.opts.synth_size, on_skip=lambda msg: self.log(f"warning: {msg}")
+        )
         self.log(f"pairs: {self.pairs.source}; {len(targets)} target(s); sizes {', '.join(map(str, self.opts.sizes))} px")
         self.photos = {s: test_photo(self.pairs, s) for s in self.opts.sizes}
         self.identity = q.identity_quality(self.pairs)
@@ -344,8 +395,7 @@ class Bench:
             for t in targets:
                 measured.append(self.run_target(t))
                 self.log(_line(measured[-1]))
-            inputs = {name: (q.thumbnail(b), q.thumbnail(tr)) for i, (name, b, tr) in enumerate(self.pairs)
-                      if i < self.opts.thumbs}
+            inputs = {name: (q.thumbnail(b), q.thumbnail(tr)) for i, (name, b, tr) in enumerate(self.pairs) if i < self.opts.thumbs}
         finally:
             self.pairs.store.close()
             if self.reference is not None:
@@ -378,8 +428,9 @@ def run_bench(folder: str | Path, opts: BenchOptions | None = None, log: Log = p
     return Bench(Path(folder), opts or BenchOptions(), log).run()
 
 
-def bench_folder(folder: Path, opts: BenchOptions, merged: list[Path], json_out: Path | None, report: Path | None,
-                 log: Log = print) -> tuple[BenchResult, dict[str, Any]]:
+def bench_folder(
+    folder: Path, opts: BenchOptions, merged: list[Path], json_out: Path | None, report: Path | None, log: Log = print
+) -> tuple[BenchResult, dict[str, Any]]:
     """`run_bench` on `folder`, with the `merged` ledgers' rows merged in; writes the ledger
     (`json_out`) and the HTML report (`report`) when given. Returns (result, ledger document)."""
     from dereflect.bench.ledger import ledger_document, load_ledger, merge_rows, write_ledger
@@ -388,9 +439,14 @@ def bench_folder(folder: Path, opts: BenchOptions, merged: list[Path], json_out:
     result = run_bench(folder, opts, log=log)
     rows = merge_rows(*merged_rows, result.rows)
     document = ledger_document(
-        rows, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), artifacts=str(folder),
-        pairs=result.pairs_source, reference=result.reference.label if result.reference else None,
-        identity=result.identity.mean, skipped=result.skipped, merged=[str(p) for p in merged],
+        rows,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        artifacts=str(folder),
+        pairs=result.pairs_source,
+        reference=result.reference.label if result.reference else None,
+        identity=result.identity.mean,
+        skipped=result.skipped,
+        merged=[str(p) for p in merged],
     )
     if json_out is not None:
         write_ledger(json_out, document)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dereflect.bench.report import COLUMNS
+
 
 def print_results(console, result, document: dict[str, Any]) -> None:
     """The console table of this run, then the reference, the verdicts and the summary lines."""
@@ -11,8 +13,7 @@ def print_results(console, result, document: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"dereflect bench ({result.pairs_source})")
-    cols = ("format", "precision", "backend", "size", "status", "KiB", "median ms", "p90 ms", "model ms", "img/s",
-            "MP/s", "peak MB", "PSNR", "SSIM", "LMSE", "dSSIM", "x fp32")
+    cols = (*COLUMNS, "x fp32")
     for c in cols:
         table.add_column(c, justify="left" if c in ("format", "precision", "backend", "status") else "right")
 
@@ -22,11 +23,22 @@ def print_results(console, result, document: dict[str, Any]) -> None:
     for r in result.rows:
         style = {"passed": "green", "failed": "red", "error": "red", "reference": "bold"}.get(r["status"], "yellow")
         table.add_row(
-            r["format"], r["precision"], r["backend"], str(r["size"]), f"[{style}]{escape(r['status'])}[/{style}]",
-            f(r.get("size_bytes") / 1024 if r.get("size_bytes") else None, "{:.0f}"), f(r.get("latency_ms"), "{:.1f}"),
-            f(r.get("p90_ms"), "{:.1f}"), f(r.get("model_latency_ms"), "{:.1f}"), f(r.get("img_per_s"), "{:.1f}"),
-            f(r.get("mp_per_s"), "{:.2f}"), f(r.get("peak_rss_delta_mb"), "{:.0f}"), f(r.get("psnr"), "{:.2f}"),
-            f(r.get("ssim"), "{:.4f}"), f(r.get("lmse"), "{:.4f}"), f(r.get("ssim_drop"), "{:+.5f}"),
+            r["format"],
+            r["precision"],
+            r["backend"],
+            str(r["size"]),
+            f"[{style}]{escape(r['status'])}[/{style}]",
+            f(r.get("size_bytes") / 1024 if r.get("size_bytes") else None, "{:.0f}"),
+            f(r.get("latency_ms"), "{:.1f}"),
+            f(r.get("p90_ms"), "{:.1f}"),
+            f(r.get("model_latency_ms"), "{:.1f}"),
+            f(r.get("img_per_s"), "{:.1f}"),
+            f(r.get("mp_per_s"), "{:.2f}"),
+            f(r.get("peak_rss_delta_mb"), "{:.0f}"),
+            f(r.get("psnr"), "{:.2f}"),
+            f(r.get("ssim"), "{:.4f}"),
+            f(r.get("lmse"), "{:.4f}"),
+            f(r.get("ssim_drop"), "{:+.5f}"),
             f(r.get("speedup_vs_fp32"), "{:.2f}x"),
         )
     console.print(table)
@@ -41,12 +53,17 @@ def print_results(console, result, document: dict[str, Any]) -> None:
             console.print(f"{m.status}: {m.label}: {m.reason}", markup=False)
     info = document["summary"]["devices"].get(result.rows[0]["device"], {}) if result.rows else {}
     for size, s in (info.get("ship") or {}).items():
-        console.print(f"ship at {size} px: {s.get('artifact')} on {s['backend']} ({s['precision']}): "
-                      f"{s['latency_ms']:.1f} ms, SSIM {f(s.get('ssim'), '{:.4f}')} (PyTorch fp32 {f(s.get('ref_ssim'), '{:.4f}')})",
-                      markup=False)
+        console.print(
+            f"ship at {size} px: {s.get('artifact')} on {s['backend']} ({s['precision']}): "
+            f"{s['latency_ms']:.1f} ms, SSIM {f(s.get('ssim'), '{:.4f}')} (PyTorch fp32 {f(s.get('ref_ssim'), '{:.4f}')})",
+            markup=False,
+        )
     best = info.get("int8_vs_fp32_best")
     if best:
-        console.print(f"INT8 vs fp32 on the best backend ({best['backend']}, {best['format']}) at {best['size']} px: "
-                      f"{best['fp32_ms']:.1f} ms -> {best['ms']:.1f} ms = {best['speedup']:.2f}x", markup=False)
+        console.print(
+            f"INT8 vs fp32 on the best backend ({best['backend']}, {best['format']}) at {best['size']} px: "
+            f"{best['fp32_ms']:.1f} ms -> {best['ms']:.1f} ms = {best['speedup']:.2f}x",
+            markup=False,
+        )
     else:
         console.print("INT8 vs fp32: no backend here ran both precisions", markup=False)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 def p90(values: list[float]) -> float:
@@ -37,8 +38,7 @@ class Timing:
         return p90(self.runs_ms)
 
 
-def time_call(fn: Callable[[], Any], *, runs: int = 10, warmup: int = 2, time_cap_s: float = 10.0,
-              min_runs: int = 3) -> Timing:
+def time_call(fn: Callable[[], Any], *, runs: int = 10, warmup: int = 2, time_cap_s: float = 10.0, min_runs: int = 3) -> Timing:
     """Call `fn` `warmup` times untimed, then up to `runs` times timed (at least `min_runs`,
     then stopping once the timed runs have taken `time_cap_s`)."""
     for _ in range(warmup):

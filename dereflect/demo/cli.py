@@ -13,7 +13,13 @@ from typing import Optional
 import typer
 
 from dereflect.demo.server import (
-    APP_ENV, DemoServer, bind_address, check_built, default_root, is_loopback, lan_addresses,
+    APP_ENV,
+    DemoServer,
+    bind_address,
+    check_built,
+    default_root,
+    is_loopback,
+    lan_addresses,
 )
 from dereflect.demo.tls import cert_dir, ensure_certificate, tls_context
 from dereflect.errors import UsageError
@@ -58,10 +64,14 @@ def print_qr(url: str) -> None:
 def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless asked; --lan: 0.0.0.0)."),
     port: int = typer.Option(8000, "--port", help="Port (0: any free port)."),
-    lan: bool = typer.Option(False, "--lan", help="Serve to phones on this network: bind 0.0.0.0 over HTTPS "
-                             "with a generated certificate, print the URL and a QR code."),
-    root: Optional[Path] = typer.Option(None, "--root", help=f"Built app folder to serve (default: ${APP_ENV}, else the app "
-                                        "`make demo-app` built into the package)."),
+    lan: bool = typer.Option(
+        False,
+        "--lan",
+        help="Serve to phones on this network: bind 0.0.0.0 over HTTPS with a generated certificate, print the URL and a QR code.",
+    ),
+    root: Optional[Path] = typer.Option(
+        None, "--root", help=f"Built app folder to serve (default: ${APP_ENV}, else the app `make demo-app` built into the package)."
+    ),
     cert: Optional[Path] = typer.Option(None, "--cert", help="Your own TLS certificate chain (PEM), e.g. from mkcert."),
     key: Optional[Path] = typer.Option(None, "--key", help="Its private key (PEM)."),
     quiet: bool = typer.Option(False, "--quiet", help="Do not log requests."),
@@ -98,8 +108,10 @@ def serve_command(
     if not is_loopback(bind) and ctx is None:
         typer.echo("note: plain HTTP on a network address: phones will refuse the camera; use --lan for HTTPS.")
     if ca_path is not None:
-        typer.echo(f"TLS: a local CA signed this server's certificate; the phone warns once unless it trusts {ca_path} "
-                   "(install it as a CA certificate for the service worker: offline use and 'Install app').")
+        typer.echo(
+            f"TLS: a local CA signed this server's certificate; the phone warns once unless it trusts {ca_path} "
+            "(install it as a CA certificate for the service worker: offline use and 'Install app')."
+        )
     if lan:
         print_qr(urls[0])
     typer.echo("Ctrl+C stops the server.")

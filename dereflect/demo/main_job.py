@@ -67,17 +67,28 @@ def run_main_job(console, out: Path, sequences: int, size: int, bench_sizes: str
 
     artifacts = out / "artifacts"
     console.print(f"[bold]4/5[/] exporting the default student ({formats}; {', '.join(wanted)}) into {artifacts}")
-    export_all(default_checkpoint().resolve(), artifacts, wanted, formats, log=lambda line: console.print(f"  {line}", markup=False),
-               size=128, val_count=4, calib_count=16)
+    export_all(
+        default_checkpoint().resolve(),
+        artifacts,
+        wanted,
+        formats,
+        log=lambda line: console.print(f"  {line}", markup=False),
+        size=128,
+        val_count=4,
+        calib_count=16,
+    )
     console.print("[bold]5/5[/] benchmarking every artifact on every backend here (synthesised photos as pairs)")
     opts.pairs = synth_dir
     merged = [BROWSER_LEDGER] if BROWSER_LEDGER.is_file() else []
     try:
-        result, document = bench_folder(artifacts, opts, merged, out / "bench.json", out / "bench.html",
-                                        log=lambda line: console.print(line, markup=False))
+        result, document = bench_folder(
+            artifacts, opts, merged, out / "bench.json", out / "bench.html", log=lambda line: console.print(line, markup=False)
+        )
         print_results(console, result, document)
         check_passed(result, artifacts)
     finally:
-        console.print(f"results in {out}/: preview.png (the synthetic sequences), scores-*.json, removed/ (photo and "
-                      f"clean pairs), artifacts/ (exports + manifests), bench.json (ledger)")
+        console.print(
+            f"results in {out}/: preview.png (the synthetic sequences), scores-*.json, removed/ (photo and "
+            f"clean pairs), artifacts/ (exports + manifests), bench.json (ledger)"
+        )
         console.print(f"report: {(out / 'bench.html').resolve()} (open it in a browser)")

@@ -25,9 +25,10 @@ import os
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from dereflect.errors import DereflectError, os_reason
@@ -67,20 +68,22 @@ MIME_TYPES = {
 
 #: Everything the app loads is its own: scripts, the wasm (compiled: 'wasm-unsafe-eval'), the
 #: model (fetched), the threads' workers. Camera frames and results stay in blob:/data: URLs.
-CSP = "; ".join([
-    "default-src 'self'",
-    "script-src 'self' 'wasm-unsafe-eval'",
-    "worker-src 'self' blob:",
-    "connect-src 'self' blob: data:",
-    "img-src 'self' blob: data:",
-    "media-src 'self' blob: mediastream:",
-    "style-src 'self'",
-    "manifest-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'none'",
-    "frame-ancestors 'none'",
-])
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'wasm-unsafe-eval'",
+        "worker-src 'self' blob:",
+        "connect-src 'self' blob: data:",
+        "img-src 'self' blob: data:",
+        "media-src 'self' blob: mediastream:",
+        "style-src 'self'",
+        "manifest-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
 
 SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -101,6 +104,7 @@ REVALIDATE_NAMES = {"sw.js"}
 
 def content_type(path: Path) -> str:
     return MIME_TYPES.get(path.suffix.lower(), "application/octet-stream")
+
 
 def check_built(root: Path) -> Path:
     """The app folder, resolved; a DereflectError saying how to build it when it is not there."""
@@ -186,8 +190,10 @@ class DemoPolicy:
         source = gz.resolve() if has_gz and accepts_gzip else path
         relative = "/" + source.relative_to(self.root).as_posix()
         inner = dict(scope, path=relative, raw_path=quote(relative).encode(), root_path="")
-        extra = [(b"content-type", content_type(path).encode()),
-                 (b"cache-control", b"no-cache" if _revalidate(path) else b"public, max-age=3600")]
+        extra = [
+            (b"content-type", content_type(path).encode()),
+            (b"cache-control", b"no-cache" if _revalidate(path) else b"public, max-age=3600"),
+        ]
         if has_gz:
             extra.append((b"vary", b"Accept-Encoding"))
         if source is not path:
@@ -225,8 +231,11 @@ class DemoPolicy:
 async def _plain(scope: Scope, send: Send, status: int, text: str, extra: dict[str, str] | None = None) -> None:
     """A short text answer with every security header; refusals (4xx but 404) also close the connection."""
     body = (text + "\n").encode()
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-               (b"cache-control", b"no-store")]
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
     headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     if status != 404:
         headers.append((b"connection", b"close"))
@@ -258,10 +267,12 @@ def _policy_h11_protocol() -> type:
     class PolicyH11Protocol(H11Protocol):
         def send_400_response(self, msg: str) -> None:
             body = (msg + "\n").encode()
-            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close")] + _security_headers()
-            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
-                          h11.EndOfMessage()):
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ] + _security_headers()
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body), h11.EndOfMessage()):
                 try:
                     self.transport.write(self.conn.send(event))
                 except h11.LocalProtocolError:  # the parser is past sending a response: just hang up
@@ -275,8 +286,9 @@ class DemoServer:
     """uvicorn serving `create_app(root)` on a socket bound here (so a busy port is one clear error
     before anything starts, and port 0 is known at once), optionally over TLS."""
 
-    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 8000,
-                 tls: ssl.SSLContext | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, root: Path, host: str = "127.0.0.1", port: int = 8000, tls: ssl.SSLContext | None = None, quiet: bool = False
+    ) -> None:
         import uvicorn
         from uvicorn.config import LOGGING_CONFIG
 
@@ -293,10 +305,17 @@ class DemoServer:
         self.socket = sock
         self.server_address = sock.getsockname()
         config = uvicorn.Config(
-            create_app(self.root), http=_policy_h11_protocol(), lifespan="off", proxy_headers=False,
-            server_header=False, h11_max_incomplete_event_size=MAX_HEAD_BYTES, timeout_keep_alive=30,
+            create_app(self.root),
+            http=_policy_h11_protocol(),
+            lifespan="off",
+            proxy_headers=False,
+            server_header=False,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            timeout_keep_alive=30,
             ssl_context_factory=(lambda _config, _default: tls) if tls is not None else None,
-            log_config=None if quiet else LOGGING_CONFIG, log_level="critical" if quiet else "info", access_log=not quiet,
+            log_config=None if quiet else LOGGING_CONFIG,
+            log_level="critical" if quiet else "info",
+            access_log=not quiet,
         )
         self._server = uvicorn.Server(config)
         self._stopped = threading.Event()

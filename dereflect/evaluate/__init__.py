@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -148,9 +149,7 @@ def find_pairs(pairs_dir: Path, on_skip: Optional[Notify] = None) -> list[Pair]:
         raise DereflectError(root, "is a file, not a folder of pairs")
     pairs = _paired_set(root, skip) if (root / "blended").is_dir() else _sequence_set(root, skip)
     if not pairs:
-        raise DereflectError(
-            root, "no pairs found (expected blended/ + transmission/, or SEQ/frame_*.png + SEQ/transmission/)"
-        )
+        raise DereflectError(root, "no pairs found (expected blended/ + transmission/, or SEQ/frame_*.png + SEQ/transmission/)")
     return pairs
 
 
@@ -158,8 +157,11 @@ def _score_pair(predict: Predict, pair: Pair) -> dict:
     blended = read_rgb(pair.blended)
     truth = read_rgb(pair.transmission)
     if blended.shape != truth.shape:
-        raise DereflectError(pair.transmission, f"size {truth.shape[1]}x{truth.shape[0]} differs from "
-                             f"its blended image {pair.blended.name} ({blended.shape[1]}x{blended.shape[0]})")
+        raise DereflectError(
+            pair.transmission,
+            f"size {truth.shape[1]}x{truth.shape[0]} differs from "
+            f"its blended image {pair.blended.name} ({blended.shape[1]}x{blended.shape[0]})",
+        )
     out = np.asarray(predict(blended))
     if out.shape != truth.shape or out.dtype != np.uint8:
         raise DereflectError(pair.blended, f"model returned {out.dtype} {out.shape}, expected uint8 {truth.shape}")

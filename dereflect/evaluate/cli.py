@@ -19,7 +19,7 @@ def _table(result: EvalResult, title: str):
 
     table = Table(title=title)
     table.add_column("image")
-    for k, label in zip(METRIC_NAMES, ("PSNR (dB)", "SSIM", "LMSE", "NCC")):
+    for label in ("PSNR (dB)", "SSIM", "LMSE", "NCC"):  # METRIC_NAMES, in order
         table.add_column(label, justify="right")
     fmt = {"psnr": "{:.2f}", "ssim": "{:.4f}", "lmse": "{:.4f}", "ncc": "{:.4f}"}
     table.add_column("GT shift (px)", justify="right")
@@ -31,8 +31,7 @@ def _table(result: EvalResult, title: str):
     n_aligned = len(result.aligned_rows)
     if n_aligned < len(result.rows):
         aligned = result.aligned_mean
-        table.add_row(f"mean, aligned GT ({n_aligned})",
-                      *(fmt[k].format(aligned[k]) for k in METRIC_NAMES), "", style="bold")
+        table.add_row(f"mean, aligned GT ({n_aligned})", *(fmt[k].format(aligned[k]) for k in METRIC_NAMES), "", style="bold")
     return table
 
 

@@ -20,6 +20,14 @@ from dereflect.export.formats import FORMATS, FORMATS_BY_NAME, PRECISIONS, Expor
 from dereflect.export.manifest import find_artifacts, load_manifest_for, manifest_path, read_manifest, validate_manifest
 
 __all__ = [
-    "FORMATS", "FORMATS_BY_NAME", "PRECISIONS", "ExportFormat", "format_status",
-    "find_artifacts", "load_manifest_for", "manifest_path", "read_manifest", "validate_manifest",
+    "FORMATS",
+    "FORMATS_BY_NAME",
+    "PRECISIONS",
+    "ExportFormat",
+    "format_status",
+    "find_artifacts",
+    "load_manifest_for",
+    "manifest_path",
+    "read_manifest",
+    "validate_manifest",
 ]

@@ -120,13 +120,11 @@ def _read_fitted(path: Path, size: int) -> np.ndarray:
     pixels = read_rgb_uint8(path)
     h, w = pixels.shape[:2]
     if min(h, w) * 2 < size:
-        raise DereflectError(path, f"image is {w}x{h} px, under half the export size {size}: "
-                                   f"use larger images or a smaller --size")
+        raise DereflectError(path, f"image is {w}x{h} px, under half the export size {size}: use larger images or a smaller --size")
     return fit_square(pixels, size)
 
 
-def load_calibration(folder: Path | None, count: int = DEFAULT_CALIB_COUNT, size: int = DEFAULT_SIZE,
-                     seed: int = 0) -> ImageSet:
+def load_calibration(folder: Path | None, count: int = DEFAULT_CALIB_COUNT, size: int = DEFAULT_SIZE, seed: int = 0) -> ImageSet:
     """INT8 calibration inputs: up to `count` images of `folder` (sorted), else synthesised.
 
     Refused with one DereflectError each: a folder with no images, an unreadable file, fewer than
@@ -142,13 +140,19 @@ def load_calibration(folder: Path | None, count: int = DEFAULT_CALIB_COUNT, size
     folder = Path(folder)
     files = list_photo_files(folder)[:count]
     if len(files) < MIN_CALIB_IMAGES:
-        raise DereflectError(folder, f"only {len(files)} calibration image(s); INT8 calibration needs at least "
-                                     f"{MIN_CALIB_IMAGES} (16-64 photos like the ones the model will see)")
+        raise DereflectError(
+            folder,
+            f"only {len(files)} calibration image(s); INT8 calibration needs at least "
+            f"{MIN_CALIB_IMAGES} (16-64 photos like the ones the model will see)",
+        )
     pixels = [_read_fitted(p, size) for p in files]
     spread = [int((p.max(axis=2).astype(np.int16) - p.min(axis=2)).max()) for p in pixels]
     if all(s < GREY_TOLERANCE for s in spread):
-        raise DereflectError(folder, f"all {len(files)} calibration images are greyscale: INT8 ranges taken on them "
-                                     "would not cover colour photos; add colour images")
+        raise DereflectError(
+            folder,
+            f"all {len(files)} calibration images are greyscale: INT8 ranges taken on them "
+            "would not cover colour photos; add colour images",
+        )
     return ImageSet(_nchw(pixels), None, [p.name for p in files], f"{folder} ({len(files)} images at {size}px)")
 
 

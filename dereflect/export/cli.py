@@ -17,17 +17,31 @@ def export_command(
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="INT8 calibration images (default: synthesised middle frames)."),
     out: Path = typer.Option(..., "--out", help="Folder for artifacts and manifests."),
-    size: int = typer.Option(256, "--size", "--calib-size", help="Export resolution (px, multiple of 8) for calibration and parity images."),
+    size: int = typer.Option(
+        256, "--size", "--calib-size", help="Export resolution (px, multiple of 8) for calibration and parity images."
+    ),
     calib_count: int = typer.Option(16, "--calib-count", help="Calibration images used (at least 4)."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Paired set (blended/ + transmission/) for the parity gate (default: synthesised pairs)."),
+    pairs: Optional[Path] = typer.Option(
+        None, "--pairs", help="Paired set (blended/ + transmission/) for the parity gate (default: synthesised pairs)."
+    ),
     val_count: int = typer.Option(8, "--val-count", help="Validation images for the parity gate."),
-    int8_exclude: list[str] = typer.Option([], "--int8-exclude", help="Layers kept in float (module path like decoder.head, or node name); repeat or comma-separate."),
+    int8_exclude: list[str] = typer.Option(
+        [], "--int8-exclude", help="Layers kept in float (module path like decoder.head, or node name); repeat or comma-separate."
+    ),
     max_diff: Optional[float] = typer.Option(None, "--max-diff", help="Parity budget: max |diff| vs PyTorch (default 1e-4 for fp32)."),
-    max_ssim_drop: Optional[float] = typer.Option(None, "--max-ssim-drop", help="Parity budget: SSIM drop vs PyTorch against ground truth (default fp16 0.002, int8 0.01)."),
-    max_lmse_rise: Optional[float] = typer.Option(None, "--max-lmse-rise", help="Parity budget: LMSE rise vs PyTorch (default: not checked)."),
+    max_ssim_drop: Optional[float] = typer.Option(
+        None, "--max-ssim-drop", help="Parity budget: SSIM drop vs PyTorch against ground truth (default fp16 0.002, int8 0.01)."
+    ),
+    max_lmse_rise: Optional[float] = typer.Option(
+        None, "--max-lmse-rise", help="Parity budget: LMSE rise vs PyTorch (default: not checked)."
+    ),
     opset: int = typer.Option(20, "--opset", help="ONNX opset."),
-    coreml_shapes: str = typer.Option("range", "--coreml-shapes", help="Core ML flexible H/W: range (8..4096) or enumerated (fixed sizes, Neural Engine friendly)."),
-    palettize: Optional[int] = typer.Option(None, "--palettize", help="Core ML: palettize weights to N bits (k-means) instead of linear INT8."),
+    coreml_shapes: str = typer.Option(
+        "range", "--coreml-shapes", help="Core ML flexible H/W: range (8..4096) or enumerated (fixed sizes, Neural Engine friendly)."
+    ),
+    palettize: Optional[int] = typer.Option(
+        None, "--palettize", help="Core ML: palettize weights to N bits (k-means) instead of linear INT8."
+    ),
     trt_min: str = typer.Option("1x3x64x64", "--trt-min", help="TensorRT profile: smallest input."),
     trt_opt: str = typer.Option("1x3x512x512", "--trt-opt", help="TensorRT profile: the shape to tune for."),
     trt_max: str = typer.Option("1x3x2048x2048", "--trt-max", help="TensorRT profile: largest input."),
@@ -47,7 +61,7 @@ def export_command(
     from rich.markup import escape
 
     from dereflect.export.formats import resolve_formats, table_rows
-    from dereflect.export.pipeline import ExportOptions, Exporter, check_options
+    from dereflect.export.pipeline import Exporter, ExportOptions, check_options
 
     console = Console(highlight=False)
     if not console.is_terminal:
@@ -57,10 +71,22 @@ def export_command(
         return
     formats, skipped = resolve_formats(format, precision)
     opts = ExportOptions(
-        precision=precision, calib=calib, calib_count=calib_count, size=size, pairs=pairs, val_count=val_count,
+        precision=precision,
+        calib=calib,
+        calib_count=calib_count,
+        size=size,
+        pairs=pairs,
+        val_count=val_count,
         int8_exclude=tuple(p for item in int8_exclude for p in item.split(",") if p.strip()),
-        max_abs_diff=max_diff, max_ssim_drop=max_ssim_drop, max_lmse_rise=max_lmse_rise, opset=opset,
-        coreml_shapes=coreml_shapes, palettize=palettize, trt_shapes=(trt_min, trt_opt, trt_max), name=name, seed=seed,
+        max_abs_diff=max_diff,
+        max_ssim_drop=max_ssim_drop,
+        max_lmse_rise=max_lmse_rise,
+        opset=opset,
+        coreml_shapes=coreml_shapes,
+        palettize=palettize,
+        trt_shapes=(trt_min, trt_opt, trt_max),
+        name=name,
+        seed=seed,
     )
     check_options(formats, opts)
     if out.exists() and not out.is_dir():
@@ -90,8 +116,16 @@ def _print_formats(console, rows) -> None:
     for col in ("name", "suffix", "runtime", "extra", "precisions", "build here", "run here", "why not"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["suffix"], r["runtime"], r["extra"] or "-", ",".join(r["precisions"]),
-                      "yes" if r["can_build"] else "no", "yes" if r["can_run"] else "no", escape(r["reason"] or ""))
+        table.add_row(
+            r["name"],
+            r["suffix"],
+            r["runtime"],
+            r["extra"] or "-",
+            ",".join(r["precisions"]),
+            "yes" if r["can_build"] else "no",
+            "yes" if r["can_run"] else "no",
+            escape(r["reason"] or ""),
+        )
     console.print(table)
 
 
@@ -107,9 +141,15 @@ def _print_results(console, results, skipped) -> None:
     for r in results:
         result = r.message if r.status == "error" else (summary(r.parity) if r.parity else r.status)
         style = {"passed": "green", "failed": "red", "error": "red"}.get(r.status, "yellow")
-        table.add_row(r.format, r.precision, r.artifact.name if r.artifact else "-",
-                      f"{r.size_bytes / 1024:.0f} KiB" if r.size_bytes else "-", f"{r.build_s:.1f}", f"{r.parity_s:.1f}",
-                      f"[{style}]{escape(result)}[/{style}]")
+        table.add_row(
+            r.format,
+            r.precision,
+            r.artifact.name if r.artifact else "-",
+            f"{r.size_bytes / 1024:.0f} KiB" if r.size_bytes else "-",
+            f"{r.build_s:.1f}",
+            f"{r.parity_s:.1f}",
+            f"[{style}]{escape(result)}[/{style}]",
+        )
     for fmt, reason in skipped:
         table.add_row(fmt.name, "-", "-", "-", "-", "-", f"[yellow]skipped: {escape(reason)}[/yellow]")
     console.print(table)
@@ -119,9 +159,13 @@ def _write_report(out: Path, checkpoint: Path, precision: str, results, skipped)
     """export-report.json: the run at a glance (not a manifest; `find_artifacts` ignores it)."""
     from dereflect.files import write_bytes_atomic
 
-    report = {"kind": "dereflect-export-report", "checkpoint": str(checkpoint), "precision": precision,
-              "results": [r.as_dict() for r in results],
-              "skipped": [{"format": f.name, "reason": reason} for f, reason in skipped]}
+    report = {
+        "kind": "dereflect-export-report",
+        "checkpoint": str(checkpoint),
+        "precision": precision,
+        "results": [r.as_dict() for r in results],
+        "skipped": [{"format": f.name, "reason": reason} for f, reason in skipped],
+    }
     path = out / f"export-report-{precision}.json"
     try:
         write_bytes_atomic(path, (json.dumps(report, indent=2, default=str) + "\n").encode())

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -29,8 +29,21 @@ from dereflect.export.onnx import INPUT_NAME, OUTPUT_NAME, quiet
 MAX_SIDE = 4096
 DEFAULT_ENUMERATED = ((256, 256), (384, 512), (512, 384), (512, 512), (768, 1024), (1024, 768), (1024, 1024))
 # MIL ops the student may lower to; anything else means the graph changed shape (or the converter did).
-EXPECTED_OPS = {"conv", "leaky_relu", "add", "concat", "upsample_bilinear", "resize_bilinear", "clip", "cast", "const",
-                "mul", "sub", "relu", "upsample_nearest_neighbor"}
+EXPECTED_OPS = {
+    "conv",
+    "leaky_relu",
+    "add",
+    "concat",
+    "upsample_bilinear",
+    "resize_bilinear",
+    "clip",
+    "cast",
+    "const",
+    "mul",
+    "sub",
+    "relu",
+    "upsample_nearest_neighbor",
+}
 
 
 def _coremltools():
@@ -39,8 +52,15 @@ def _coremltools():
     return ct
 
 
-def export_coreml(model, path: str | Path, precision: str, shapes: str = "range", example_size: int = 64,
-                  enumerated: Sequence[tuple[int, int]] = DEFAULT_ENUMERATED, palettize: int | None = None) -> dict[str, object]:
+def export_coreml(
+    model,
+    path: str | Path,
+    precision: str,
+    shapes: str = "range",
+    example_size: int = 64,
+    enumerated: Sequence[tuple[int, int]] = DEFAULT_ENUMERATED,
+    palettize: int | None = None,
+) -> dict[str, object]:
     """Convert and save `path` (.mlpackage); returns what the manifest records."""
     import torch
 
@@ -63,7 +83,9 @@ def export_coreml(model, path: str | Path, precision: str, shapes: str = "range"
     with quiet(stderr=True), torch.no_grad():
         traced = torch.jit.trace(model.eval(), example)
         mlmodel = ct.convert(
-            traced, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+            traced,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS16,
             inputs=[ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)],
             outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
@@ -73,22 +95,34 @@ def export_coreml(model, path: str | Path, precision: str, shapes: str = "range"
         from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
         with quiet(stderr=True):
-            mlmodel = palettize_weights(mlmodel, OptimizationConfig(global_config=OpPalettizerConfig(
-                nbits=palettize, mode="kmeans", weight_threshold=256)))
+            mlmodel = palettize_weights(
+                mlmodel, OptimizationConfig(global_config=OpPalettizerConfig(nbits=palettize, mode="kmeans", weight_threshold=256))
+            )
         compression = {"weights": f"palettized {palettize}-bit (k-means LUT)", "weight_threshold": 256}
     elif precision == "int8":
         from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
         with quiet(stderr=True):
-            mlmodel = linear_quantize_weights(mlmodel, OptimizationConfig(global_config=OpLinearQuantizerConfig(
-                mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=256)))
+            mlmodel = linear_quantize_weights(
+                mlmodel,
+                OptimizationConfig(
+                    global_config=OpLinearQuantizerConfig(
+                        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=256
+                    )
+                ),
+            )
         compression = {"weights": "int8 linear symmetric per-channel", "activations": "fp16", "weight_threshold": 256}
     mlmodel.short_description = f"dereflect student: {INPUT_NAME} (1,3,H,W) float32 [0,1] -> {OUTPUT_NAME}; H, W multiples of {multiple}"
     path.parent.mkdir(parents=True, exist_ok=True)
     with quiet(stderr=True):
         mlmodel.save(str(path))
-    return {"compute_precision": "FLOAT32" if precision == "fp32" else "FLOAT16", "shapes": shape_info,
-            "compression": compression, "deployment_target": "iOS16", "converted_from": "torch.jit.trace"}
+    return {
+        "compute_precision": "FLOAT32" if precision == "fp32" else "FLOAT16",
+        "shapes": shape_info,
+        "compression": compression,
+        "deployment_target": "iOS16",
+        "converted_from": "torch.jit.trace",
+    }
 
 
 def _ops(spec) -> Counter[str]:
@@ -130,9 +164,11 @@ def validate_coreml(path: str | Path, precision: str) -> dict[str, object]:
         array = features[0].type.multiArrayType
         if array.dataType != ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32:
             raise DereflectError(path, f"Core ML {side} '{expected}' is not float32")
-        io_facts[expected] = {"shape": list(array.shape),
-                              "ranges": [[r.lowerBound, r.upperBound] for r in array.shapeRange.sizeRanges],
-                              "enumerated": [list(s.shape) for s in array.enumeratedShapes.shapes]}
+        io_facts[expected] = {
+            "shape": list(array.shape),
+            "ranges": [[r.lowerBound, r.upperBound] for r in array.shapeRange.sizeRanges],
+            "enumerated": [list(s.shape) for s in array.enumeratedShapes.shapes],
+        }
     inp = io_facts[INPUT_NAME]
     if len(inp["shape"]) != 4 or inp["shape"][:2] != [1, 3]:
         raise DereflectError(path, f"Core ML input shape {inp['shape']} is not (1,3,H,W)")
@@ -150,8 +186,13 @@ def validate_coreml(path: str | Path, precision: str) -> dict[str, object]:
     weights = path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
     if not weights.is_file() or weights.stat().st_size == 0:
         raise DereflectError(path, "Core ML package has no weights")
-    return {"io": io_facts, "ops": dict(sorted(ops.items())), "compressed_weight_ops": compressed,
-            "spec_version": spec.specificationVersion, "reloaded": True}
+    return {
+        "io": io_facts,
+        "ops": dict(sorted(ops.items())),
+        "compressed_weight_ops": compressed,
+        "spec_version": spec.specificationVersion,
+        "reloaded": True,
+    }
 
 
 def coreml_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:

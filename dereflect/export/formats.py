@@ -19,7 +19,7 @@ import importlib
 import importlib.util
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from dereflect.errors import UsageError, first_line
@@ -63,36 +63,91 @@ class ExportFormat:
 
 FORMATS: list[ExportFormat] = [
     ExportFormat(
-        "onnx", "ONNX", ".onnx", "onnxruntime", None, ("onnx", "onnxruntime", "onnxslim", "onnxconverter_common"),
-        None, PRECISIONS, backends=("onnxruntime", "openvino"), via_onnx=True,
+        "onnx",
+        "ONNX",
+        ".onnx",
+        "onnxruntime",
+        None,
+        ("onnx", "onnxruntime", "onnxslim", "onnxconverter_common"),
+        None,
+        PRECISIONS,
+        backends=("onnxruntime", "openvino"),
+        via_onnx=True,
         description="dynamic N/H/W, one file; fp16 keeps float32 IO; int8 = static QDQ (u8 activations, s8 per-channel weights)",
     ),
     ExportFormat(
-        "ort", "ONNX Runtime (mobile + web)", ".ort", "onnxruntime", None, ("onnx", "onnxruntime"), None, PRECISIONS,
-        backends=("onnxruntime",), via_onnx=True,
+        "ort",
+        "ONNX Runtime (mobile + web)",
+        ".ort",
+        "onnxruntime",
+        None,
+        ("onnx", "onnxruntime"),
+        None,
+        PRECISIONS,
+        backends=("onnxruntime",),
+        via_onnx=True,
         description="ORT format for onnxruntime-mobile (Fixed optimisations for ARM), plus a .web.onnx for onnxruntime-web",
     ),
     ExportFormat(
-        "openvino", "OpenVINO IR", "_openvino", "openvino", "openvino", ("openvino", "nncf"), None, PRECISIONS, is_dir=True,
-        backends=("openvino",), suffixes=(".xml",), folder_glob="*.xml", via_onnx=True,
+        "openvino",
+        "OpenVINO IR",
+        "_openvino",
+        "openvino",
+        "openvino",
+        ("openvino", "nncf"),
+        None,
+        PRECISIONS,
+        is_dir=True,
+        backends=("openvino",),
+        suffixes=(".xml",),
+        folder_glob="*.xml",
+        via_onnx=True,
         description="IR xml+bin; fp16 = weights compressed to fp16; int8 = NNCF post-training quantization",
     ),
     ExportFormat(
-        "coreml", "Core ML", ".mlpackage", "coreml", "coreml", ("coremltools",), "macos", PRECISIONS, is_dir=True,
-        backends=("coreml",), suffixes=(".mlpackage", ".mlmodel"),
+        "coreml",
+        "Core ML",
+        ".mlpackage",
+        "coreml",
+        "coreml",
+        ("coremltools",),
+        "macos",
+        PRECISIONS,
+        is_dir=True,
+        backends=("coreml",),
+        suffixes=(".mlpackage", ".mlmodel"),
         description="ML program, float32 IO, flexible H/W; fp16 compute (fp32 for --precision fp32); int8 = weights only",
     ),
     ExportFormat(
-        "tensorrt", "TensorRT engine", ".engine", "tensorrt", "tensorrt", ("tensorrt",), "cuda", PRECISIONS,
-        backends=("tensorrt",), suffixes=(".engine", ".plan"), via_onnx=True,
+        "tensorrt",
+        "TensorRT engine",
+        ".engine",
+        "tensorrt",
+        "tensorrt",
+        ("tensorrt",),
+        "cuda",
+        PRECISIONS,
+        backends=("tensorrt",),
+        suffixes=(".engine", ".plan"),
+        via_onnx=True,
         description="built from the ONNX (int8 from a symmetric s8 QDQ graph) with an optimisation profile and a timing cache",
     ),
 ]
 FORMATS_BY_NAME: dict[str, ExportFormat] = {f.name: f for f in FORMATS}
 
 #: What training writes and export reads: not an export target, but a model `--model` accepts.
-CHECKPOINT = ExportFormat("checkpoint", "PyTorch checkpoint", ".safetensors", "torch", None, ("torch",), None, ("fp32",),
-                          backends=("torch",), description="safetensors weights + JSON, as training writes them")
+CHECKPOINT = ExportFormat(
+    "checkpoint",
+    "PyTorch checkpoint",
+    ".safetensors",
+    "torch",
+    None,
+    ("torch",),
+    None,
+    ("fp32",),
+    backends=("torch",),
+    description="safetensors weights + JSON, as training writes them",
+)
 
 
 def format_for_path(path: Path) -> ExportFormat | None:
@@ -144,7 +199,7 @@ def _cuda_problem() -> str | None:
     return "no CUDA GPU on this machine"
 
 
-@lru_cache(maxsize=None)
+@cache
 def format_status(name: str) -> FormatStatus:
     """Ask the machine (once per process) whether `name` can be built and run here."""
     fmt = get_format(name)
@@ -206,10 +261,18 @@ def table_rows() -> list[dict[str, object]]:
     rows = []
     for fmt in FORMATS:
         status = format_status(fmt.name)
-        rows.append({
-            "name": fmt.name, "title": fmt.title, "suffix": fmt.suffix, "runtime": fmt.runtime,
-            "extra": fmt.extra, "needs": fmt.needs, "precisions": list(fmt.precisions),
-            "can_build": status.can_build, "can_run": status.can_run,
-            "reason": status.build_reason or status.run_reason,
-        })
+        rows.append(
+            {
+                "name": fmt.name,
+                "title": fmt.title,
+                "suffix": fmt.suffix,
+                "runtime": fmt.runtime,
+                "extra": fmt.extra,
+                "needs": fmt.needs,
+                "precisions": list(fmt.precisions),
+                "can_build": status.can_build,
+                "can_run": status.can_run,
+                "reason": status.build_reason or status.run_reason,
+            }
+        )
     return rows

@@ -26,16 +26,38 @@ SCHEMA = "dereflect-export/1"
 MANIFEST_SUFFIX = ".json"
 PARITY_STATUSES = ("passed", "failed", "not run")
 REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema": str, "format": str, "precision": str, "runtime": str, "artifact": str, "artifact_sha256": str,
-    "inputs": list, "outputs": list, "constraints": dict, "value_range": list, "source": dict, "tools": dict,
+    "schema": str,
+    "format": str,
+    "precision": str,
+    "runtime": str,
+    "artifact": str,
+    "artifact_sha256": str,
+    "inputs": list,
+    "outputs": list,
+    "constraints": dict,
+    "value_range": list,
+    "source": dict,
+    "tools": dict,
     "parity": dict,
 }
 #: A manifest is a few KB; anything far bigger is not one (and is not read into memory).
 MAX_MANIFEST_BYTES = 16 << 20
 #: Largest `multiple_of` accepted (the student needs 8; a huge one would pad photos to giant canvases).
 MAX_SIDE_CONSTRAINT = 1024
-TOOL_PACKAGES = ("dereflect", "torch", "numpy", "onnx", "onnxruntime", "onnxslim", "onnxconverter-common",
-                 "openvino", "nncf", "coremltools", "tensorrt", "polygraphy")
+TOOL_PACKAGES = (
+    "dereflect",
+    "torch",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxslim",
+    "onnxconverter-common",
+    "openvino",
+    "nncf",
+    "coremltools",
+    "tensorrt",
+    "polygraphy",
+)
 
 
 def manifest_path(artifact: str | os.PathLike[str]) -> Path:
@@ -94,15 +116,27 @@ def io_spec(batch: int | str = "batch", multiple_of: int = 8) -> dict[str, Any]:
     return {
         "inputs": [{"name": "input", **tensor}],
         "outputs": [{"name": "transmission", **tensor}],
-        "constraints": {"multiple_of": multiple_of, "min_side": multiple_of,
-                        "dynamic_axes": {"input": dynamic, "transmission": dynamic},
-                        "note": f"H and W must be multiples of {multiple_of} (three stride-2 convs): pad, run, crop"},
+        "constraints": {
+            "multiple_of": multiple_of,
+            "min_side": multiple_of,
+            "dynamic_axes": {"input": dynamic, "transmission": dynamic},
+            "note": f"H and W must be multiples of {multiple_of} (three stride-2 convs): pad, run, crop",
+        },
         "value_range": [0.0, 1.0],
     }
 
 
-def build_manifest(*, fmt: str, precision: str, runtime: str, artifact: Path, source: dict[str, Any],
-                   parity: dict[str, Any], io: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def build_manifest(
+    *,
+    fmt: str,
+    precision: str,
+    runtime: str,
+    artifact: Path,
+    source: dict[str, Any],
+    parity: dict[str, Any],
+    io: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """Everything a reader needs; `extra` keys (quantization, files, notes...) are kept as given."""
     return {
         "schema": SCHEMA,
@@ -178,16 +212,16 @@ def _check_constraints(constraints: dict[str, Any], where: str | os.PathLike[str
         if constraints.get(key) is not None and not _is_int(constraints[key], 1, 1 << 20):
             raise DereflectError(where, f"manifest constraint '{key}' must be a positive integer")
     sizes = constraints.get("sizes_hw")
-    if sizes is not None and not (isinstance(sizes, list) and all(
-            isinstance(hw, list) and len(hw) == 2 and all(_is_int(v, 1, 1 << 20) for v in hw) for hw in sizes)):
+    if sizes is not None and not (
+        isinstance(sizes, list) and all(isinstance(hw, list) and len(hw) == 2 and all(_is_int(v, 1, 1 << 20) for v in hw) for hw in sizes)
+    ):
         raise DereflectError(where, "manifest constraint 'sizes_hw' must be a list of [height, width] integer pairs")
 
 
 def _check_optional(data: dict[str, Any], where: str | os.PathLike[str] | None) -> None:
     """Optional sections a backend reads, when present, must have the shape it expects."""
     ort_format = data.get("ort_format")
-    if ort_format is not None and not (isinstance(ort_format, dict)
-                                       and isinstance(ort_format.get("session_options", {}), dict)):
+    if ort_format is not None and not (isinstance(ort_format, dict) and isinstance(ort_format.get("session_options", {}), dict)):
         raise DereflectError(where, "manifest 'ort_format' must be an object with a 'session_options' object")
     openvino = data.get("openvino")
     if openvino is not None:
@@ -231,8 +265,11 @@ def verify_artifact(artifact: str | os.PathLike[str], manifest: dict[str, Any]) 
         raise DereflectError(artifact, f"manifest describes '{manifest.get('artifact')}', not this artifact")
     actual = sha256_artifact(artifact)
     if actual != manifest["artifact_sha256"]:
-        raise DereflectError(artifact, f"sha256 mismatch: manifest says {manifest['artifact_sha256'][:12]}..., "
-                                       f"file is {actual[:12]}... (changed or corrupted after export)")
+        raise DereflectError(
+            artifact,
+            f"sha256 mismatch: manifest says {manifest['artifact_sha256'][:12]}..., "
+            f"file is {actual[:12]}... (changed or corrupted after export)",
+        )
 
 
 def load_manifest_for(artifact: str | os.PathLike[str], verify: bool = True) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import io
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -34,7 +34,10 @@ MAX_SIDE = 8192  # upper bound given to the exporter for H and W (dynamic up to 
 def quiet(stderr: bool = False) -> Iterator[io.StringIO]:
     """Converters narrate every step on stdout (and warn): keep the console ours. Yields what was
     printed, for error messages; logging levels are restored on exit."""
-    loggers = [logging.getLogger(n) for n in ("", "torch.onnx", "torch._export", "nncf", "coremltools", "ort_format_model", "ort_format_model.utils")]
+    loggers = [
+        logging.getLogger(n)
+        for n in ("", "torch.onnx", "torch._export", "nncf", "coremltools", "ort_format_model", "ort_format_model.utils")
+    ]
     levels = [lg.level for lg in loggers]
     buffer = io.StringIO()
     try:
@@ -134,8 +137,15 @@ def _export(model, path: Path, opset: int, example_size: int) -> None:
     model = model.eval()
     with quiet(), torch.no_grad():
         program = torch.onnx.export(
-            model, (example,), dynamo=True, external_data=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], optimize=True, verbose=False,
+            model,
+            (example,),
+            dynamo=True,
+            external_data=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            optimize=True,
+            verbose=False,
             dynamic_shapes={arg: {0: batch, 2: multiple * h8, 3: multiple * w8}},
         )
     proto = program.model_proto

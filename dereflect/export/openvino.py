@@ -14,8 +14,8 @@ would otherwise run bf16 and the fp32 check would measure bf16 rounding.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -40,8 +40,9 @@ def _ignored_names(model, exclude_nodes: Sequence[str]) -> list[str]:
     return [op.get_friendly_name() for op in model.get_ordered_ops() if pattern.match(op.get_friendly_name())]
 
 
-def export_openvino(onnx_fp32: str | Path, folder: str | Path, precision: str,
-                    calibration: np.ndarray | None = None, exclude_nodes: Sequence[str] = ()) -> dict[str, object]:
+def export_openvino(
+    onnx_fp32: str | Path, folder: str | Path, precision: str, calibration: np.ndarray | None = None, exclude_nodes: Sequence[str] = ()
+) -> dict[str, object]:
     """Write the IR folder; returns what the manifest records about the conversion."""
     import openvino as ov
 
@@ -59,20 +60,31 @@ def export_openvino(onnx_fp32: str | Path, folder: str | Path, precision: str,
         with quiet(stderr=True):
             nncf.set_log_level(40)  # ERROR: NNCF otherwise logs every skipped quantizer
             model = nncf.quantize(
-                model, nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
-                preset=nncf.QuantizationPreset.MIXED, subset_size=len(calibration),
+                model,
+                nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
+                preset=nncf.QuantizationPreset.MIXED,
+                subset_size=len(calibration),
                 ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
             )
-        info.update({"quantization": {"tool": "nncf.quantize", "preset": "MIXED", "subset_size": len(calibration),
-                                      "ignored_scope": ignored,
-                                      "fake_quantize_ops": sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())}})
+        info.update(
+            {
+                "quantization": {
+                    "tool": "nncf.quantize",
+                    "preset": "MIXED",
+                    "subset_size": len(calibration),
+                    "ignored_scope": ignored,
+                    "fake_quantize_ops": sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops()),
+                }
+            }
+        )
     ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
     info["xml"] = xml.name
     return info
 
 
-def openvino_runner(folder: str | Path, device: str = "CPU", precision_hint: str = "f32",
-                    threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def openvino_runner(
+    folder: str | Path, device: str = "CPU", precision_hint: str = "f32", threads: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """Compile the IR and return `run(NCHW float32) -> NCHW float32`."""
     import openvino as ov
 
@@ -125,5 +137,4 @@ def openvino_layer_report(onnx_fp32: str | Path, folder: str | Path, images: np.
 
         return run
 
-    return rank_layers(onnx_fp32, runner(ov.convert_model(str(onnx_fp32))), runner(core.read_model(str(ir_xml(folder)))),
-                       images, top)
+    return rank_layers(onnx_fp32, runner(ov.convert_model(str(onnx_fp32))), runner(core.read_model(str(ir_xml(folder)))), images, top)

@@ -10,8 +10,9 @@ SSIM drop <= 0.01) decide passed/failed; the verdict and numbers go into the man
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,9 @@ DEFAULT_BUDGETS: dict[str, Budget] = {
 }
 
 
-def budget_for(precision: str, max_abs_diff: float | None = None, max_ssim_drop: float | None = None,
-               max_lmse_rise: float | None = None) -> Budget:
+def budget_for(
+    precision: str, max_abs_diff: float | None = None, max_ssim_drop: float | None = None, max_lmse_rise: float | None = None
+) -> Budget:
     """The precision's default budget with any option given on the command line replacing its part."""
     base = DEFAULT_BUDGETS[precision]
     return Budget(
@@ -97,12 +99,16 @@ def measure(run: Runner, ref: Reference) -> dict[str, float]:
     if ref.ssim is not None and ref.lmse is not None and ref.data.truth is not None:
         ssim = np.array([metrics.ssim(_hwc255(g), _hwc255(o)) for g, o in zip(ref.data.truth, outs)])
         lmse = np.array([metrics.lmse(_hwc255(g), _hwc255(o)) for g, o in zip(ref.data.truth, outs)])
-        numbers.update({
-            "ssim_reference": float(ref.ssim.mean()), "ssim_artifact": float(ssim.mean()),
-            "ssim_drop": float(ref.ssim.mean() - ssim.mean()),
-            "lmse_reference": float(ref.lmse.mean()), "lmse_artifact": float(lmse.mean()),
-            "lmse_rise": float(lmse.mean() - ref.lmse.mean()),
-        })
+        numbers.update(
+            {
+                "ssim_reference": float(ref.ssim.mean()),
+                "ssim_artifact": float(ssim.mean()),
+                "ssim_drop": float(ref.ssim.mean() - ssim.mean()),
+                "lmse_reference": float(ref.lmse.mean()),
+                "lmse_artifact": float(lmse.mean()),
+                "lmse_rise": float(lmse.mean() - ref.lmse.mean()),
+            }
+        )
     return numbers
 
 
@@ -139,8 +145,7 @@ def check(run: Runner, ref: Reference, budget: Budget, runner_name: str) -> dict
 
 
 def not_run(reason: str, budget: Budget) -> dict[str, Any]:
-    return {"status": "not run", "reason": reason, "reference": "PyTorch fp32", "budget": budget.as_dict(),
-            "metrics": {}, "failures": []}
+    return {"status": "not run", "reason": reason, "reference": "PyTorch fp32", "budget": budget.as_dict(), "metrics": {}, "failures": []}
 
 
 def summary(parity: dict[str, Any]) -> str:

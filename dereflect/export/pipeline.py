@@ -12,9 +12,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dereflect.errors import DereflectError, UsageError, os_reason
 from dereflect.export import calib as calib_mod
@@ -64,11 +65,19 @@ class ExportResult:
         return self.status in ("passed", "not run", "skipped")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "precision": self.precision, "status": self.status,
-                "artifact": self.artifact.name if self.artifact else None,
-                "manifest": self.manifest.name if self.manifest else None,
-                "build_s": round(self.build_s, 3), "parity_s": round(self.parity_s, 3), "size_bytes": self.size_bytes,
-                "parity": self.parity, "message": self.message, "layers": self.layers}
+        return {
+            "format": self.format,
+            "precision": self.precision,
+            "status": self.status,
+            "artifact": self.artifact.name if self.artifact else None,
+            "manifest": self.manifest.name if self.manifest else None,
+            "build_s": round(self.build_s, 3),
+            "parity_s": round(self.parity_s, 3),
+            "size_bytes": self.size_bytes,
+            "parity": self.parity,
+            "message": self.message,
+            "layers": self.layers,
+        }
 
 
 def check_options(formats: list[ExportFormat], opts: ExportOptions) -> None:
@@ -102,8 +111,15 @@ def check_options(formats: list[ExportFormat], opts: ExportOptions) -> None:
 class Exporter:
     """Runs one `dereflect export`; `log` receives one line per step."""
 
-    def __init__(self, checkpoint: str | Path, out: str | Path, opts: ExportOptions,
-                 log: Callable[[str], None] = print, model=None, base_onnx: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        out: str | Path,
+        opts: ExportOptions,
+        log: Callable[[str], None] = print,
+        model=None,
+        base_onnx: str | Path | None = None,
+    ) -> None:
         """`model`: the student already loaded from `checkpoint`; `base_onnx`: an fp32 ONNX this
         stage already exported from it (skips the ~5 s export when building several precisions)."""
         from dereflect.models import load_checkpoint
@@ -117,8 +133,10 @@ class Exporter:
         self.model_name = getattr(self.model, "model_name", info.get("model", "student"))
         self.stem = opts.name or self.model_name
         self.source = {
-            "checkpoint": str(self.checkpoint), "sha256": sha256_file(self.checkpoint) if self.checkpoint.is_file() else None,
-            "model": self.model_name, "config": info.get("config") or _config(self.model),
+            "checkpoint": str(self.checkpoint),
+            "sha256": sha256_file(self.checkpoint) if self.checkpoint.is_file() else None,
+            "model": self.model_name,
+            "config": info.get("config") or _config(self.model),
             **{k: info[k] for k in ("step", "git_commit", "data") if k in info},
         }
         self.budget = parity_mod.budget_for(opts.precision, opts.max_abs_diff, opts.max_ssim_drop, opts.max_lmse_rise)
@@ -135,7 +153,7 @@ class Exporter:
         """Remove the work folder (intermediate ONNX graphs); `run` does this when it ends."""
         self._work.cleanup()
 
-    def __enter__(self) -> "Exporter":
+    def __enter__(self) -> Exporter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -226,9 +244,17 @@ class Exporter:
             self.close()
         return results
 
-    def _finish(self, fmt_name: str, runtime: str, artifact: Path, build_s: float,
-                run: Callable[[], parity_mod.Runner] | None, not_run_reason: str = "",
-                io: dict[str, Any] | None = None, **extra: Any) -> ExportResult:
+    def _finish(
+        self,
+        fmt_name: str,
+        runtime: str,
+        artifact: Path,
+        build_s: float,
+        run: Callable[[], parity_mod.Runner] | None,
+        not_run_reason: str = "",
+        io: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> ExportResult:
         """Parity (or the reason it cannot run here), then the manifest; one result row."""
         started = time.perf_counter()
         if run is not None:
@@ -246,11 +272,29 @@ class Exporter:
                     self.log(f"{fmt_name}: per-layer report failed ({type(exc).__name__}: {exc})")
             parity["worst_layers"] = layers
             parity["fixes"] = self._int8_fixes(layers)
-        data = build_manifest(fmt=fmt_name, precision=self.opts.precision, runtime=runtime, artifact=artifact,
-                              source=self.source, parity=parity, io=io, **extra)
+        data = build_manifest(
+            fmt=fmt_name,
+            precision=self.opts.precision,
+            runtime=runtime,
+            artifact=artifact,
+            source=self.source,
+            parity=parity,
+            io=io,
+            **extra,
+        )
         manifest = write_manifest(artifact, data)
-        return ExportResult(fmt_name, self.opts.precision, parity["status"], artifact, manifest, build_s, parity_s,
-                            data["artifact_bytes"], parity, layers=layers)
+        return ExportResult(
+            fmt_name,
+            self.opts.precision,
+            parity["status"],
+            artifact,
+            manifest,
+            build_s,
+            parity_s,
+            data["artifact_bytes"],
+            parity,
+            layers=layers,
+        )
 
     def _int8_fixes(self, layers: list[dict[str, Any]]) -> list[str]:
         fixes = []
@@ -308,15 +352,37 @@ class Exporter:
         web = self._place(src, self.out / f"{self.stem}-{p}.web.onnx")
         build_s = time.perf_counter() - started
         extra = self._quant_extra()
-        layers = (lambda: quantize.layer_report(self.onnx_path("fp32"), src, self.reference.data.images[:4])) if p == "int8" else (lambda: [])
-        mobile = self._finish("ort", "onnxruntime-mobile", artifact, build_s, lambda: _ort_runner(artifact),
-                              ort_format={"optimization_style": style, "target_platform": "arm",
-                                          "required_operators": config.name if config.exists() else None,
-                                          "session_options": {"session.enable_saved_runtime_optimizations": "1"} if style == "Runtime" else {}},
-                              web_model=web.name, _layers=layers, **extra)
-        web_result = self._finish("onnx", "onnxruntime-web", web, 0.0, lambda: _ort_runner(web),
-                                  target="web", note="same graph as the ONNX artifact; parity measured with onnxruntime (CPU)",
-                                  mobile_model=artifact.name, _layers=layers, **extra)
+        layers = (
+            (lambda: quantize.layer_report(self.onnx_path("fp32"), src, self.reference.data.images[:4])) if p == "int8" else (lambda: [])
+        )
+        mobile = self._finish(
+            "ort",
+            "onnxruntime-mobile",
+            artifact,
+            build_s,
+            lambda: _ort_runner(artifact),
+            ort_format={
+                "optimization_style": style,
+                "target_platform": "arm",
+                "required_operators": config.name if config.exists() else None,
+                "session_options": {"session.enable_saved_runtime_optimizations": "1"} if style == "Runtime" else {},
+            },
+            web_model=web.name,
+            _layers=layers,
+            **extra,
+        )
+        web_result = self._finish(
+            "onnx",
+            "onnxruntime-web",
+            web,
+            0.0,
+            lambda: _ort_runner(web),
+            target="web",
+            note="same graph as the ONNX artifact; parity measured with onnxruntime (CPU)",
+            mobile_model=artifact.name,
+            _layers=layers,
+            **extra,
+        )
         web_result.format = "ort (web)"
         return [mobile, web_result]
 
@@ -328,12 +394,23 @@ class Exporter:
         folder = self.out / fmt.artifact_name(self.stem, p)
         if folder.exists():
             shutil.rmtree(folder)
-        info = export_openvino(self.onnx_path("fp32"), folder, p,
-                               self.calibration.images if p == "int8" else None, self.int8_nodes() if p == "int8" else ())
+        info = export_openvino(
+            self.onnx_path("fp32"), folder, p, self.calibration.images if p == "int8" else None, self.int8_nodes() if p == "int8" else ()
+        )
         build_s = time.perf_counter() - started
         layers = lambda: openvino_layer_report(self.onnx_path("fp32"), folder, self.reference.data.images[:4])  # noqa: E731
-        return [self._finish("openvino", "openvino", folder, build_s, lambda: openvino_runner(folder, precision_hint="f32"),
-                             openvino=info, _layers=layers, **self._quant_extra())]
+        return [
+            self._finish(
+                "openvino",
+                "openvino",
+                folder,
+                build_s,
+                lambda: openvino_runner(folder, precision_hint="f32"),
+                openvino=info,
+                _layers=layers,
+                **self._quant_extra(),
+            )
+        ]
 
     def _build_coreml(self, fmt: ExportFormat) -> list[ExportResult]:
         from dereflect.export.coreml import coreml_runner, export_coreml, validate_coreml
@@ -352,8 +429,18 @@ class Exporter:
             io["constraints"]["max_side"] = info["shapes"]["max_side"]
         else:
             io["constraints"]["sizes_hw"] = info["shapes"]["sizes_hw"]
-        return [self._finish("coreml", "coreml", path, build_s, (lambda: coreml_runner(path)) if status.can_run else None,
-                             not_run_reason="needs macOS" if not status.can_run else "", io=io, coreml=info)]
+        return [
+            self._finish(
+                "coreml",
+                "coreml",
+                path,
+                build_s,
+                (lambda: coreml_runner(path)) if status.can_run else None,
+                not_run_reason="needs macOS" if not status.can_run else "",
+                io=io,
+                coreml=info,
+            )
+        ]
 
     def _build_tensorrt(self, fmt: ExportFormat) -> list[ExportResult]:
         from dereflect.export.tensorrt import build_engine, lint_onnx, tensorrt_runner
@@ -364,8 +451,17 @@ class Exporter:
         lint_onnx(plan.onnx)
         engine = build_engine(plan, self.out / fmt.artifact_name(self.stem, p))
         build_s = time.perf_counter() - started
-        return [self._finish("tensorrt", "tensorrt", engine, build_s, lambda: tensorrt_runner(engine),
-                             tensorrt=plan.as_dict() | {"onnx": Path(plan.onnx).name}, **self._quant_extra())]
+        return [
+            self._finish(
+                "tensorrt",
+                "tensorrt",
+                engine,
+                build_s,
+                lambda: tensorrt_runner(engine),
+                tensorrt=plan.as_dict() | {"onnx": Path(plan.onnx).name},
+                **self._quant_extra(),
+            )
+        ]
 
     def tensorrt_plan(self):
         """Everything before TensorRT's builder: the ONNX to parse (s8 symmetric QDQ for int8), the
@@ -398,12 +494,22 @@ def _line(r: ExportResult) -> str:
     if r.status == "error":
         return f"{r.format} {r.precision}: FAILED to build ({r.message})"
     size = f"{r.size_bytes / 1024:.0f} KiB"
-    return (f"{r.format} {r.precision}: {r.artifact.name if r.artifact else '-'} ({size}) built in {r.build_s:.1f} s, "
-            f"parity in {r.parity_s:.1f} s -> {parity_mod.summary(r.parity) if r.parity else r.status}")
+    return (
+        f"{r.format} {r.precision}: {r.artifact.name if r.artifact else '-'} ({size}) built in {r.build_s:.1f} s, "
+        f"parity in {r.parity_s:.1f} s -> {parity_mod.summary(r.parity) if r.parity else r.status}"
+    )
 
 
-def export_all(checkpoint: Path, out: Path, precisions: tuple[str, ...] = PRECISIONS, formats: str = "all",
-               log: Callable[[str], None] = print, size: int = 256, val_count: int = 8, calib_count: int = 16):
+def export_all(
+    checkpoint: Path,
+    out: Path,
+    precisions: tuple[str, ...] = PRECISIONS,
+    formats: str = "all",
+    log: Callable[[str], None] = print,
+    size: int = 256,
+    val_count: int = 8,
+    calib_count: int = 16,
+):
     """Export `checkpoint` to `formats` at each precision into `out`; the ExportResults (a failed
     parity gate or build is in its result, not raised: the benchmark reports it)."""
     from dereflect.models import load_checkpoint

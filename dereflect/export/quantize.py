@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -101,13 +101,19 @@ class Int8Settings:
     excluded: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return {"format": "QDQ", "activations": self.activations, "weights": self.weights,
-                "symmetric_activations": self.symmetric, "calibration_method": self.method,
-                "excluded_nodes": list(self.excluded)}
+        return {
+            "format": "QDQ",
+            "activations": self.activations,
+            "weights": self.weights,
+            "symmetric_activations": self.symmetric,
+            "calibration_method": self.method,
+            "excluded_nodes": list(self.excluded),
+        }
 
 
-def quantize_int8(src: str | Path, dst: str | Path, calibration: np.ndarray, exclude: Iterable[str] = (),
-                  symmetric: bool = False) -> Int8Settings:
+def quantize_int8(
+    src: str | Path, dst: str | Path, calibration: np.ndarray, exclude: Iterable[str] = (), symmetric: bool = False
+) -> Int8Settings:
     """Static QDQ INT8 of an fp32 ONNX, calibrated on `calibration` (N,3,H,W float32 [0,1]).
 
     symmetric=False: u8 asymmetric activations (CPU/mobile). True: s8 symmetric activations and
@@ -122,10 +128,14 @@ def quantize_int8(src: str | Path, dst: str | Path, calibration: np.ndarray, exc
         with quiet():
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(
-                str(pre), str(dst), _Reader(calibration),
-                quant_format=QuantFormat.QDQ, per_channel=True,
+                str(pre),
+                str(dst),
+                _Reader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=list(excluded),
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
             )
@@ -149,8 +159,9 @@ def _with_outputs(path: Path, names: Sequence[str], dst: Path) -> tuple[Path, li
 LayerRun = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def rank_layers(fp32_onnx: str | Path, run_float: LayerRun, run_quant: LayerRun, images: np.ndarray,
-                top: int = 5) -> list[dict[str, object]]:
+def rank_layers(
+    fp32_onnx: str | Path, run_float: LayerRun, run_quant: LayerRun, images: np.ndarray, top: int = 5
+) -> list[dict[str, object]]:
     """Which layers hurt. Per Conv node of the fp32 ONNX graph: the relative error of its output
     tensor in the quantized model (||q - f|| / ||f|| over `images`), and the error it *adds* over
     the tensor it reads. The runners return {tensor name: array} for whatever tensors they can
@@ -174,8 +185,15 @@ def rank_layers(fp32_onnx: str | Path, run_float: LayerRun, run_quant: LayerRun,
         if node.op_type != "Conv" or out not in err:
             continue
         before = err.get(node.input[0], 0.0)
-        rows.append({"node": node.name, "layer": node.name.split("/")[0], "op": node.op_type,
-                     "rel_error": round(err[out], 5), "added_error": round(err[out] - before, 5)})
+        rows.append(
+            {
+                "node": node.name,
+                "layer": node.name.split("/")[0],
+                "op": node.op_type,
+                "rel_error": round(err[out], 5),
+                "added_error": round(err[out] - before, 5),
+            }
+        )
     rows.sort(key=lambda r: r["added_error"], reverse=True)
     return rows[:top]
 
@@ -196,8 +214,7 @@ def layer_report(fp32: str | Path, qdq: str | Path, images: np.ndarray, top: int
         return rank_layers(fp32, runner(f_sess, f_names), runner(q_sess, q_names), images, top)
 
 
-def to_ort_format(src: str | Path, dst: str | Path, target_platform: str = "arm",
-                  style: str = "Fixed") -> tuple[Path, Path]:
+def to_ort_format(src: str | Path, dst: str | Path, target_platform: str = "arm", style: str = "Fixed") -> tuple[Path, Path]:
     """ONNX -> `.ort` for onnxruntime-mobile, with the tool behind
     `python -m onnxruntime.tools.convert_onnx_models_to_ort` (ARM target by default: the phone is
     the consumer; dynamic H/W kept). style "Fixed" bakes the optimisations in; "Runtime" applies
@@ -215,8 +232,9 @@ def to_ort_format(src: str | Path, dst: str | Path, target_platform: str = "arm"
         outdir = Path(tmp) / "out"
         with quiet(stderr=True) as err:
             try:
-                convert_onnx_models_to_ort(staged, output_dir=outdir, optimization_styles=[OptimizationStyle[style]],
-                                           target_platform=target_platform)
+                convert_onnx_models_to_ort(
+                    staged, output_dir=outdir, optimization_styles=[OptimizationStyle[style]], target_platform=target_platform
+                )
             except Exception as exc:  # noqa: BLE001 - the tool raises bare RuntimeErrors
                 raise DereflectError(src, f"ORT format conversion failed: {exc}") from None
         made = sorted(outdir.glob("*.ort"))

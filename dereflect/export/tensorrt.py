@@ -72,17 +72,29 @@ def builder_flags(precision: str) -> list[str]:
     return flags[precision]
 
 
-def make_plan(onnx_path: str | Path, precision: str, min_shape=DEFAULT_MIN, opt_shape=DEFAULT_OPT,
-              max_shape=DEFAULT_MAX, timing_cache: str | Path | None = None) -> EnginePlan:
+def make_plan(
+    onnx_path: str | Path,
+    precision: str,
+    min_shape=DEFAULT_MIN,
+    opt_shape=DEFAULT_OPT,
+    max_shape=DEFAULT_MAX,
+    timing_cache: str | Path | None = None,
+) -> EnginePlan:
     """Validate the profile (min <= opt <= max per axis) and assemble the plan."""
     for axis in range(4):
         if not min_shape[axis] <= opt_shape[axis] <= max_shape[axis]:
-            raise UsageError(None, f"TensorRT profile needs min <= opt <= max on every axis: "
-                                   f"{min_shape} / {opt_shape} / {max_shape}")
+            raise UsageError(None, f"TensorRT profile needs min <= opt <= max on every axis: {min_shape} / {opt_shape} / {max_shape}")
     onnx_path = Path(onnx_path)
     cache = Path(timing_cache) if timing_cache else onnx_path.with_name("tensorrt.timing.cache")
-    return EnginePlan(str(onnx_path), precision, min_shape=tuple(min_shape), opt_shape=tuple(opt_shape),
-                      max_shape=tuple(max_shape), flags=builder_flags(precision), timing_cache=str(cache))
+    return EnginePlan(
+        str(onnx_path),
+        precision,
+        min_shape=tuple(min_shape),
+        opt_shape=tuple(opt_shape),
+        max_shape=tuple(max_shape),
+        flags=builder_flags(precision),
+        timing_cache=str(cache),
+    )
 
 
 def _polygraphy() -> list[str]:
@@ -99,8 +111,7 @@ def lint_onnx(onnx_path: str | Path, shape: tuple[int, int, int, int] = (1, 3, 6
     DereflectError when the lint fails (it names the failing nodes)."""
     with tempfile.TemporaryDirectory(prefix="dereflect-lint-") as tmp:
         report = Path(tmp) / "lint.json"
-        cmd = [*_polygraphy(), "check", "lint", str(onnx_path), "-o", str(report),
-               "--input-shapes", f"input:[{','.join(map(str, shape))}]"]
+        cmd = [*_polygraphy(), "check", "lint", str(onnx_path), "-o", str(report), "--input-shapes", f"input:[{','.join(map(str, shape))}]"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if not report.is_file():
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
@@ -119,8 +130,11 @@ def build_engine(plan: EnginePlan, engine_path: str | Path) -> Path:
     try:
         import tensorrt as trt
     except Exception as exc:  # noqa: BLE001 - PyPI stubs fail in several ways
-        raise DereflectError(None, f"TensorRT is not usable here: `import tensorrt` failed ({first_line(exc, limit=10_000)}); "
-                                   "pip install 'dereflect[tensorrt]' on a machine with a CUDA GPU and NVIDIA's package index") from None
+        raise DereflectError(
+            None,
+            f"TensorRT is not usable here: `import tensorrt` failed ({first_line(exc, limit=10_000)}); "
+            "pip install 'dereflect[tensorrt]' on a machine with a CUDA GPU and NVIDIA's package index",
+        ) from None
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)

@@ -88,8 +88,7 @@ def plan_outputs(inputs: list[Path], out: Path, suffix: str, save_reflection: bo
         for dst in filter(None, (target, reflection)):
             resolved = dst.resolve()
             if resolved in protected:
-                problem = (f"its output {dst} would overwrite an input (refused): choose another -o folder or "
-                           "add --suffix")
+                problem = f"its output {dst} would overwrite an input (refused): choose another -o folder or add --suffix"
                 break
             if resolved in taken:
                 problem = f"its output {dst} would overwrite the output of {taken[resolved]} (same file name): run it separately"
@@ -137,7 +136,9 @@ def remove_command(
     model: str = typer.Option("default", "--model", help="'default' (the shipped student) or a checkpoint/artifact path."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch, onnxruntime, openvino, coreml or tensorrt."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile side in pixels (default: only when the image is too big)."),
-    save_reflection: bool = typer.Option(False, "--save-reflection", help="Also write the removed layer (input - output) as NAME_reflection.png."),
+    save_reflection: bool = typer.Option(
+        False, "--save-reflection", help="Also write the removed layer (input - output) as NAME_reflection.png."
+    ),
     suffix: str = typer.Option("", "--suffix", help="Appended to output names: photo.jpg -> photo<SUFFIX>.jpg."),
     precision: Optional[str] = typer.Option(None, "--precision", help="In an export folder, use only fp32, fp16 or int8 artifacts."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Run an artifact even if its sha256 does not match its manifest."),
@@ -173,14 +174,21 @@ def remove_command(
     stdout.print(f"backend {session.describe()}", markup=False)
 
     done, pixels, busy = 0, 0, 0.0
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=stderr, transient=True, disable=not stderr.is_terminal)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
+    )
     with progress:
         task = progress.add_task("removing reflections", total=len(jobs))
         for job in jobs:
             tiles_done = [0]
 
-            def on_tile() -> None:
+            def on_tile(job=job, tiles_done=tiles_done) -> None:  # bound now: called during this job only
                 tiles_done[0] += 1
                 progress.update(task, description=f"{job.source.name} (tile {tiles_done[0]})")
 
@@ -199,13 +207,14 @@ def remove_command(
                 done += 1
                 pixels += w * h
                 busy += seconds
-                stdout.print(f"{job.source} -> {job.target} ({w}x{h}, {tiles} tile{'s' if tiles > 1 else ''}, "
-                             f"{seconds:.2f} s on {session.backend})", markup=False)
+                stdout.print(
+                    f"{job.source} -> {job.target} ({w}x{h}, {tiles} tile{'s' if tiles > 1 else ''}, {seconds:.2f} s on {session.backend})",
+                    markup=False,
+                )
             progress.advance(task)
 
     rate = f", {busy / (pixels / 1e6):.2f} s/MP" if pixels else ""
-    stdout.print(f"{done} image(s) written to {out}, {len(failures)} failed ({busy:.1f} s on {session.backend}{rate})",
-                 markup=False)
+    stdout.print(f"{done} image(s) written to {out}, {len(failures)} failed ({busy:.1f} s on {session.backend}{rate})", markup=False)
     if failures:
         sys.stdout.flush()
         raise typer.Exit(code=1)

@@ -17,8 +17,8 @@ those whose parity gate failed.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,11 @@ def default_checkpoint() -> Path:
     """The shipped student, or one DereflectError saying it is not in this checkout."""
     path = WEIGHTS_DIR / f"{DEFAULT_NAME}.safetensors"
     if not path.is_file():
-        raise DereflectError(path, "the default weights are not shipped in this checkout yet (the default student is "
-                                   "still being trained); pass --model with a student checkpoint or an exported artifact")
+        raise DereflectError(
+            path,
+            "the default weights are not shipped in this checkout yet (the default student is "
+            "still being trained); pass --model with a student checkpoint or an exported artifact",
+        )
     return path
 
 
@@ -63,8 +66,11 @@ def _manifest(path: Path, verify: bool) -> dict[str, Any] | None:
 
     if not manifest_path(path).is_file():
         if verify:
-            raise DereflectError(path, f"no manifest beside this artifact ({manifest_path(path).name}), so its bytes "
-                                       "cannot be checked; re-export it, or pass verify=False (--no-verify) to run it anyway")
+            raise DereflectError(
+                path,
+                f"no manifest beside this artifact ({manifest_path(path).name}), so its bytes "
+                "cannot be checked; re-export it, or pass verify=False (--no-verify) to run it anyway",
+            )
         return None
     return load_manifest_for(path, verify=verify)
 
@@ -87,8 +93,11 @@ def resolve_artifact(path: Path, verify: bool = True) -> ModelRef:
         path = path.parent  # the IR's manifest describes its folder
     kind = _kind_from_path(path)
     if kind is None:
-        raise DereflectError(path, "not a model: expected a .safetensors checkpoint, an exported artifact (.onnx, .ort, "
-                                   "OpenVINO IR folder, .mlpackage, .engine) or a folder an export wrote")
+        raise DereflectError(
+            path,
+            "not a model: expected a .safetensors checkpoint, an exported artifact (.onnx, .ort, "
+            "OpenVINO IR folder, .mlpackage, .engine) or a folder an export wrote",
+        )
     if kind == "checkpoint":
         return ModelRef(kind, path)
     manifest = _manifest(path, verify)

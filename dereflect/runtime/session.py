@@ -13,8 +13,9 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,6 @@ from dereflect.runtime import tiling
 from dereflect.runtime.backends import Backend, get_backend
 from dereflect.runtime.backends.torch_backend import TorchBackend
 from dereflect.runtime.resolve import ModelRef, checkpoint_info, resolve
-
 
 #: When the image size changes and either image has this many pixels, free heap pages are handed
 #: back to the OS first (see release_free_memory). Repeated runs of one size (benchmarks) never trim.
@@ -69,8 +69,15 @@ class Session:
     tile / overlap / max_pixels: the tiling policy (see tiling.plan_tiles).
     """
 
-    def __init__(self, impl: Backend, ref: ModelRef | None, *, tile: int | None = None,
-                 overlap: int = tiling.DEFAULT_OVERLAP, max_pixels: int = tiling.DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        impl: Backend,
+        ref: ModelRef | None,
+        *,
+        tile: int | None = None,
+        overlap: int = tiling.DEFAULT_OVERLAP,
+        max_pixels: int = tiling.DEFAULT_MAX_PIXELS,
+    ) -> None:
         if tile is not None and tile < 16:
             raise UsageError(None, f"tile size must be at least 16 pixels, got {tile}")
         if overlap < 0:
@@ -87,8 +94,14 @@ class Session:
         """The tile grid `run` would use for an image of this size."""
         impl = self.impl
         return tiling.plan_tiles(
-            height, width, multiple=impl.multiple, tile=tile if tile is not None else self.tile,
-            overlap=self.overlap, max_pixels=self.max_pixels, max_side=impl.max_side, fixed=impl.fixed,
+            height,
+            width,
+            multiple=impl.multiple,
+            tile=tile if tile is not None else self.tile,
+            overlap=self.overlap,
+            max_pixels=self.max_pixels,
+            max_side=impl.max_side,
+            fixed=impl.fixed,
             min_side=impl.min_side,
         )
 
@@ -107,8 +120,11 @@ class Session:
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             raise DereflectError(None, "image contains NaN or infinite values")
         plan = self.plan(arr.shape[0], arr.shape[1], tile)
-        if self._last_size is not None and self._last_size != arr.shape[:2] and \
-                max(self._last_size[0] * self._last_size[1], arr.shape[0] * arr.shape[1]) >= TRIM_MIN_PIXELS:
+        if (
+            self._last_size is not None
+            and self._last_size != arr.shape[:2]
+            and max(self._last_size[0] * self._last_size[1], arr.shape[0] * arr.shape[1]) >= TRIM_MIN_PIXELS
+        ):
             release_free_memory()  # a new size: the last image's big buffers no longer fit anything
         self._last_size = arr.shape[:2]
         return tiling.run_tiled(self.impl.infer, arr, plan, on_tile)
@@ -134,9 +150,17 @@ class Session:
         return f"<Session {self.describe()}>"
 
 
-def load(model: str | os.PathLike[str] | Any = "default", backend: str = "auto", *, verify: bool = True,
-         precision: str | None = None, tile: int | None = None, overlap: int = tiling.DEFAULT_OVERLAP,
-         max_pixels: int = tiling.DEFAULT_MAX_PIXELS, device: str | None = None) -> Session:
+def load(
+    model: str | os.PathLike[str] | Any = "default",
+    backend: str = "auto",
+    *,
+    verify: bool = True,
+    precision: str | None = None,
+    tile: int | None = None,
+    overlap: int = tiling.DEFAULT_OVERLAP,
+    max_pixels: int = tiling.DEFAULT_MAX_PIXELS,
+    device: str | None = None,
+) -> Session:
     """Load a model once and return a Session to run on many images.
 
     model: "default" (the shipped student), a checkpoint (.safetensors), an exported artifact

@@ -18,8 +18,8 @@ moves up. Peak extra memory is one band (tile x width x 4 channels of float32) p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -230,5 +230,4 @@ def band_bytes(plan: TilePlan) -> int:
     return plan.tile_h * plan.width * 4 * 4
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_OVERLAP", "DEFAULT_TILE", "TilePlan", "band_bytes",
-           "plan_tiles", "ramp", "run_tiled"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_OVERLAP", "DEFAULT_TILE", "TilePlan", "band_bytes", "plan_tiles", "ramp", "run_tiled"]

@@ -19,10 +19,16 @@ def _overrides(**values) -> dict:
 
 
 def _report(result: dict, out: Path) -> None:
-    keys = [k for k in ("synth_ssim", "synth_id_ssim", "synth_lmse", "synth_id_lmse", "real_ssim", "real_id_ssim", "real_lmse", "real_id_lmse") if k in result]
+    keys = [
+        k
+        for k in ("synth_ssim", "synth_id_ssim", "synth_lmse", "synth_id_lmse", "real_ssim", "real_id_ssim", "real_lmse", "real_id_lmse")
+        if k in result
+    ]
     summary = ", ".join(f"{k} {result[k]:.4f}" for k in keys)
     console.print(f"step {result['step']} ({result['it_s']:.2f} it/s). {summary}")
-    console.print(f"checkpoints: {out / 'last.safetensors'} (best: {out / 'best.safetensors'}); logs: {out / 'train.csv'}, {out / 'val.csv'}, {out / 'tb'}")
+    console.print(
+        f"checkpoints: {out / 'last.safetensors'} (best: {out / 'best.safetensors'}); logs: {out / 'train.csv'}, {out / 'val.csv'}, {out / 'tb'}"
+    )
 
 
 @app.command("teacher")
@@ -48,7 +54,9 @@ def teacher_command(
     from dereflect.train.config import load_config
     from dereflect.train.teacher import TeacherTrainer
 
-    cfg = load_config("teacher", config, _overrides(steps=steps, batch=batch, size=size, lr=lr, frames=frames, model=model, seed=seed, workers=workers))
+    cfg = load_config(
+        "teacher", config, _overrides(steps=steps, batch=batch, size=size, lr=lr, frames=frames, model=model, seed=seed, workers=workers)
+    )
     trainer = TeacherTrainer(cfg, out, data_dirs=data, device=device, resume=resume)
     console.print(f"teacher {cfg.model} on {trainer.device}; data: {trainer.data_description()}")
     result = trainer.run()

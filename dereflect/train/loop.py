@@ -65,8 +65,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Temp files of writes a killed run left behind (`.state.pt.*.tmp`, ...): never read, only litter."""
-    names = ("state.pt", "last.safetensors", "last.json", "best.safetensors", "best.json", "config.json",
-             "train.csv", "val.csv")
+    names = ("state.pt", "last.safetensors", "last.json", "best.safetensors", "best.json", "config.json", "train.csv", "val.csv")
     stale = [p for name in names for p in run_dir.glob(f".{name}.*.tmp") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
@@ -78,9 +77,17 @@ class Trainer:
 
     stage = "base"
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, *, data_dirs: list[Path] | None = None,
-                 val_pairs: Path | None = None, device: str = "auto", resume: bool = False,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        *,
+        data_dirs: list[Path] | None = None,
+        val_pairs: Path | None = None,
+        device: str = "auto",
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.data_dirs, self.val_pairs = list(data_dirs or []), val_pairs
         self.progress = progress
@@ -165,13 +172,19 @@ class Trainer:
 
     def loader(self) -> DataLoader:
         sampler = StepSampler(self.start_step, self.cfg.steps, self.cfg.batch, self.rank, self.world)
-        return DataLoader(self.dataset, batch_size=self.cfg.batch // self.world, sampler=sampler,
-                          num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if self.cfg.workers else None)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch // self.world,
+            sampler=sampler,
+            num_workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if self.cfg.workers else None,
+        )
 
     def set_lr(self, step: int) -> float:
         f = lr_factor(step, self.cfg)
-        for name, (_, opt) in self.opt_modules.items():
+        for _, opt in self.opt_modules.values():
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * f
         return self.cfg.lr * f
@@ -180,9 +193,16 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
 
     def meta(self, step: int, metrics: dict[str, float] | None = None) -> dict[str, Any]:
-        return {"stage": self.stage, "step": step, "train_config": self.cfg.to_dict(),
-                "data": self.data_description(), "git_commit": git_commit(),
-                "device": str(self.device), "world_size": self.world, "metrics": metrics or {}}
+        return {
+            "stage": self.stage,
+            "step": step,
+            "train_config": self.cfg.to_dict(),
+            "data": self.data_description(),
+            "git_commit": git_commit(),
+            "device": str(self.device),
+            "world_size": self.world,
+            "metrics": metrics or {},
+        }
 
     def _state(self, step: int) -> dict[str, Any]:
         return {
@@ -200,7 +220,9 @@ class Trainer:
             raise DereflectError(path, f"cannot read training state ({first_line(exc)})") from None
         saved = config_from_dict(json.loads(state["config"]))
         if saved.model != self.cfg.model or saved.model_overrides != self.cfg.model_overrides:
-            raise DereflectError(path, f"run was for {saved.model} {saved.model_overrides}, not {self.cfg.model} {self.cfg.model_overrides}")
+            raise DereflectError(
+                path, f"run was for {saved.model} {saved.model_overrides}, not {self.cfg.model} {self.cfg.model_overrides}"
+            )
         for name, (module, opt) in self.opt_modules.items():
             module.load_state_dict(state["modules"][name])
             opt.load_state_dict(state["optims"][name])
@@ -243,9 +265,14 @@ class Trainer:
         metrics: dict[str, float] = {}
         step = self.start_step
         t0, done = time.perf_counter(), 0
-        progress = Progress(TextColumn(f"[bold]{self.stage}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                            disable=not (self.progress and self.is_main))
+        progress = Progress(
+            TextColumn(f"[bold]{self.stage}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            disable=not (self.progress and self.is_main),
+        )
         with progress:
             task = progress.add_task(self.stage, total=cfg.steps, completed=step, info="")
             for batch in self._batches():

@@ -39,8 +39,10 @@ class RunFolderLock:
             except BlockingIOError:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise DereflectError(self.run_dir, f"another `dereflect train` (pid {holder}) is using this run folder; "
-                                                   "wait for it to end, or use a new --out") from None
+                raise DereflectError(
+                    self.run_dir,
+                    f"another `dereflect train` (pid {holder}) is using this run folder; wait for it to end, or use a new --out",
+                ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

@@ -84,5 +84,6 @@ def check_image_input(path: Path, name: str, dims: list[int | None], dtype: str)
     """
     if len(dims) != 4 or dims[1] not in (3, None) or dtype != "float32":
         shape = ", ".join("?" if d is None else str(d) for d in dims)
-        raise DereflectError(path, f"model input '{name}' is {dtype} ({shape}); dereflect runs image models "
-                                   "with a float32 (N, 3, H, W) input")
+        raise DereflectError(
+            path, f"model input '{name}' is {dtype} ({shape}); dereflect runs image models with a float32 (N, 3, H, W) input"
+        )

@@ -17,8 +17,10 @@ import numpy as np
 from dereflect.errors import DereflectError
 from dereflect.runtime.backends.base import Backend, io_names, size_multiple
 
-NOT_MACOS = ("Core ML runs only on macOS (this machine runs {system}); use the ONNX or OpenVINO export of the "
-             "same model, or the checkpoint with --backend torch")
+NOT_MACOS = (
+    "Core ML runs only on macOS (this machine runs {system}); use the ONNX or OpenVINO export of the "
+    "same model, or the checkpoint with --backend torch"
+)
 
 
 class CoreMLBackend(Backend):

@@ -24,8 +24,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     module = "onnxruntime"
 
-    def __init__(self, path: Path, manifest: dict[str, Any] | None = None, device: str | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any] | None = None, device: str | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -45,8 +44,7 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
             raise DereflectError(path, f"ONNX Runtime cannot load this model ({first_line(exc, limit=10_000)})") from None
-        self.input_name, self.output_name = io_names(
-            manifest, self.session.get_inputs()[0].name, self.session.get_outputs()[0].name)
+        self.input_name, self.output_name = io_names(manifest, self.session.get_inputs()[0].name, self.session.get_outputs()[0].name)
         info = next((i for i in self.session.get_inputs() if i.name == self.input_name), self.session.get_inputs()[0])
         dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}.get(info.type, info.type)
         check_image_input(path, info.name, [d if isinstance(d, int) else None for d in info.shape], dtype)

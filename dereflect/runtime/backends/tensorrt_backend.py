@@ -27,8 +27,10 @@ class TensorRTBackend(Backend):
         try:
             import tensorrt  # noqa: F401
         except Exception as exc:  # noqa: BLE001 - PyPI's stub packages fail in several ways
-            return (f"TensorRT is not usable here (`import tensorrt` failed: {first_line(exc, limit=10_000)}); it needs an "
-                    "NVIDIA GPU with CUDA and pip install 'dereflect[tensorrt]' from NVIDIA's package index")
+            return (
+                f"TensorRT is not usable here (`import tensorrt` failed: {first_line(exc, limit=10_000)}); it needs an "
+                "NVIDIA GPU with CUDA and pip install 'dereflect[tensorrt]' from NVIDIA's package index"
+            )
         try:
             import torch
 
