@@ -249,6 +249,11 @@ def test_cuda_matches_the_cpu_recipe(photos_u8):
     assert all(torch.equal(a[k], b[k]) for k in KEYS)
     (_, c), (_, d) = list(syn.batches(0, 2, 200))  # side-stream prefetch: the same batches
     assert all(torch.equal(a[k], c[k]) for k in KEYS) and not torch.equal(c["frames"], d["frames"])
+    torch.cuda.set_sync_debug_mode("error")  # a batch never waits for the GPU (no .item(), no host copies)
+    try:
+        syn.batch(1, 8)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     gpu = _stats({k: v.float().cpu() for k, v in a.items()})
     for k in cpu:
         assert ks_2samp(cpu[k], gpu[k]).statistic < 0.22, k  # alpha ~ 1e-4 for 200 vs 200
