@@ -10,7 +10,7 @@ channels at once.
 Everything is vectorised: SSIM uses box sums over the "valid" windows only (the border scikit-image
 crops is exactly where its reflect padding would matter), LMSE uses 10x10 block sums (a 20x20 window
 at stride 10 is four blocks). A 3000x4000 RGB pair scores in well under a second per metric
-(benchmarks/bench_metrics.py). `ssim_torch` is the same SSIM as a differentiable loss term.
+(speed/bench_metrics.py). `ssim_torch` is the same SSIM as a differentiable loss term.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""benchmarks/device_runner.py: standalone (no dereflect import), same metrics and the same rows
+"""speed/device_runner.py: standalone (no dereflect import), same metrics and the same rows
 as the main runner on the same artifact and pairs."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from test_bench import bench_env  # noqa: F401  (the export both files use, buil
 
 from dereflect import metrics
 
-RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "device_runner.py"
+RUNNER = Path(__file__).resolve().parents[1] / "speed" / "device_runner.py"
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_device_runner_rows_match_main_runner(device_runner, bench_env, tmp_path
     device_runner.main([str(artifact), *timing, "--backend", "onnxruntime", "--json", str(dev_json)])
     [row] = load_ledger(dev_json)
     assert set(ROW_KEYS) <= set(row) and row["status"] == "ok" and row["device"] == device_name()
-    assert row["source"] == "benchmarks/device_runner.py" and "numpy" in row["metric_impl"]
+    assert row["source"] == "speed/device_runner.py" and "numpy" in row["metric_impl"]
     assert row["latency_ms"] > 0 and row["model_latency_ms"] > 0 and row["runs"] == 2
     res = CliRunner().invoke(
         app, ["bench", str(art), *timing, "--backends", "onnxruntime", "--json", str(main_json), "--browser-ledger", "/nonexistent.json"]

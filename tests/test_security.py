@@ -42,7 +42,7 @@ from dereflect.images import read_image, write_image
 from dereflect.runtime import load
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED = [REPO / "dereflect", REPO / "tools", REPO / "benchmarks", REPO / "android_demo"]
+SCANNED = [REPO / "dereflect", REPO / "tools", REPO / "speed", REPO / "android_demo"]
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 
 

@@ -4,7 +4,7 @@ The format (Qualcomm AI Hub's numerics ledger is the model): `{"schema", "rows":
 "summary"}`; every row carries at least device, backend, format, precision, size, status,
 latency_ms (median), p90_ms, psnr, ssim, lmse, ref_ssim, plus the tools and the machine. The
 browser demo (`ledger_row` below, a bare JSON list) and the standalone
-benchmarks/device_runner.py write rows of the same shape, so ledgers from several machines merge
+speed/device_runner.py write rows of the same shape, so ledgers from several machines merge
 into one table and one report. Statuses: passed / failed (measured, outside the parity budget) /
 error (the backend is here but the artifact would not run) / could not run (no such backend on
 this machine: not a failure) / reference (the PyTorch fp32 model) / ok (latency measured where

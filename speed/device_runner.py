@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-SOURCE = "benchmarks/device_runner.py"
+SOURCE = "speed/device_runner.py"
 METRIC_IMPL = "device_runner.py numpy (PSNR; SSIM 7x7 uniform, K1 0.01, K2 0.03, sample covariance, as scikit-image; LMSE 20/10 windows)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -6,7 +6,7 @@ its latency at 512x512 side by side, on this machine (median of --runs after --w
 batch 1; ONNX Runtime CPU for .onnx/.ort, OpenVINO CPU for the IR; PyTorch eager as the
 baseline). Core ML cannot run off macOS and TensorRT needs a CUDA GPU: their rows say so.
 
-Usage: .venv/bin/python benchmarks/bench_export.py [--checkpoint CKPT] [--model student-nano]
+Usage: .venv/bin/python speed/bench_export.py [--checkpoint CKPT] [--model student-nano]
        [--out DIR] [--runs 10] [--warmup 3] [--latency-size 512] [--size 256] [--threads 0]
 Without --checkpoint the student is `reference_student` (seeded random weights with realistic
 activation ranges; a fresh student would be the identity and every parity number trivial).

@@ -18,7 +18,7 @@ device. This prints, per device (CPU, and CUDA when present):
 "Alone" and "synthesis only" are medians of --steps after --warmup, loops are means over --steps
 after a warm-up loop; torch.cuda.synchronize() brackets every timing on CUDA.
 
-    .venv/bin/python benchmarks/bench_train_throughput.py [--size 256] [--batch 16] [--steps 5] [--devices cpu,cuda]
+    .venv/bin/python speed/bench_train_throughput.py [--size 256] [--batch 16] [--steps 5] [--devices cpu,cuda]
         [--models teacher-base,student-nano] [--photos DIR] [--channels-last] [--threads N]
 """
 

@@ -5,7 +5,7 @@ cost well under 100 ms on this 2-core machine (a 4-sequence batch then stays in 
 training step). Workers run with one torch thread, so that is the default here; --threads 0
 keeps torch's default. Prints the machine and the median of N runs.
 
-Usage: .venv/bin/python benchmarks/bench_synth.py [--runs 30] [--size 256] [--frames 5] [--threads 1]
+Usage: .venv/bin/python speed/bench_synth.py [--runs 30] [--size 256] [--frames 5] [--threads 1]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Per run: the first call (includes each backend's per-shape set-up) and the best 
 seconds per megapixel, RSS before the run, and the peak RSS during the runs (Linux: VmHWM after
 resetting it through /proc/self/clear_refs; elsewhere the process's ru_maxrss).
 
-Usage: .venv/bin/python benchmarks/bench_runtime.py [--model CKPT_OR_EXPORT_DIR] [--backends torch,onnxruntime]
+Usage: .venv/bin/python speed/bench_runtime.py [--model CKPT_OR_EXPORT_DIR] [--backends torch,onnxruntime]
        [--sizes 1,12,24] [--runs 2] [--json FILE]
 Without --model a seeded perturbed student-nano (`reference_student`) is saved and exported to
 ONNX (and OpenVINO when asked for) in a temporary folder; speed does not depend on the weights.

@@ -3,7 +3,7 @@
 Builds each stage's trainer on synthetic data (scikit-image photos) and times `train_step` on
 prepared batches (data loading excluded), median of several steps after one warm-up.
 
-    .venv/bin/python benchmarks/bench_train.py [--size 128] [--batch 8] [--steps 5] [--device cpu]
+    .venv/bin/python speed/bench_train.py [--size 128] [--batch 8] [--steps 5] [--device cpu]
 """
 
 from __future__ import annotations

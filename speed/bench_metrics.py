@@ -3,7 +3,7 @@
 Why: evaluation runs every metric on every image of every benchmark; docs/DESIGN.md asks for a 4K pair
 to score in well under a second per metric. Prints the machine and the median of N runs.
 
-Usage: .venv/bin/python benchmarks/bench_metrics.py [--runs 5] [--height 3000] [--width 4000]
+Usage: .venv/bin/python speed/bench_metrics.py [--runs 5] [--height 3000] [--width 4000]
 """
 
 from __future__ import annotations
