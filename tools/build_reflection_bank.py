@@ -14,6 +14,8 @@ files by default (.data/ is git-ignored).
         --photos /work/shared/data/kodak24     # only the sheet, from the bank already built
     .venv/bin/python tools/build_reflection_bank.py --shared /work/shared/data --out .data/reflections --measure 40
                                                # leak of N sampled layers: naive vs kept vs an unrelated T
+    .venv/bin/python tools/build_reflection_bank.py --repack .data/reflections --side 160 --per-scene 4 --out .data/reflections_small
+                                               # a copy small enough to carry (~40 MB): fewer, smaller layers
 """
 
 from __future__ import annotations
@@ -74,6 +76,30 @@ def measure(bank_dir: Path, shared: Path, k: int = 40, seed: int = 0) -> dict[st
     return result
 
 
+def repack(src: Path, out: Path, side: int, per_scene: int) -> None:
+    """Copy a bank with its layers' short side shrunk to `side` px and at most `per_scene` layers
+    of each background (in the source's order, which is round-robin over scenes)."""
+    bank = rr.ReflectionBank(src)
+    (out / rr.LAYER_DIR).mkdir(parents=True, exist_ok=True)
+    count: dict[str, int] = {}
+    entries = []
+    for i, (_, entry) in enumerate(bank.layers):
+        count[entry["scene"]] = count.get(entry["scene"], 0) + 1
+        if per_scene and count[entry["scene"]] > per_scene:
+            continue
+        r = bank.layer(i)
+        scale = side / min(r.shape[:2]) if side else 1.0
+        if scale < 1.0:
+            r = rr._resize(r, round(r.shape[0] * scale), round(r.shape[1] * scale))
+        write_image(out / rr.LAYER_DIR / entry["file"], np.clip(r, 0.0, 1.0).astype(np.float32), bit_depth=16)
+        entries.append(entry)
+    meta = json.loads((src / rr.BANK_INDEX).read_text())
+    write_index(out, entries, {**meta.get("summary", {}), "repacked_from": str(src), "side": side, "per_scene": per_scene,
+                               "kept": len(entries)})
+    size = sum(f.stat().st_size for f in (out / rr.LAYER_DIR).iterdir()) / 2**20
+    print(f"{len(entries)} layers, {size:.1f} MiB in {out}")
+
+
 def preview(bank_dir: Path, photo_dir: Path, out: Path, size: int = 160, seed: int = 0) -> None:
     """A sheet for a person to judge the bank: a row of layers as they add light (R in sRGB over
     black, no gain), then rows of composites (photo through glass with a real reflection) each
@@ -123,7 +149,13 @@ def main() -> None:
     ap.add_argument("--preview", type=Path, help="write a preview sheet of the bank at --out (no build)")
     ap.add_argument("--photos", type=Path, help="transmission photos for the preview's composites")
     ap.add_argument("--measure", type=int, default=0, help="measure the leak on N layers of the bank at --out (no build)")
+    ap.add_argument("--repack", type=Path, help="copy this bank to --out, smaller (--side, --per-scene); no build")
+    ap.add_argument("--side", type=int, default=0, help="--repack: short side of the copied layers (0: as they are)")
+    ap.add_argument("--per-scene", type=int, default=0, help="--repack: at most this many layers per background (0: all)")
     args = ap.parse_args()
+    if args.repack:
+        repack(args.repack, args.out, args.side, args.per_scene)
+        return
     if args.measure:
         measure(args.out, args.shared, args.measure)
         return
