@@ -9,6 +9,7 @@ pyyaml, rich, h5py and scikit-image are needed on the GPU machine. Data: `tools/
     python tools/gpu_recipe.py --data .data --runs /tmp/runs --out $OUT
     python tools/gpu_recipe.py --data .data --runs /tmp/runs --out /tmp/o --tiny   # CPU rehearsal
     python tools/gpu_recipe.py compare --runs results/h200-round1 --extra results/cpu-round3 --out results/cpu-round3
+    python tools/gpu_recipe.py --round3 --data .data --runs /tmp/runs --out $OUT   # privileged teacher + MobileNetV2 students
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ STUDENTS = {
     "student-nano-nokt": dict(model="student-nano", model_overrides={"use_kt": False}),
     "student-small": dict(model="student-small"),
 }
+# Round 3 (issue 13): the privileged teacher, then the MobileNetV2 quality student with and without KT (the
+# paper's ablation, equal samples) and the real-time student, all with batches synthesised on the GPU.
+ROUND3_STUDENTS = {
+    "student-mnv2-hq": dict(model="student-mnv2-hq"),
+    "student-mnv2-hq-nokt": dict(model="student-mnv2-hq", model_overrides={"use_kt": False}, loss={"kt": 0.0}),
+    "student-mnv2-rt": dict(model="student-mnv2-rt"),
+}
+CONFIGS = {"teacher": ROOT / "configs/teacher-gpu.yaml", "student": ROOT / "configs/student-gpu.yaml"}
 TINY = dict(size=32, batch=2, workers=0, val_samples=2, val_every=4, ckpt_every=4, probe_steps=3, warmup=5)
 
 
@@ -41,8 +50,9 @@ def train_teacher(args) -> Path:
     from dereflect.train.config import load_config
     from dereflect.train.teacher import TeacherTrainer
 
-    over = dict(time_budget_s=args.teacher_s, **(TINY | dict(model="teacher-small") if args.tiny else {}))
-    cfg = load_config("teacher", ROOT / "configs/teacher-gpu.yaml", over)
+    tiny = TINY | (dict(batch=2) if args.round3 else dict(model="teacher-small")) if args.tiny else {}
+    over = dict(time_budget_s=args.teacher_s, **tiny)
+    cfg = load_config("teacher", CONFIGS["teacher"], over)
     trainer = TeacherTrainer(cfg, args.runs / "teacher", data_dirs=[args.data / "photos"], progress=False)
     log(f"teacher on {trainer.device}: {trainer.data_description()}")
     result = trainer.run()
@@ -55,7 +65,7 @@ def train_student(args, name: str) -> None:
     from dereflect.train.student import StudentTrainer
 
     over = {"time_budget_s": args.student_s, **STUDENTS[name], **(TINY if args.tiny else {})}
-    cfg = load_config("student", ROOT / "configs/student-gpu.yaml", over)
+    cfg = load_config("student", CONFIGS["student"], over)
     trainer = StudentTrainer(cfg, args.runs / name, teacher=args.runs / "teacher" / "best.safetensors",
                              data_dirs=[args.data / "photos", args.data / "pairs_train"],
                              val_pairs=args.data / "pairs_val", progress=False)
@@ -133,7 +143,17 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CPU rehearsal at toy sizes")
     ap.add_argument("--extra", type=Path, nargs="*", help="compare: more run folders whose student*/ to score too")
     ap.add_argument("--round2", type=Path, help="folder with round-1 teacher/ and student*/ best checkpoints to continue from")
+    ap.add_argument("--round3", action="store_true", help="privileged teacher + MobileNetV2 students, device synthesis")
+    ap.add_argument("--init-from", type=Path, help="round 3: folder with <student>/best.safetensors to start students from")
     args = ap.parse_args()
+    if args.round3:
+        STUDENTS.clear()
+        STUDENTS.update(ROUND3_STUDENTS)
+        CONFIGS.update(teacher=ROOT / "configs/teacher-privileged-gpu.yaml", student=ROOT / "configs/student-mnv2-gpu.yaml")
+        for name in STUDENTS:
+            init = args.init_from / name / "best.safetensors" if args.init_from else None
+            if init is not None and init.is_file():
+                STUDENTS[name] = {**STUDENTS[name], "init": str(init)}
     if args.data.joinpath("hed_fp16.weights.h5").is_file():
         os.environ.setdefault("DEREFLECT_HED_WEIGHTS", str(args.data / "hed_fp16.weights.h5"))
     if args.data.joinpath("mobilenet_v2-b0353104.pth").is_file():  # the device machine has no wheels of ours

@@ -56,6 +56,7 @@ class TrainConfig:
     ckpt_every: int = 100
     log_every: int = 10
     perceptual: str = "auto"  # auto | hed | torchvision | off
+    synthesis: str = "cpu"  # cpu: per item in DataLoader workers; device: whole batches on the training device (train/device_batches.py)
     glass_in_label: bool = True  # synthetic T label seen through the glass (teacher: frames = T + R); False: as real pairs' GT (students)
     perceptual_layers: int = 5  # VGG layers used by L_P (relu1_2 .. relu5_2): 3 stops at relu3_2, ~half the cost on a CPU
     gan: str = "relativistic"  # relativistic | hinge | off (student)
@@ -115,6 +116,8 @@ def load_config(stage: str, path: Path | None = None, overrides: dict[str, Any] 
         raise DereflectError(path, f"config is for stage '{cfg.stage}', not '{stage}'")
     if cfg.size % 8:
         raise DereflectError(path, f"size {cfg.size} must be a multiple of 8")
+    if cfg.synthesis not in ("cpu", "device"):
+        raise DereflectError(path, f"synthesis must be 'cpu' or 'device', got '{cfg.synthesis}'")
     if cfg.frames < 2:
         raise DereflectError(path, f"frames must be >= 2 (got {cfg.frames})")
     if not cfg.model.startswith(stage):

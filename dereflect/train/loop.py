@@ -316,6 +316,13 @@ class Trainer:
         self.cfg.steps, self.cfg.time_budget_s = steps, 0.0
 
     def _batches(self):
+        if self.cfg.synthesis == "device":  # whole synthetic batches made on the training device
+            from dereflect.train.device_batches import make_synthesizer, step_batches
+
+            synthetic = self.dataset.synthetic
+            synth = make_synthesizer(synthetic.photos, self.cfg, self.device, synthetic.seed)
+            yield from step_batches(self.dataset, synth, self.start_step, self.cfg.steps, self.cfg.batch, self.rank, self.world, self.device)
+            return
         for batch in self.loader():
             yield {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
