@@ -189,3 +189,21 @@ def test_real_layers_lose_their_leaked_edges():
         before.append(info["leak_naive"])
         after.append(info["leak"])
     assert np.mean(after) < 0.7 * np.mean(before) and np.mean(after) < rr.MAX_LEAK, (before, after)
+
+
+def test_student_trainer_draws_composites_from_a_bank_in_data(photos, tmp_path):
+    """A bank passed with --data and composite_fraction > 0 feeds the student's StepData."""
+    from dereflect.models import create_model, save_checkpoint
+    from dereflect.train.config import load_config
+    from dereflect.train.student import StudentTrainer
+
+    bank_dir = _tiny_bank(tmp_path / "bank", photos)
+    teacher = save_checkpoint(create_model("teacher-small"), tmp_path / "t.safetensors")
+    cfg = load_config("student", None, {"steps": 2, "batch": 2, "size": 32, "perceptual": "off", "gan": "off", "val_samples": 2,
+                                        "composite_fraction": 0.6, "model_overrides": {"use_kt": False}, "loss": {"kt": 0.0}})
+    trainer = StudentTrainer(cfg, tmp_path / "run", teacher=teacher, data_dirs=[bank_dir], device="cpu", progress=False)
+    sources = [trainer.dataset.source(s) for s in range(400)]
+    assert sources.count("composite") / 400 == pytest.approx(0.6, abs=0.08)
+    item = trainer.dataset[sources.index("composite") * cfg.batch]
+    assert set(item) == {"input", "transmission"} and item["input"].shape == (3, 32, 32)
+    assert "reflection banks" in trainer.data_description()

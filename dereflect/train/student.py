@@ -70,7 +70,8 @@ class StudentTrainer(Trainer):
         self.real_pairs = load_pairs(self.sources.pairs) if self.sources.pairs else []
         sequences = LabelledSequences(self.sources.sequences, cfg.size) if self.sources.sequences else None
         self.dataset = StepData(synth, cfg.batch, cfg.seed + 1, self.real_pairs, cfg.real_fraction, cfg.size,
-                                sequences=sequences, sequence_fraction=cfg.sequence_fraction)
+                                sequences=sequences, sequence_fraction=cfg.sequence_fraction,
+                                composites=self.sources.reflections, composite_fraction=cfg.composite_fraction)
         self.val_pairs_set = PairedFolder(self.val_pairs, size=None) if self.val_pairs else None
         # KT: 1x1 projections of D_hat onto the teacher's channels (training only; not shipped).
         kt = nn.ModuleList()
