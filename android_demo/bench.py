@@ -31,7 +31,6 @@ def _browser_module():
 
 
 def measure(sizes: list[int], runs: int, warmup: int, threads: list[int], backend: str) -> list[dict]:
-    from dereflect.bench.ledger import ledger_row
     from dereflect.demo.server import APP_ROOT
 
     browser = _browser_module()
@@ -45,18 +44,8 @@ def measure(sizes: list[int], runs: int, warmup: int, threads: list[int], backen
             info = page.evaluate("window.__dereflect.info()")
             for size in sizes:
                 times = page.evaluate("([s, r, w]) => window.__dereflect.bench(s, r, w)", [size, runs, warmup])
-                row = ledger_row(
-                    times,
-                    size=size,
-                    device=device,
-                    backend=f"onnxruntime-web/{info['backend']}",
-                    precision=info["model"]["precision"],
-                    threads=info["threads"],
-                    cross_origin_isolated=info["crossOriginIsolated"],
-                    model=info["model"]["file"],
-                    browser=version,
-                    warmup=warmup,
-                    source="android_demo/bench.py",
+                row = browser.page_ledger_row(
+                    times, info, size=size, device=device, browser=version, source="android_demo/bench.py", warmup=warmup
                 )
                 rows.append(row)
                 print(

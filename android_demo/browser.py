@@ -151,3 +151,25 @@ def open_app(context: Any, url: str, timeout_ms: int = 60_000) -> Any:
         raise RuntimeError(f"the app did not start: {page.evaluate('window.__dereflect.error')} {errors}") from exc
     page.page_errors = errors  # type: ignore[attr-defined]
     return page
+
+
+def page_ledger_row(
+    times: list[float], info: dict[str, Any], *, size: int, device: str, browser: str, source: str, **extra: Any
+) -> dict[str, Any]:
+    """A bench-ledger row for latencies the app measured in the page (`window.__dereflect.bench`),
+    described by the app's own `info()` (backend, model, threads, isolation)."""
+    from dereflect.bench.ledger import ledger_row
+
+    return ledger_row(
+        times,
+        size=size,
+        device=device,
+        backend=f"onnxruntime-web/{info['backend']}",
+        precision=info["model"]["precision"],
+        threads=info["threads"],
+        cross_origin_isolated=info["crossOriginIsolated"],
+        model=info["model"]["file"],
+        browser=browser,
+        source=source,
+        **extra,
+    )

@@ -287,24 +287,15 @@ def test_offline_after_first_load(page):
 
 
 def test_latency_goes_to_the_bench_ledger(page):
-    from dereflect.bench.ledger import ledger_row
-
     info = page.evaluate("window.__dereflect.info()")
     rows = []
     for size in (256, 512):
         times = page.evaluate(f"window.__dereflect.bench({size}, 5, 2)")
         assert len(times) == 5 and all(t > 0 for t in times)
+        device = f"headless Chromium on {platform.machine()} ({os.cpu_count()} cores)"
         rows.append(
-            ledger_row(
-                times,
-                size=size,
-                device=f"headless Chromium on {platform.machine()} ({os.cpu_count()} cores)",
-                precision=info["model"]["precision"],
-                threads=info["threads"],
-                cross_origin_isolated=info["crossOriginIsolated"],
-                model=info["model"]["file"],
-                browser=page.browser_version,
-                source="tests/test_demo_browser.py",
+            _load("browser").page_ledger_row(
+                times, info, size=size, device=device, browser=page.browser_version, source="tests/test_demo_browser.py"
             )
         )
     LEDGER.parent.mkdir(parents=True, exist_ok=True)

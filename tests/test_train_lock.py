@@ -3,7 +3,6 @@ with one line, and a killed run leaves no stale lock (real processes, real SIGKI
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,41 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+from test_faults import _harness
 
 from dereflect.errors import DereflectError
 from dereflect.train.runlock import LOCK_NAME, RunFolderLock
 
-TINY_TEACHER = dict(widths=[8, 8, 16, 16], blocks=[0, 0, 1], dyn_channels=[8, 8, 16], flow_radius=[1, 1, 2])
+KILL_RESUME = _harness()  # tools/kill_resume.py: its tiny CPU config and its `dereflect train` command line
 
 
-def _config(path: Path, steps: int) -> Path:
-    values = dict(
-        stage="teacher",
-        model="teacher-small",
-        model_overrides=TINY_TEACHER,
-        steps=steps,
-        batch=1,
-        size=32,
-        frames=3,
-        val_samples=1,
-        val_every=10_000,
-        ckpt_every=10_000,
-        log_every=1,
-        perceptual="off",
-        warmup=1,
-        max_photo_side=64,
-        workers=0,
-    )
-    path.write_text(json.dumps(values))
-    return path
-
-
-def _train(config: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dereflect", "train", "teacher", "--config", str(config), "--out", str(run), "--device", "cpu", *extra]
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, DEREFLECT_GIT_COMMIT="lock-test", PYTHONUNBUFFERED="1")
+def _train(tmp_path: Path, run: Path, steps: int) -> list[str]:
+    config = KILL_RESUME.write_config(tmp_path / f"teacher-{steps}.yaml", "teacher", steps, ckpt_every=10_000, val_every=10_000)
+    return KILL_RESUME.train_command("teacher", config, run, 0, False, None)
 
 
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
@@ -60,11 +35,11 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
 def test_second_run_into_a_busy_folder_is_refused_and_a_killed_run_leaves_no_lock(tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = subprocess.Popen(
-        _train(_config(tmp_path / "long.yaml", 100_000), run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _train(tmp_path, run, 100_000), env=KILL_RESUME._env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
         _wait_for(lambda: (run / "train.csv").is_file(), 240, first)  # it is training, lock held
-        second = subprocess.run(_train(_config(tmp_path / "short.yaml", 1), run), env=_env(), capture_output=True, text=True, timeout=240)
+        second = subprocess.run(_train(tmp_path, run, 1), env=KILL_RESUME._env(), capture_output=True, text=True, timeout=240)
         assert second.returncode == 1
         lines = second.stderr.strip().splitlines()
         assert lines == [

@@ -17,6 +17,7 @@ import typer
 from dereflect.bench.ledger import BROWSER_LEDGER
 from dereflect.bench.runner import parse_sizes
 from dereflect.errors import DereflectError, UsageError
+from dereflect.export.cli import MAX_DIFF, MAX_LMSE_RISE, MAX_SSIM_DROP
 
 
 def bench_command(
@@ -38,13 +39,9 @@ def bench_command(
     backends: Optional[str] = typer.Option(None, "--backends", help="Only these backends (comma-separated: onnxruntime, openvino, ...)."),
     export_dir: Optional[Path] = typer.Option(None, "--export-dir", help="With a checkpoint: export here (default: a temporary folder)."),
     max_pairs: Optional[int] = typer.Option(None, "--max-pairs", help="Score only the first N pairs."),
-    max_diff: Optional[float] = typer.Option(None, "--max-diff", help="Parity budget override: max |diff| vs PyTorch (default fp32 1e-4)."),
-    max_ssim_drop: Optional[float] = typer.Option(
-        None, "--max-ssim-drop", help="Parity budget override: SSIM drop (default fp16 0.002, int8 0.01)."
-    ),
-    max_lmse_rise: Optional[float] = typer.Option(
-        None, "--max-lmse-rise", help="Parity budget override: LMSE rise (default: not checked)."
-    ),
+    max_diff: Optional[float] = MAX_DIFF,
+    max_ssim_drop: Optional[float] = MAX_SSIM_DROP,
+    max_lmse_rise: Optional[float] = MAX_LMSE_RISE,
     thumbs: int = typer.Option(6, "--thumbs", help="Pairs shown as before/after thumbnails in the report."),
 ) -> None:
     """Benchmark every artifact on every backend here: latency, size, memory, SSIM/LMSE parity.
@@ -60,20 +57,11 @@ def bench_command(
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=220)
-    opts = BenchOptions(
-        sizes=parse_sizes(sizes),
-        runs=runs,
-        warmup=warmup,
-        time_cap_s=time_cap,
-        pairs=pairs,
-        max_pairs=max_pairs,
-        min_ssim=min_ssim,
-        backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
-        max_abs_diff=max_diff,
-        max_ssim_drop=max_ssim_drop,
-        max_lmse_rise=max_lmse_rise,
-        thumbs=max(thumbs, 0),
-    )
+    timing = dict(sizes=parse_sizes(sizes), runs=runs, warmup=warmup, time_cap_s=time_cap)
+    quality = dict(pairs=pairs, max_pairs=max_pairs, min_ssim=min_ssim, thumbs=max(thumbs, 0))
+    budget = dict(max_abs_diff=max_diff, max_ssim_drop=max_ssim_drop, max_lmse_rise=max_lmse_rise)
+    only = tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None
+    opts = BenchOptions(backends=only, **timing, **quality, **budget)
     opts.check()
     merged = [p for p in merge] + ([browser_ledger] if browser_ledger.is_file() and browser_ledger not in merge else [])
     from dereflect.bench.ledger import load_ledger

@@ -16,6 +16,12 @@ from typing import Any
 
 from dereflect.errors import DereflectError, UsageError
 
+#: The local CA signs certificates (and revocation lists) and nothing else.
+CA_KEY_USAGE = dict.fromkeys(
+    ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement", "encipher_only", "decipher_only"),
+    False,
+) | {"key_cert_sign": True, "crl_sign": True}
+
 
 def cert_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -66,20 +72,7 @@ def ensure_certificate(folder: Path, hosts: list[str], days: int = 365) -> tuple
             .not_valid_before(now - timedelta(minutes=5))
             .not_valid_after(now + timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(x509.KeyUsage(**CA_KEY_USAGE), critical=True)
             .sign(ca_key, hashes.SHA256())
         )
         write_key(ca_key_pem, ca_key)

@@ -10,6 +10,11 @@ import typer
 
 from dereflect.errors import DereflectError, os_reason
 
+#: The parity budget's options, shared by `dereflect export` and `dereflect bench` (defaults: export/parity.py).
+MAX_DIFF = typer.Option(None, "--max-diff", help="Parity budget: max |diff| vs PyTorch (default 1e-4 for fp32).")
+MAX_SSIM_DROP = typer.Option(None, "--max-ssim-drop", help="Parity budget: SSIM drop vs PyTorch (default fp16 0.002, int8 0.01).")
+MAX_LMSE_RISE = typer.Option(None, "--max-lmse-rise", help="Parity budget: LMSE rise vs PyTorch (default: not checked).")
+
 
 def export_command(
     checkpoint: Path = typer.Argument(..., help="Student checkpoint (.safetensors)."),
@@ -28,13 +33,9 @@ def export_command(
     int8_exclude: list[str] = typer.Option(
         [], "--int8-exclude", help="Layers kept in float (module path like decoder.head, or node name); repeat or comma-separate."
     ),
-    max_diff: Optional[float] = typer.Option(None, "--max-diff", help="Parity budget: max |diff| vs PyTorch (default 1e-4 for fp32)."),
-    max_ssim_drop: Optional[float] = typer.Option(
-        None, "--max-ssim-drop", help="Parity budget: SSIM drop vs PyTorch against ground truth (default fp16 0.002, int8 0.01)."
-    ),
-    max_lmse_rise: Optional[float] = typer.Option(
-        None, "--max-lmse-rise", help="Parity budget: LMSE rise vs PyTorch (default: not checked)."
-    ),
+    max_diff: Optional[float] = MAX_DIFF,
+    max_ssim_drop: Optional[float] = MAX_SSIM_DROP,
+    max_lmse_rise: Optional[float] = MAX_LMSE_RISE,
     opset: int = typer.Option(20, "--opset", help="ONNX opset."),
     coreml_shapes: str = typer.Option(
         "range", "--coreml-shapes", help="Core ML flexible H/W: range (8..4096) or enumerated (fixed sizes, Neural Engine friendly)."
@@ -70,24 +71,11 @@ def export_command(
         _print_formats(console, table_rows())
         return
     formats, skipped = resolve_formats(format, precision)
-    opts = ExportOptions(
-        precision=precision,
-        calib=calib,
-        calib_count=calib_count,
-        size=size,
-        pairs=pairs,
-        val_count=val_count,
-        int8_exclude=tuple(p for item in int8_exclude for p in item.split(",") if p.strip()),
-        max_abs_diff=max_diff,
-        max_ssim_drop=max_ssim_drop,
-        max_lmse_rise=max_lmse_rise,
-        opset=opset,
-        coreml_shapes=coreml_shapes,
-        palettize=palettize,
-        trt_shapes=(trt_min, trt_opt, trt_max),
-        name=name,
-        seed=seed,
-    )
+    budget = dict(max_abs_diff=max_diff, max_ssim_drop=max_ssim_drop, max_lmse_rise=max_lmse_rise)
+    targets = dict(opset=opset, coreml_shapes=coreml_shapes, palettize=palettize, trt_shapes=(trt_min, trt_opt, trt_max))
+    int8 = tuple(p for item in int8_exclude for p in item.split(",") if p.strip())
+    data = dict(calib=calib, calib_count=calib_count, size=size, pairs=pairs, val_count=val_count, int8_exclude=int8)
+    opts = ExportOptions(precision=precision, name=name, seed=seed, **data, **budget, **targets)
     check_options(formats, opts)
     if out.exists() and not out.is_dir():
         raise DereflectError(out, "--out must be a folder, and this is a file")

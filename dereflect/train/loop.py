@@ -321,7 +321,9 @@ class Trainer:
 
             synthetic = self.dataset.synthetic
             synth = make_synthesizer(synthetic.photos, self.cfg, self.device, synthetic.seed)
-            yield from step_batches(self.dataset, synth, self.start_step, self.cfg.steps, self.cfg.batch, self.rank, self.world, self.device)
+            yield from step_batches(
+                self.dataset, synth, self.start_step, self.cfg.steps, self.cfg.batch, self.rank, self.world, self.device
+            )
             return
         for batch in self.loader():
             yield {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

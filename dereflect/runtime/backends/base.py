@@ -21,14 +21,20 @@ from dereflect.errors import DereflectError
 class Backend:
     """Base class of every backend (one module each in this folder, registered in __init__.py).
 
-    Subclasses set `name` (what `--backend` takes), `module` (the Python module it needs) and
-    `extra` (the pip extra that brings it), build themselves from (path, manifest, device), and
-    set the size fields when they differ from the defaults.
+    Subclasses declare `name` (what `--backend` takes), `module` (the Python module it needs) and
+    `extra` (the pip extra that brings it) in their class line, `class X(Backend, name=..., module=...)`,
+    build themselves from (path, manifest, device), and set the size fields when they differ from
+    the defaults.
     """
 
     name: ClassVar[str]
     module: ClassVar[str]
     extra: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, name: str | None = None, module: str | None = None, extra: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name, cls.module, cls.extra = name, module or name, extra
 
     #: H and W of every input must be multiples of this (the network's stride).
     multiple: int = 8

@@ -23,12 +23,8 @@ NOT_MACOS = (
 )
 
 
-class CoreMLBackend(Backend):
+class CoreMLBackend(Backend, name="coreml", module="coremltools", extra="coreml"):
     """An MLModel on all compute units; batches are run one image at a time."""
-
-    name = "coreml"
-    module = "coremltools"
-    extra = "coreml"
 
     @classmethod
     def problem(cls) -> str | None:

@@ -18,11 +18,8 @@ from dereflect.runtime.backends.base import Backend, check_image_input, io_names
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider")
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(Backend, name="onnxruntime"):
     """One InferenceSession, created once; `infer` feeds the manifest's input name."""
-
-    name = "onnxruntime"
-    module = "onnxruntime"
 
     def __init__(self, path: Path, manifest: dict[str, Any] | None = None, device: str | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -30,12 +30,8 @@ def ir_xml(path: Path, manifest: dict[str, Any] | None) -> Path:
     return xmls[0]
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(Backend, name="openvino", extra="openvino"):
     """A compiled model and its infer request."""
-
-    name = "openvino"
-    module = "openvino"
-    extra = "openvino"
 
     def __init__(self, path: Path, manifest: dict[str, Any] | None = None, device: str | None = None) -> None:
         import openvino as ov

@@ -15,12 +15,8 @@ from dereflect.errors import DereflectError, first_line
 from dereflect.runtime.backends.base import Backend, io_names, size_multiple
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(Backend, name="tensorrt", extra="tensorrt"):
     """A deserialized engine and one execution context."""
-
-    name = "tensorrt"
-    module = "tensorrt"
-    extra = "tensorrt"
 
     @classmethod
     def problem(cls) -> str | None:

@@ -10,11 +10,8 @@ import numpy as np
 from dereflect.runtime.backends.base import Backend
 
 
-class TorchBackend(Backend):
+class TorchBackend(Backend, name="torch"):
     """A loaded student on one device; `infer` is a forward pass under inference mode."""
-
-    name = "torch"
-    module = "torch"
 
     def __init__(self, path: Path | Any, manifest: dict[str, Any] | None = None, device: str | None = None) -> None:
         """`path`: a checkpoint path or an already built student (nn.Module)."""
