@@ -220,7 +220,9 @@ def test_int8_over_budget_fails_with_layer_report_and_fixes(ckpt, tmp_path, caps
 @needs_openvino
 def test_int8_exclude_keeps_layer_in_float(ckpt, student, fp32_run, tmp_path):
     formats = [f for f in FORMATS if f.name in ("onnx", "openvino")]
-    opts = ExportOptions(precision="int8", int8_exclude=("decoder.head",), **SMALL)
+    # What this checks is the exclusion, not the budget: on 4 tiny synthetic images the INT8 SSIM drop sits at
+    # the 0.01 edge (0.0101 with the glass-gain synthesis), so the budget gets room here.
+    opts = ExportOptions(precision="int8", int8_exclude=("decoder.head",), max_ssim_drop=0.02, **SMALL)
     results = Exporter(ckpt, tmp_path, opts, log=lambda _: None, model=student, base_onnx=fp32_run[0] / "student-nano-fp32.onnx").run(
         formats
     )
