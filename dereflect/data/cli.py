@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from dereflect.errors import DereflectError, UsageError
+from dereflect.errors import DereflectError, UsageError, os_reason
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -51,7 +51,7 @@ def synth_command(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DereflectError(out, f"cannot create the output folder ({exc.strerror or exc})") from None
+        raise DereflectError(out, f"cannot create the output folder ({os_reason(exc)})") from None
     for stale in out.glob(".seq_*.tmp"):  # a killed run's half-written sequence
         shutil.rmtree(stale, ignore_errors=True)
     shown = []
@@ -65,8 +65,13 @@ def synth_command(
                 shown.append(seq)
             bar.advance(task)
     info = {
-        "generator": "dereflect data synth", "images": str(images) if images else "scikit-image bundled photos",
-        "photos": len(photos), "sequences": sequences, "frames": frames, "size": size, "seed": seed,
+        "generator": "dereflect data synth",
+        "images": str(images) if images else "scikit-image bundled photos",
+        "photos": len(photos),
+        "sequences": sequences,
+        "frames": frames,
+        "size": size,
+        "seed": seed,
         "config": asdict(SynthConfig()),
     }
     from dereflect.files import write_bytes_atomic
@@ -74,11 +79,10 @@ def synth_command(
     try:
         write_bytes_atomic(out / "dataset.json", json.dumps(info, indent=1).encode())
     except OSError as exc:
-        raise DereflectError(out / "dataset.json", f"could not write ({exc.strerror or exc})") from None
+        raise DereflectError(out / "dataset.json", f"could not write ({os_reason(exc)})") from None
     if preview is not None:
         _write_preview(preview, contact_sheet(shown))
-    typer.echo(f"wrote {sequences} sequences of {frames} frames ({size}x{size}) to {out}"
-               + (f"; preview {preview}" if preview else ""))
+    typer.echo(f"wrote {sequences} sequences of {frames} frames ({size}x{size}) to {out}" + (f"; preview {preview}" if preview else ""))
 
 
 def _write_whole(seq, folder: Path, write_sequence) -> None:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from dereflect.errors import DereflectError
+from dereflect.errors import DereflectError, os_reason
 from dereflect.files import atomic_output
 from dereflect.models.mobile_student import MobileStudent, MobileStudentConfig
 from dereflect.models.student import Student, StudentConfig
@@ -32,10 +32,18 @@ PRESETS: dict[str, tuple[type[nn.Module], type, dict[str, Any]]] = {
     "student-base": (Student, StudentConfig, dict(widths=(24, 48, 96, 128), blocks=(1, 2, 3), dyn_channels=(32, 48, 64), halluc_blocks=2)),
     # ImageNet MobileNetV2 encoder (models/backbones.py): the real-time student and the quality student.
     "student-mnv2-rt": (MobileStudent, MobileStudentConfig, dict(stem_width=8, dec_widths=(16, 24, 32, 48), dyn_channels=(8, 12, 16))),
-    "student-mnv2-hq": (MobileStudent, MobileStudentConfig, dict(stem_width=24, dec_widths=(32, 48, 64, 96), dyn_channels=(16, 24, 32), halluc_blocks=2)),
+    "student-mnv2-hq": (
+        MobileStudent,
+        MobileStudentConfig,
+        dict(stem_width=24, dec_widths=(32, 48, 64, 96), dyn_channels=(16, 24, 32), halluc_blocks=2),
+    ),
     "teacher-base": (Teacher, TeacherConfig, dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64))),
     # Never shipped, so heavy: frozen HED-VGG16 + MobileNetV2 features of every frame on top of its own (issue 13).
-    "teacher-privileged": (Teacher, TeacherConfig, dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64), privileged=True)),
+    "teacher-privileged": (
+        Teacher,
+        TeacherConfig,
+        dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64), privileged=True),
+    ),
     "teacher-small": (Teacher, TeacherConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 1), dyn_channels=(16, 32, 48))),
 }
 
@@ -81,14 +89,18 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any)
     # Serialised in memory, then written by Python: a full disk is then an OSError naming ENOSPC (not a
     # SafetensorError string), and the temp file keeps the mode atomic_output gave it (save_file
     # re-creates the file 0600).
-    blobs = ((path, safetensors_bytes(state, metadata=header)), (path.with_suffix(".json"), json.dumps(info, indent=2, default=str).encode()))
+    blobs = (
+        (path, safetensors_bytes(state, metadata=header)),
+        (path.with_suffix(".json"), json.dumps(info, indent=2, default=str).encode()),
+    )
     for target, data in blobs:
         try:
             with atomic_output(target) as tmp:
                 tmp.write_bytes(data)
         except OSError as exc:
-            raise DereflectError(target, f"could not write the checkpoint ({exc.strerror or exc}); "
-                                         "the previous file, if any, is unchanged") from None
+            raise DereflectError(
+                target, f"could not write the checkpoint ({os_reason(exc)}); the previous file, if any, is unchanged"
+            ) from None
     return path
 
 
