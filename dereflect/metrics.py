@@ -35,8 +35,7 @@ SSIM_MIN_BAND_ROWS = 24
 
 ALIGNED_MAX_SHIFT = 1.0  # px: a pair whose ground truth is shifted more than this is "misaligned"
 
-__all__ = ["psnr", "ssim", "ssim_per_channel", "lmse", "ncc", "score", "gt_shift", "ssim_torch", "DATA_RANGE",
-           "ALIGNED_MAX_SHIFT"]
+__all__ = ["psnr", "ssim", "ssim_per_channel", "lmse", "ncc", "score", "gt_shift", "ssim_torch", "DATA_RANGE", "ALIGNED_MAX_SHIFT"]
 
 
 def _as_pair(gt: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,9 +308,7 @@ def gt_shift(gt: np.ndarray, photo: np.ndarray) -> float:
     return float(np.hypot(*shift))
 
 
-def ssim_torch(
-    x: "torch.Tensor", y: "torch.Tensor", reduction: Literal["mean", "none", "sum"] = "mean"
-) -> "torch.Tensor":
+def ssim_torch(x: torch.Tensor, y: torch.Tensor, reduction: Literal["mean", "none", "sum"] = "mean") -> torch.Tensor:
     """Differentiable SSIM of NCHW images in [0, 1]: the same number `ssim` gives on x*255, y*255.
 
     Same 7x7 uniform window over valid positions, sample covariance, K1/K2 and per-channel mean.
@@ -319,7 +316,6 @@ def ssim_torch(
     Both inputs are shifted by one per-channel constant first: SSIM's variances do not change,
     and float32 loses far less to cancellation in E[x^2] - E[x]^2.
     """
-    import torch
     import torch.nn.functional as F
 
     if x.shape != y.shape:
@@ -336,7 +332,7 @@ def ssim_torch(
     xs = x - shift
     ys = y - shift
 
-    def box(t: "torch.Tensor") -> "torch.Tensor":
+    def box(t: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(t, SSIM_WIN, stride=1)
 
     mx, my = box(xs), box(ys)

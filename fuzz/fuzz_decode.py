@@ -31,7 +31,6 @@ import warnings
 from pathlib import Path
 
 import atheris
-
 import numpy as np  # not instrumented: atheris' comparison hooks keep numpy's temporaries alive
 
 #: What coverage guides the fuzzer through: Pillow's plugins, tifffile, and our own code.

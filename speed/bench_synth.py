@@ -15,7 +15,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,8 +36,7 @@ def _time(fn: Callable[[int], object], runs: int) -> list[float]:
 
 
 def _line(name: str, times: list[float]) -> str:
-    return (f"{name:34s} {statistics.median(times) * 1e3:7.1f} ms  (min {min(times) * 1e3:.1f}, "
-            f"max {max(times) * 1e3:.1f})")
+    return f"{name:34s} {statistics.median(times) * 1e3:7.1f} ms  (min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f})"
 
 
 def main() -> None:
@@ -50,11 +49,12 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     photos = load_photos(None, max_side=512)
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}), torch {torch.__version__} "
-          f"with {torch.get_num_threads()} thread(s), numpy {np.__version__}")
-    print(f"{args.frames} frames of {args.size}x{args.size} from scikit-image photos (long side 512), "
-          f"median of {args.runs} runs")
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}), torch {torch.__version__} "
+        f"with {torch.get_num_threads()} thread(s), numpy {np.__version__}"
+    )
+    print(f"{args.frames} frames of {args.size}x{args.size} from scikit-image photos (long side 512), median of {args.runs} runs")
 
     def one(k: int) -> None:
         rng = np.random.default_rng(k + 1)

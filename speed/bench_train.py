@@ -45,8 +45,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{args.device}; batch {args.batch} at {args.size}px (teacher: 5 frames)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{args.device}; batch {args.batch} at {args.size}px (teacher: 5 frames)"
+    )
     common = dict(batch=args.batch, size=args.size, steps=10, val_samples=1, workers=0)
     with tempfile.TemporaryDirectory() as tmp:
         teacher_path = save_checkpoint(create_model("teacher-base"), Path(tmp) / "t.safetensors")

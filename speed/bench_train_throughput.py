@@ -121,8 +121,13 @@ class TrainerStep:
             self.trainer = TeacherTrainer(load_config("teacher", None, common), tmp / name, device=str(device), progress=False)
         else:
             teacher = save_checkpoint(create_model("teacher-base"), tmp / "teacher.safetensors")
-            self.trainer = StudentTrainer(load_config("student", None, dict(real_fraction=0.0, **common)), tmp / name,
-                                          teacher=teacher, device=str(device), progress=False)
+            self.trainer = StudentTrainer(
+                load_config("student", None, dict(real_fraction=0.0, **common)),
+                tmp / name,
+                teacher=teacher,
+                device=str(device),
+                progress=False,
+            )
         self.model = self.trainer.model
         self.calls = 0
 
@@ -137,13 +142,14 @@ def run_device(device: torch.device, args: argparse.Namespace, photos_u8: list[n
         print(f"\n== {device}: {torch.cuda.get_device_name(device)} ==")
     else:
         print(f"\n== {device}: {torch.get_num_threads()} torch thread(s) ==")
-    synth = DeviceSynthesizer(photos_u8, device, n_frames=args.frames, size=args.size, seed=0,
-                              channels_last=args.channels_last)
+    synth = DeviceSynthesizer(photos_u8, device, n_frames=args.frames, size=args.size, seed=0, channels_last=args.channels_last)
     sec = median_seconds(lambda k: synth.batch(k, args.batch), args.steps, args.warmup, device)
     new = args.batch / sec
-    print(f"synthesis only, samples/s at {args.size} px, {args.frames} frames: old per-item {old:8.1f} (one worker; "
-          f"x{args.workers} workers <= {old * args.workers:.1f})   device batch {args.batch}: {new:8.1f}   "
-          f"({new / old:.1f}x one worker; photo buffer {synth.memory_bytes / 2**20:.0f} MiB)")
+    print(
+        f"synthesis only, samples/s at {args.size} px, {args.frames} frames: old per-item {old:8.1f} (one worker; "
+        f"x{args.workers} workers <= {old * args.workers:.1f})   device batch {args.batch}: {new:8.1f}   "
+        f"({new / old:.1f}x one worker; photo buffer {synth.memory_bytes / 2**20:.0f} MiB)"
+    )
     if not args.models:
         return
     head = f"{'model':18s} {'params':>8s} {'step alone':>11s} {'synth+step':>11s} {'it/s':>7s} {'old bound':>10s}"
@@ -157,8 +163,7 @@ def run_device(device: torch.device, args: argparse.Namespace, photos_u8: list[n
                 torch.cuda.empty_cache()
 
 
-def model_line(name: str, synth: DeviceSynthesizer, device: torch.device, args: argparse.Namespace, old: float,
-               tmp: Path) -> str:
+def model_line(name: str, synth: DeviceSynthesizer, device: torch.device, args: argparse.Namespace, old: float, tmp: Path) -> str:
     """One table row: step alone, synth + step, (CUDA) overlapped, old-path bound, in samples/s."""
     try:
         step = TrainerStep(name, device, args, tmp) if args.trainer else StepRunner(name, device, args.channels_last)
@@ -167,8 +172,10 @@ def model_line(name: str, synth: DeviceSynthesizer, device: torch.device, args: 
     ready = synth.batch(2 * 10**6, args.batch)
     alone = args.batch / median_seconds(lambda k: step(ready), args.steps, args.warmup, device)
     fused_sec = loop_seconds(lambda a, b: [step(synth.batch(k, args.batch)) for k in range(a, b)], args.steps, args.warmup, device)
-    line = (f"{name:18s} {count_params(step.model) / 1e6:7.2f}M {alone:11.1f} {args.batch / fused_sec:11.1f} "
-            f"{1 / fused_sec:7.2f} {min(alone, old * args.workers):10.1f}")
+    line = (
+        f"{name:18s} {count_params(step.model) / 1e6:7.2f}M {alone:11.1f} {args.batch / fused_sec:11.1f} "
+        f"{1 / fused_sec:7.2f} {min(alone, old * args.workers):10.1f}"
+    )
     if device.type == "cuda":  # the same loop with the next batch made on a side stream
         try:
             sec = loop_seconds(lambda a, b: [step(x) for _, x in synth.batches(a, b, args.batch)], args.steps, args.warmup, device)
@@ -186,8 +193,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--devices", default=None, help="comma-separated (default: cpu, and cuda when available)")
-    ap.add_argument("--models", default=None,
-                    help="comma-separated presets (default: teachers base/small + every student; none: synthesis only)")
+    ap.add_argument(
+        "--models", default=None, help="comma-separated presets (default: teachers base/small + every student; none: synthesis only)"
+    )
     ap.add_argument("--photos", type=Path, default=None, help="folder of photos (default: scikit-image's bundled ones)")
     ap.add_argument("--max-side", type=int, default=512)
     ap.add_argument("--old-items", type=int, default=8, help="items timed for the per-item CPU path")
@@ -202,9 +210,11 @@ def main() -> None:
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     photos = load_photos(args.photos, max_side=args.max_side)
     photos_u8 = [np.round(p * 255.0).astype(np.uint8) for p in photos]
-    print(f"machine: {device_name()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}; "
-          f"{len(photos)} photos (long side <= {args.max_side}); batch {args.batch} at {args.size} px, "
-          f"{args.frames}-frame sequences; median of {args.steps} steps after {args.warmup} warm-up")
+    print(
+        f"machine: {device_name()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}; "
+        f"{len(photos)} photos (long side <= {args.max_side}); batch {args.batch} at {args.size} px, "
+        f"{args.frames}-frame sequences; median of {args.steps} steps after {args.warmup} warm-up"
+    )
     old = old_rate(photos, args.size, args.frames, args.old_items)
     for dev in devices:
         run_device(torch.device(dev), args, photos_u8, old)

@@ -29,8 +29,13 @@ def fake_run(folder: Path, step: int) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     net(torch.rand(1, 3, 8, 8)).sum().backward()
     opt.step()
-    state = {"step": step, "best": -math.inf, "config": json.dumps({"model": "student-nano", "batch": 4, "size": 64}),
-             "modules": {"model": net.state_dict()}, "optims": {"model": opt.state_dict()}}
+    state = {
+        "step": step,
+        "best": -math.inf,
+        "config": json.dumps({"model": "student-nano", "batch": 4, "size": 64}),
+        "modules": {"model": net.state_dict()},
+        "optims": {"model": opt.state_dict()},
+    }
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, folder / "state.pt")
     (folder / "last.json").write_text(json.dumps({"git_commit": "abc"}))

@@ -128,8 +128,12 @@ def test_sequence_folder_reads_written_synthetic_sequences(photos, tmp_path):
     half = SequenceFolder(tmp_path, size=16)[0]
     assert half["frames"].shape == (3, 3, 16, 16)
     # flows are pixel lengths: halving the image halves them
-    expected = torch.nn.functional.interpolate(torch.from_numpy(seq.flow_T.transpose(0, 3, 1, 2)), size=(16, 16),
-                                               mode="bilinear", align_corners=False, antialias=True) * 0.5
+    expected = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(seq.flow_T.transpose(0, 3, 1, 2)), size=(16, 16), mode="bilinear", align_corners=False, antialias=True
+        )
+        * 0.5
+    )
     torch.testing.assert_close(half["flow_T"], expected, atol=1e-4, rtol=0)
 
 
@@ -184,13 +188,11 @@ def test_paired_folder_skips_unpaired_files_with_a_warning_naming_them(tmp_path)
 def test_paired_folder_crops_and_augments_deterministically(tmp_path):
     root = _pairs(tmp_path, ("a", "b"), ("a", "b"), t_dir="transmission_layer")
     centre = PairedFolder(root, size=32)[0]
-    np.testing.assert_allclose(centre["input"].numpy(), _noise_image(0)[4:36, 8:40].transpose(2, 0, 1) / 255,
-                               atol=1e-6)
+    np.testing.assert_allclose(centre["input"].numpy(), _noise_image(0)[4:36, 8:40].transpose(2, 0, 1) / 255, atol=1e-6)
     aug = PairedFolder(root, size=24, augment=True, seed=3)
     x, y = aug[1], PairedFolder(root, size=24, augment=True, seed=3)[1]
     assert x["input"].shape == (3, 24, 24) and torch.equal(x["input"], y["input"])
-    assert any(not torch.equal(x["input"], PairedFolder(root, size=24, augment=True, seed=s)[1]["input"])
-               for s in range(4, 8))
+    assert any(not torch.equal(x["input"], PairedFolder(root, size=24, augment=True, seed=s)[1]["input"]) for s in range(4, 8))
     small = PairedFolder(root, size=64)[0]  # smaller than the crop: upscaled, never padded
     assert small["input"].shape == (3, 64, 64)
     assert PairedFolder(root, size=None, names=["b"]).names == ["b"]
@@ -240,8 +242,25 @@ def test_scene_split_on_saggy361():
 
 def test_cli_synth_writes_sequences_and_preview(tmp_path):
     out = tmp_path / "synth"
-    res = CliRunner().invoke(app, ["data", "synth", "--out", str(out), "--sequences", "2", "--frames", "3",
-                                   "--size", "32", "--seed", "5", "--preview", str(out / "preview.png")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--sequences",
+            "2",
+            "--frames",
+            "3",
+            "--size",
+            "32",
+            "--seed",
+            "5",
+            "--preview",
+            str(out / "preview.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "preview.png", "seq_00000", "seq_00001"]
     written = read_sequence(out / "seq_00001")

@@ -130,8 +130,9 @@ def test_frames_are_transmission_plus_reflection(photos_u8):
     assert clean["reflection"].mean() > 0.005
     quiet = DeviceSynthesizer(photos_u8, "cpu", size=48, seed=3, config=SynthConfig(**NO_NOISE)).batch(0, 4)
     torch.testing.assert_close(quiet["frames"], clean["frames"], rtol=0, atol=0)
-    noisy = DeviceSynthesizer(photos_u8, "cpu", size=48, seed=3,
-                              config=SynthConfig(shot_noise=(1e-3, 1e-3), read_noise=(2e-3, 2e-3))).batch(0, 4)
+    noisy = DeviceSynthesizer(
+        photos_u8, "cpu", size=48, seed=3, config=SynthConfig(shot_noise=(1e-3, 1e-3), read_noise=(2e-3, 2e-3))
+    ).batch(0, 4)
     residual = noisy["frames"] - noisy["transmission_all"] - noisy["reflection_all"]
     assert 1e-3 < residual.abs().mean() < 0.03 and abs(residual.mean()) < 4e-3
 
@@ -186,8 +187,7 @@ def test_reflection_flows_reproduce_the_middle_reflection():
     flat = np.full((120, 160, 3), 102, np.uint8)
     photo = gaussian_filter(load_photos(None, max_side=192)[0] * 255.0, sigma=(2.0, 2.0, 0.0))
     cfg = SynthConfig(blur_jitter=0.0, ghost_prob=1.0, **NO_NOISE)
-    b = DeviceSynthesizer([flat, np.round(photo).astype(np.uint8)], "cpu", size=96, seed=7, config=cfg,
-                          augment=False).batch(0, 6)
+    b = DeviceSynthesizer([flat, np.round(photo).astype(np.uint8)], "cpu", size=96, seed=7, config=cfg, augment=False).batch(0, 6)
     t = b["transmission_all"]
     flat_t = (t.amax(dim=(1, 3, 4)) - t.amin(dim=(1, 3, 4))).amax(1) < 1e-5  # flat per channel (the glass tints it)
     assert flat_t.sum() >= 2
@@ -278,12 +278,18 @@ def test_batches_feed_the_real_trainers(photos_u8, tmp_path):
 
     common = dict(batch=2, size=32, steps=2, val_samples=1, workers=0, perceptual="off")
     syn = DeviceSynthesizer(photos_u8, "cpu", size=32, seed=0)
-    teacher = TeacherTrainer(load_config("teacher", None, dict(model="teacher-small", **common)), tmp_path / "t",
-                             device="cpu", progress=False)
+    teacher = TeacherTrainer(
+        load_config("teacher", None, dict(model="teacher-small", **common)), tmp_path / "t", device="cpu", progress=False
+    )
     logs = teacher.train_step(syn.batch(0, 2), 0)
     assert np.isfinite(logs["total"]) and {"flow", "layers"} <= logs.keys()
     ckpt = save_checkpoint(create_model("teacher-small"), tmp_path / "teacher.safetensors")
-    student = StudentTrainer(load_config("student", None, dict(model="student-nano", real_fraction=0.0, **common)),
-                             tmp_path / "s", teacher=ckpt, device="cpu", progress=False)
+    student = StudentTrainer(
+        load_config("student", None, dict(model="student-nano", real_fraction=0.0, **common)),
+        tmp_path / "s",
+        teacher=ckpt,
+        device="cpu",
+        progress=False,
+    )
     logs = student.train_step(syn.batch(1, 2), 1)
     assert np.isfinite(logs["total"]) and "kt" in logs and logs["real"] == 0.0

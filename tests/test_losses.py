@@ -11,8 +11,8 @@ from skimage import data, filters, transform
 
 from dereflect.errors import DereflectError
 from dereflect.models.blocks import resize_flow
-from dereflect.train import losses
 from dereflect.models.vgg import DEFAULT_LAYERS
+from dereflect.train import losses
 from dereflect.train.losses import (
     PatchDiscriminator,
     PerceptualLoss,
@@ -71,9 +71,9 @@ def perceptual() -> PerceptualLoss:
 
 def test_perceptual_loss_orders_degradations(perceptual: PerceptualLoss) -> None:
     img = _photo("astronaut")
-    blurred = torch.from_numpy(
-        filters.gaussian(img[0].permute(1, 2, 0).numpy(), sigma=2, channel_axis=-1).astype(np.float32)
-    ).permute(2, 0, 1)[None]
+    blurred = torch.from_numpy(filters.gaussian(img[0].permute(1, 2, 0).numpy(), sigma=2, channel_axis=-1).astype(np.float32)).permute(
+        2, 0, 1
+    )[None]
     noisy = (img + 0.01 * torch.randn(img.shape, generator=_gen(2))).clamp(0, 1)
     assert perceptual(img, img).item() == 0.0
     small, large = perceptual(noisy, img).item(), perceptual(blurred, img).item()

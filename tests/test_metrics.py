@@ -193,7 +193,7 @@ def test_too_small_images_are_refused() -> None:
 torch = pytest.importorskip("torch")
 
 
-def _nchw(img: np.ndarray, dtype) -> "torch.Tensor":
+def _nchw(img: np.ndarray, dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[None] / 255.0)).to(dtype)
 
 

@@ -44,7 +44,7 @@ def test_fit_glass_gain_finds_the_gain_where_there_is_no_reflection(photos):
     gain = np.array([0.8, 0.9, 1.05], np.float32)
     found = rr.fit_glass_gain(gain * t + r, t)
     np.testing.assert_allclose(found, gain, rtol=0.03)
-    lsq = (((gain * t + r) * t).sum(axis=(0, 1)) / (t * t).sum(axis=(0, 1)))
+    lsq = ((gain * t + r) * t).sum(axis=(0, 1)) / (t * t).sum(axis=(0, 1))
     assert (lsq > gain * 1.03).all()  # why not least squares: the reflection pulls it up
 
 
@@ -169,7 +169,6 @@ needs_saggy = pytest.mark.skipif(not SAGGY.is_dir(), reason="real_pairs_saggy361
 def test_only_training_scenes_feed_the_bank():
     from dereflect.data.datasets import scene_of, scene_split
 
-
     names = sorted(p.stem for p in (SAGGY / "blended").iterdir())
     _, val = scene_split(names, 0.1, seed=0)
     used = {scene_of(n) for n, _, _ in rr.saggy_training_pairs(SHARED)}
@@ -199,8 +198,21 @@ def test_student_trainer_draws_composites_from_a_bank_in_data(photos, tmp_path):
 
     bank_dir = _tiny_bank(tmp_path / "bank", photos)
     teacher = save_checkpoint(create_model("teacher-small"), tmp_path / "t.safetensors")
-    cfg = load_config("student", None, {"steps": 2, "batch": 2, "size": 32, "perceptual": "off", "gan": "off", "val_samples": 2,
-                                        "composite_fraction": 0.6, "model_overrides": {"use_kt": False}, "loss": {"kt": 0.0}})
+    cfg = load_config(
+        "student",
+        None,
+        {
+            "steps": 2,
+            "batch": 2,
+            "size": 32,
+            "perceptual": "off",
+            "gan": "off",
+            "val_samples": 2,
+            "composite_fraction": 0.6,
+            "model_overrides": {"use_kt": False},
+            "loss": {"kt": 0.0},
+        },
+    )
     trainer = StudentTrainer(cfg, tmp_path / "run", teacher=teacher, data_dirs=[bank_dir], device="cpu", progress=False)
     sources = [trainer.dataset.source(s) for s in range(400)]
     assert sources.count("composite") / 400 == pytest.approx(0.6, abs=0.08)

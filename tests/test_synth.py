@@ -33,8 +33,7 @@ def photos() -> list[np.ndarray]:
 
 
 def _seq(photos, seed=0, n=5, size=64, config=None, t=0, r=1) -> SynthSequence:
-    return synthesize_sequence(photos[t], photos[r], n_frames=n, size=size, rng=np.random.default_rng(seed),
-                               config=config)
+    return synthesize_sequence(photos[t], photos[r], n_frames=n, size=size, rng=np.random.default_rng(seed), config=config)
 
 
 def _warp_error(layer: np.ndarray, flow: np.ndarray, middle: int) -> list[float]:
@@ -215,8 +214,10 @@ def test_synthetic_labels_carry_the_glass_like_real_ones(photos, in_label):
         np.testing.assert_allclose(found, expected, rtol=0.04)
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "real_pairs_saggy361").is_dir(),
-                    reason="real_pairs_saggy361 not present (../shared/data)")
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[2] / "shared" / "data" / "real_pairs_saggy361").is_dir(),
+    reason="real_pairs_saggy361 not present (../shared/data)",
+)
 def test_fitted_glass_numbers_match_a_refit_on_real_training_pairs():
     """Every 15th training pair, refitted: the median overall gain is the one synth draws around."""
     from dereflect.data.datasets import scene_split
@@ -226,7 +227,12 @@ def test_fitted_glass_numbers_match_a_refit_on_real_training_pairs():
 
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_pairs_saggy361"
     train, _ = scene_split(sorted(p.stem for p in (root / "blended").iterdir()), 0.1, seed=0)
-    gains = [fit_glass_gain(srgb_to_linear(read_rgb(root / "blended" / f"{n}.jpeg") / 255.0),
-                            srgb_to_linear(read_rgb(root / "transmission" / f"{n}.jpeg") / 255.0)) for n in train[::15]]
+    gains = [
+        fit_glass_gain(
+            srgb_to_linear(read_rgb(root / "blended" / f"{n}.jpeg") / 255.0),
+            srgb_to_linear(read_rgb(root / "transmission" / f"{n}.jpeg") / 255.0),
+        )
+        for n in train[::15]
+    ]
     overall = np.exp(np.log(np.stack(gains)).mean(axis=1))
     assert np.median(overall) == pytest.approx(GLASS_GAIN_AT[GLASS_QUANTILES.index(0.5)], abs=0.04)

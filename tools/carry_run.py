@@ -31,8 +31,21 @@ from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 LEDGER = ROOT / "results" / "ledger.csv"
-LEDGER_FIELDS = ["date", "run", "model", "machine", "step_from", "step_to", "batch", "size", "samples", "wall_s",
-                 "best_selection_ssim", "git_commit", "note"]
+LEDGER_FIELDS = [
+    "date",
+    "run",
+    "model",
+    "machine",
+    "step_from",
+    "step_to",
+    "batch",
+    "size",
+    "samples",
+    "wall_s",
+    "best_selection_ssim",
+    "git_commit",
+    "note",
+]
 SHARD_BYTES = 9 * 2**20
 COPIED = ("best.safetensors", "best.json", "last.safetensors", "last.json", "config.json", "train.csv", "val.csv")
 
@@ -104,11 +117,19 @@ def pack(run: Path, dest: Path, machine: str, wall_s: float | None, note: str) -
     step_to = int(state["step"])
     last = json.loads((run / "last.json").read_text()) if (run / "last.json").is_file() else {}
     row = {
-        "date": time.strftime("%Y-%m-%d"), "run": str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest),
-        "model": cfg["model"], "machine": machine, "step_from": step_from, "step_to": step_to,
-        "batch": cfg["batch"], "size": cfg["size"], "samples": (step_to - step_from) * cfg["batch"],
-        "wall_s": f"{wall_s:.0f}" if wall_s is not None else "", "best_selection_ssim": f"{float(state['best']):.4f}",
-        "git_commit": last.get("git_commit") or "", "note": note,
+        "date": time.strftime("%Y-%m-%d"),
+        "run": str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest),
+        "model": cfg["model"],
+        "machine": machine,
+        "step_from": step_from,
+        "step_to": step_to,
+        "batch": cfg["batch"],
+        "size": cfg["size"],
+        "samples": (step_to - step_from) * cfg["batch"],
+        "wall_s": f"{wall_s:.0f}" if wall_s is not None else "",
+        "best_selection_ssim": f"{float(state['best']):.4f}",
+        "git_commit": last.get("git_commit") or "",
+        "note": note,
     }
     append_ledger(row)
     print(f"packed {run} step {step_to} into {dest} ({len(shards)} shard(s)); ledger: +{step_to - step_from} steps")

@@ -96,7 +96,9 @@ def main() -> None:
         rows = [{"name": n, **score(gt, run(img, gt)), "gt_shift": shifts[n]} for n, img, gt in images]
         table[spec] = result = EvalResult(rows=rows)
         for label, mean in (("all", result.mean), (f"aligned ({len(result.aligned_rows)})", result.aligned_mean)):
-            print(f"{spec:60s} {label:12s} PSNR {mean['psnr']:.2f}  SSIM {mean['ssim']:.4f}  LMSE {mean['lmse']:.4f}  NCC {mean['ncc']:.4f}")
+            print(
+                f"{spec:60s} {label:12s} PSNR {mean['psnr']:.2f}  SSIM {mean['ssim']:.4f}  LMSE {mean['lmse']:.4f}  NCC {mean['ncc']:.4f}"
+            )
     if args.markdown:
         print("| image | GT shift (px) | " + " | ".join(table) + " |")
         print("|---|---:|" + "---:|" * len(table))

@@ -37,10 +37,14 @@ def summarise(gains: np.ndarray) -> dict:
     cov = np.cov(tint.T)
     w, v = np.linalg.eigh(cov)
     factor = v @ np.diag(np.sqrt(np.clip(w, 0.0, None))) @ v.T  # symmetric square root: tint = factor @ z
-    return {"n": int(len(gains)), "quantiles": list(QUANTILES),
-            "gain_quantiles": [round(float(np.exp(q)), 3) for q in np.quantile(overall, QUANTILES)],
-            "tint_log_std": [round(float(s), 4) for s in tint.std(axis=0)],
-            "tint_cov": np.round(cov, 5).tolist(), "tint_factor": np.round(factor, 4).tolist()}
+    return {
+        "n": int(len(gains)),
+        "quantiles": list(QUANTILES),
+        "gain_quantiles": [round(float(np.exp(q)), 3) for q in np.quantile(overall, QUANTILES)],
+        "tint_log_std": [round(float(s), 4) for s in tint.std(axis=0)],
+        "tint_cov": np.round(cov, 5).tolist(),
+        "tint_factor": np.round(factor, 4).tolist(),
+    }
 
 
 def main() -> None:
@@ -49,8 +53,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     pairs = saggy_training_pairs(args.shared)
-    gains = np.stack([fit_glass_gain(srgb_to_linear(read_rgb(b) / 255.0), srgb_to_linear(read_rgb(t) / 255.0))
-                      for _, b, t in pairs])
+    gains = np.stack([fit_glass_gain(srgb_to_linear(read_rgb(b) / 255.0), srgb_to_linear(read_rgb(t) / 255.0)) for _, b, t in pairs])
     fit = summarise(gains)
     fit["scenes"] = len({scene_of(n) for n, _, _ in pairs})
     print(json.dumps(fit, indent=1))

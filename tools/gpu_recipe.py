@@ -66,9 +66,14 @@ def train_student(args, name: str) -> None:
 
     over = {"time_budget_s": args.student_s, **STUDENTS[name], **(TINY if args.tiny else {})}
     cfg = load_config("student", CONFIGS["student"], over)
-    trainer = StudentTrainer(cfg, args.runs / name, teacher=args.runs / "teacher" / "best.safetensors",
-                             data_dirs=[args.data / "photos", args.data / "pairs_train"],
-                             val_pairs=args.data / "pairs_val", progress=False)
+    trainer = StudentTrainer(
+        cfg,
+        args.runs / name,
+        teacher=args.runs / "teacher" / "best.safetensors",
+        data_dirs=[args.data / "photos", args.data / "pairs_train"],
+        val_pairs=args.data / "pairs_val",
+        progress=False,
+    )
     log(f"{name} on {trainer.device}: {trainer.data_description()}")
     result = trainer.run()
     log(f"{name} done: {json.dumps(result)}")
@@ -103,7 +108,9 @@ def compare(args) -> dict:
         for i in range(len(val)):
             item = val[i]
             for name, model in models.items():
-                pred = model(item["frames"][None].to(device))["transmission"] if name == "teacher" else model(item["input"][None].to(device))
+                pred = (
+                    model(item["frames"][None].to(device))["transmission"] if name == "teacher" else model(item["input"][None].to(device))
+                )
                 scores = score_batch(pred.float().cpu(), item["transmission"][None], item["input"][None])
                 for k in ("psnr", "ssim", "lmse"):
                     rows[name].setdefault(k, []).extend(scores[k])
@@ -132,9 +139,13 @@ def pack(args, table: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", nargs="?", default="all",
-                    help="all (default), compare (score the teacher and students in --runs and --extra on held-out "
-                         "synthetic sequences, write OUT/compare_synthetic.json), or a student name (used internally)")
+    ap.add_argument(
+        "stage",
+        nargs="?",
+        default="all",
+        help="all (default), compare (score the teacher and students in --runs and --extra on held-out "
+        "synthetic sequences, write OUT/compare_synthetic.json), or a student name (used internally)",
+    )
     ap.add_argument("--data", type=Path, default=ROOT / ".data")
     ap.add_argument("--runs", type=Path, default=Path("/tmp/runs"))
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/out")))
@@ -162,8 +173,14 @@ def main() -> None:
         # Round 2: continue the students from round 1 (frozen teacher from round 1) on full 256 px real pairs.
         STUDENTS.pop("student-small")
         for name in STUDENTS:
-            STUDENTS[name] = {**STUDENTS[name], "init": str(args.round2 / name / "best.safetensors"), "size": 256,
-                              "lr": 3e-4, "warmup": 20, "real_fraction": 0.7}
+            STUDENTS[name] = {
+                **STUDENTS[name],
+                "init": str(args.round2 / name / "best.safetensors"),
+                "size": 256,
+                "lr": 3e-4,
+                "warmup": 20,
+                "real_fraction": 0.7,
+            }
     if args.stage == "compare":
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "compare_synthetic.json").write_text(json.dumps(compare(args), indent=2) + "\n")
@@ -174,11 +191,14 @@ def main() -> None:
     t0 = time.time()
     if args.round2:
         (args.runs / "teacher").mkdir(parents=True, exist_ok=True)
-        import torch
         from dereflect.models import load_checkpoint, save_checkpoint
 
         teacher = load_checkpoint(args.round2 / "teacher" / "best.safetensors")
-        save_checkpoint(teacher.float(), args.runs / "teacher" / "best.safetensors", **{k: v for k, v in teacher.checkpoint_info.items() if k not in ("model", "config")})
+        save_checkpoint(
+            teacher.float(),
+            args.runs / "teacher" / "best.safetensors",
+            **{k: v for k, v in teacher.checkpoint_info.items() if k not in ("model", "config")},
+        )
     else:
         train_teacher(args)
     procs = {name: subprocess.Popen([sys.executable, __file__, name, *sys.argv[1:]]) for name in STUDENTS}

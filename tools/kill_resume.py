@@ -95,8 +95,21 @@ class Summary:
 
 def write_config(path: Path, stage: str, steps: int, ckpt_every: int = 1, val_every: int = 4) -> Path:
     """A tiny, fast config (CPU, 32 px, perceptual loss off) with a checkpoint every step or two."""
-    values: dict = dict(stage=stage, steps=steps, batch=2, size=32, frames=3, val_samples=2, val_every=val_every,
-                        ckpt_every=ckpt_every, log_every=1, perceptual="off", warmup=2, lr=1.0e-3, max_photo_side=128)
+    values: dict = dict(
+        stage=stage,
+        steps=steps,
+        batch=2,
+        size=32,
+        frames=3,
+        val_samples=2,
+        val_every=val_every,
+        ckpt_every=ckpt_every,
+        log_every=1,
+        perceptual="off",
+        warmup=2,
+        lr=1.0e-3,
+        max_photo_side=128,
+    )
     if stage == "teacher":
         values.update(model="teacher-small", model_overrides=TINY_TEACHER)
     else:
@@ -117,8 +130,21 @@ def make_teacher(path: Path) -> Path:
 
 
 def train_command(stage: str, config: Path, run: Path, seed: int, resume: bool, teacher: Path | None) -> list[str]:
-    cmd = [sys.executable, "-m", "dereflect", "train", stage, "--config", str(config), "--out", str(run),
-           "--device", "cpu", "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dereflect",
+        "train",
+        stage,
+        "--config",
+        str(config),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--seed",
+        str(seed),
+    ]
     if stage == "student":
         cmd += ["--teacher", str(teacher)]
     return cmd + (["--resume"] if resume else [])
@@ -140,8 +166,14 @@ def plan_kills(n: int, rng: random.Random, max_delay: float) -> list[Kill]:
         else:
             target = targets[(i // 2) % len(targets)]
             # train.csv is rewritten once, at a resume's start; the others every step or validation
-            plan.append(Kill("write", delay=rng.uniform(max_delay, 2 * max_delay), target=target,
-                             nth=1 if target == "train.csv" else rng.randint(1, 3)))
+            plan.append(
+                Kill(
+                    "write",
+                    delay=rng.uniform(max_delay, 2 * max_delay),
+                    target=target,
+                    nth=1 if target == "train.csv" else rng.randint(1, 3),
+                )
+            )
     return plan
 
 
@@ -267,7 +299,10 @@ def compare_runs(ref: Path, run: Path) -> list[str]:
         differ = [k for k in a if not torch.equal(a[k], b[k])]
         if differ:
             problems.append(f"{name}: {len(differ)} tensor(s) differ from the uninterrupted run, e.g. {differ[0]}")
-        if json.loads((ref / name).with_suffix(".json").read_text())["step"] != json.loads((run / name).with_suffix(".json").read_text())["step"]:
+        if (
+            json.loads((ref / name).with_suffix(".json").read_text())["step"]
+            != json.loads((run / name).with_suffix(".json").read_text())["step"]
+        ):
             problems.append(f"{name}: saved at another step")
     sa = torch.load(ref / "state.pt", map_location="cpu", weights_only=True)
     sb = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
@@ -286,7 +321,9 @@ def compare_runs(ref: Path, run: Path) -> list[str]:
     if fa.keys() != fb.keys():
         problems.append("state.pt: different structure")
     else:
-        differ = [k for k in fa if (torch.is_tensor(fa[k]) and not torch.equal(fa[k], fb[k])) or (not torch.is_tensor(fa[k]) and fa[k] != fb[k])]
+        differ = [
+            k for k in fa if (torch.is_tensor(fa[k]) and not torch.equal(fa[k], fb[k])) or (not torch.is_tensor(fa[k]) and fa[k] != fb[k])
+        ]
         if differ:
             problems.append(f"state.pt: {len(differ)} entries differ (weights or optimiser), e.g. {differ[0]}")
     for name, skip in (("train.csv", {"it_s"}), ("val.csv", set())):
@@ -308,8 +345,16 @@ def compare_runs(ref: Path, run: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------ harness
 
 
-def harness(work: Path, stage: str = "teacher", kills: int = 12, steps: int = 60, seed: int = 0,
-            plan: list[Kill] | None = None, max_delay: float = 6.0, say=print) -> Summary:
+def harness(
+    work: Path,
+    stage: str = "teacher",
+    kills: int = 12,
+    steps: int = 60,
+    seed: int = 0,
+    plan: list[Kill] | None = None,
+    max_delay: float = 6.0,
+    say=print,
+) -> Summary:
     """Reference run, killed-and-resumed run, checks. `plan` overrides the random kill plan."""
     t0 = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)
@@ -341,8 +386,10 @@ def harness(work: Path, stage: str = "teacher", kills: int = 12, steps: int = 60
         result = run_attempt(cmd, run, kill, logs / f"attempt-{attempt_no:02d}.log")
         if not result.killed:
             if result.returncode != 0:
-                summary.problems.append(f"attempt {attempt_no} failed (exit {result.returncode}); see {result.log}: "
-                                        + result.log.read_text(errors="replace").strip().splitlines()[-1][:300])
+                summary.problems.append(
+                    f"attempt {attempt_no} failed (exit {result.returncode}); see {result.log}: "
+                    + result.log.read_text(errors="replace").strip().splitlines()[-1][:300]
+                )
                 break
             if kill is not None:
                 summary.finished_early += 1
@@ -356,12 +403,15 @@ def harness(work: Path, stage: str = "teacher", kills: int = 12, steps: int = 60
         summary.integrity_checks += 1
         summary.problems += [f"after kill {summary.kills} ({kill.describe()}): {p}" for p in found]
         step = _saved_step(run)
-        say(f"{stage}: kill {summary.kills:2d} {kill.describe():28s} -> died "
+        say(
+            f"{stage}: kill {summary.kills:2d} {kill.describe():28s} -> died "
             f"{'while writing ' + result.during_write if result.during_write else 'between writes'}; "
-            f"state.pt at step {step}; folder {'whole' if not found else 'DAMAGED'}")
+            f"state.pt at step {step}; folder {'whole' if not found else 'DAMAGED'}"
+        )
     if summary.kills < len(plan):
-        summary.problems.append(f"only {summary.kills} of {len(plan)} planned kills happened (the run finished "
-                                "first): give it more --steps")
+        summary.problems.append(
+            f"only {summary.kills} of {len(plan)} planned kills happened (the run finished first): give it more --steps"
+        )
     if finished:
         differences = compare_runs(ref, run)
         summary.equal = not any(p.split(":")[0] in CHECKPOINTS + ("state.pt",) for p in differences)

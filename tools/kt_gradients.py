@@ -41,8 +41,9 @@ def main() -> None:
         os.environ.setdefault("DEREFLECT_HED_WEIGHTS", str(args.data / "hed_fp16.weights.h5"))
     cfg = load_config("student", args.config, {"init": str(args.init) if args.init else None, "gan": "off"})
     with tempfile.TemporaryDirectory() as run:
-        tr = StudentTrainer(cfg, Path(run), teacher=args.teacher, data_dirs=[args.data / "photos", args.data / "pairs_train"],
-                            device="cpu", progress=False)
+        tr = StudentTrainer(
+            cfg, Path(run), teacher=args.teacher, data_dirs=[args.data / "photos", args.data / "pairs_train"], device="cpu", progress=False
+        )
     params = [p for p in tr._model.parameters() if p.requires_grad]
     norms: dict[str, list[float]] = {}
     step, done = 0, 0

@@ -73,6 +73,7 @@ def main() -> None:
     hed = hed_weights_path()
     if hed is not None:
         with h5py.File(hed, "r") as fin, h5py.File(args.out / "hed_fp16.weights.h5", "w") as fout:
+
             def copy(name: str, obj) -> None:
                 if isinstance(obj, h5py.Dataset):
                     fout.create_dataset(name, data=np.asarray(obj[()], dtype=np.float16))
@@ -80,12 +81,15 @@ def main() -> None:
                     grp = fout.require_group(name)
                     for k, v in obj.attrs.items():
                         grp.attrs[k] = v
+
             fin.visititems(copy)
     mnv2 = mobilenet_v2_weights_path()
     if mnv2 is not None:
         shutil.copy2(mnv2, args.out / mnv2.name)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()) / 2**20
-    print(f"{n} photos, {len(train)} train / {len(val)} val pairs ({len(set(x.split('-')[0] for x in val))} val scenes); {size:.1f} MiB in {args.out}")
+    print(
+        f"{n} photos, {len(train)} train / {len(val)} val pairs ({len(set(x.split('-')[0] for x in val))} val scenes); {size:.1f} MiB in {args.out}"
+    )
 
 
 if __name__ == "__main__":

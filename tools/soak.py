@@ -51,8 +51,10 @@ def _photos() -> list[np.ndarray]:
     """scikit-image's bundled colour photos (no download), as HxWx3 uint8."""
     from skimage import data
 
-    return [np.ascontiguousarray(getattr(data, name)()[..., :3])
-            for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")]
+    return [
+        np.ascontiguousarray(getattr(data, name)()[..., :3])
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+    ]
 
 
 def make_inputs(folder: Path, count: int, cycle: int = 100, seed: int = 0) -> dict[str, int]:
@@ -64,9 +66,13 @@ def make_inputs(folder: Path, count: int, cycle: int = 100, seed: int = 0) -> di
     from dereflect.images import write_image
 
     rng = np.random.default_rng(seed)
-    plan = [((int(math.exp(rng.uniform(math.log(64), math.log(1500)))),
-              int(math.exp(rng.uniform(math.log(64), math.log(1500))))),
-             "png16" if k % 50 == 7 else ("png8" if rng.random() < 0.3 else "jpeg")) for k in range(cycle)]
+    plan = [
+        (
+            (int(math.exp(rng.uniform(math.log(64), math.log(1500)))), int(math.exp(rng.uniform(math.log(64), math.log(1500))))),
+            "png16" if k % 50 == 7 else ("png8" if rng.random() < 0.3 else "jpeg"),
+        )
+        for k in range(cycle)
+    ]
     photos = _photos()
     folder.mkdir(parents=True, exist_ok=True)
     kinds = {"jpeg": 0, "png8": 0, "png16": 0}
@@ -163,7 +169,7 @@ def soak_remove(inputs: Path, out: Path, good: int, period: float = 0.1) -> Remo
             time.sleep(period)
         code = proc.wait()
     errors = [line for line in log_err.read_text().splitlines() if line.startswith("error: ")]
-    reported = sorted({Path(line[len("error: "):].split(": ", 1)[0]).name for line in errors})
+    reported = sorted({Path(line[len("error: ") :].split(": ", 1)[0]).name for line in errors})
     return RemoveResult(code, _count_outputs(out), good, reported, samples, peak, time.monotonic() - started)
 
 
@@ -172,22 +178,34 @@ def soak_bench(work: Path, repeats: int) -> list[dict[str, int]]:
     """run_bench `repeats` times in this process on a small fp32 ONNX export of the default student."""
     from dereflect.bench import BenchOptions, run_bench
     from dereflect.export.formats import FORMATS_BY_NAME
-    from dereflect.export.pipeline import ExportOptions, Exporter
+    from dereflect.export.pipeline import Exporter, ExportOptions
     from dereflect.runtime.resolve import default_checkpoint
 
     art = work / "artifacts"
-    Exporter(default_checkpoint(), art, ExportOptions(precision="fp32", size=64, val_count=2),
-             log=lambda _: None).run([FORMATS_BY_NAME["onnx"]])
+    Exporter(default_checkpoint(), art, ExportOptions(precision="fp32", size=64, val_count=2), log=lambda _: None).run(
+        [FORMATS_BY_NAME["onnx"]]
+    )
     opts = BenchOptions(sizes=(64,), runs=3, warmup=1, time_cap_s=2.0, max_pairs=2, synth_size=64, thumbs=0)
     series = []
     for i in range(repeats):
         result = run_bench(art, opts, log=lambda _: None)
         assert result.rows, "the benchmark produced no rows"
         status = proc_status()
-        series.append({"run": i + 1, "fds": open_fds(), "threads": status["Threads"],
-                       "py_threads": threading.active_count(), "rss_mb": status["VmRSS"], "rows": len(result.rows)})
-        print(f"  bench run {i + 1:2d}: fds {series[-1]['fds']}, threads {status['Threads']} "
-              f"(python {series[-1]['py_threads']}), RSS {status['VmRSS']} MB", flush=True)
+        series.append(
+            {
+                "run": i + 1,
+                "fds": open_fds(),
+                "threads": status["Threads"],
+                "py_threads": threading.active_count(),
+                "rss_mb": status["VmRSS"],
+                "rows": len(result.rows),
+            }
+        )
+        print(
+            f"  bench run {i + 1:2d}: fds {series[-1]['fds']}, threads {status['Threads']} "
+            f"(python {series[-1]['py_threads']}), RSS {status['VmRSS']} MB",
+            flush=True,
+        )
     return series
 
 
@@ -197,9 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=1000, help="good images for `dereflect remove` (default 1000)")
     ap.add_argument("--bench-repeats", type=int, default=20, help="run_bench calls in one process (default 20)")
     ap.add_argument("--cycle", type=int, default=100, help="sizes and formats repeat every CYCLE images (default 100)")
-    ap.add_argument("--rss-margin-mb", type=int, default=150,
-                    help="allowed growth of the peak RSS from the second block of CYCLE images to the last "
-                         "(default 150 MB, or 15 %% of that peak if more)")
+    ap.add_argument(
+        "--rss-margin-mb",
+        type=int,
+        default=150,
+        help="allowed growth of the peak RSS from the second block of CYCLE images to the last "
+        "(default 150 MB, or 15 %% of that peak if more)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--json", type=Path, default=REPO / "runs" / "soak" / "soak.json", help="summary file")
     ap.add_argument("--skip-remove", action="store_true")
@@ -214,24 +236,37 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_remove:
             t0 = time.monotonic()
             kinds = make_inputs(work / "in", args.images, args.cycle)
-            print(f"generated {args.images} images ({kinds}) + {len(BAD_FILES)} bad ones in {time.monotonic() - t0:.0f} s",
-                  flush=True)
+            print(f"generated {args.images} images ({kinds}) + {len(BAD_FILES)} bad ones in {time.monotonic() - t0:.0f} s", flush=True)
             res = soak_remove(work / "in", work / "out", args.images)
-            print(f"dereflect remove: exit {res.exit_code} in {res.seconds:.0f} s, {res.written} written, "
-                  f"peak RSS {res.peak_mb} MB; bad files reported: {', '.join(res.reported_bad)}")
+            print(
+                f"dereflect remove: exit {res.exit_code} in {res.seconds:.0f} s, {res.written} written, "
+                f"peak RSS {res.peak_mb} MB; bad files reported: {', '.join(res.reported_bad)}"
+            )
             cycle = min(args.cycle, args.images)
             print(f"  RSS while processing each block of {cycle} images (same sizes and formats in every block):")
             blocks = []
             for start in range(0, args.images, cycle):
                 rss = res.window(start, start + cycle)
                 if rss:
-                    blocks.append({"images": f"{start + 1}-{min(start + cycle, args.images)}", "peak_mb": max(rss),
-                                   "median_mb": int(np.median(rss)), "samples": len(rss)})
-                    print(f"  {blocks[-1]['images']:>10}: peak {max(rss)} MB, median {blocks[-1]['median_mb']} MB "
-                          f"({len(rss)} samples)")
-            summary["remove"] = {"exit_code": res.exit_code, "written": res.written, "reported_bad": res.reported_bad,
-                                 "seconds": round(res.seconds, 1), "peak_mb": res.peak_mb, "blocks": blocks,
-                                 "kinds": kinds, "series": [vars(s) for s in res.samples[:: max(1, len(res.samples) // 400)]]}
+                    blocks.append(
+                        {
+                            "images": f"{start + 1}-{min(start + cycle, args.images)}",
+                            "peak_mb": max(rss),
+                            "median_mb": int(np.median(rss)),
+                            "samples": len(rss),
+                        }
+                    )
+                    print(f"  {blocks[-1]['images']:>10}: peak {max(rss)} MB, median {blocks[-1]['median_mb']} MB ({len(rss)} samples)")
+            summary["remove"] = {
+                "exit_code": res.exit_code,
+                "written": res.written,
+                "reported_bad": res.reported_bad,
+                "seconds": round(res.seconds, 1),
+                "peak_mb": res.peak_mb,
+                "blocks": blocks,
+                "kinds": kinds,
+                "series": [vars(s) for s in res.samples[:: max(1, len(res.samples) // 400)]],
+            }
             if res.exit_code != 1:
                 failures.append(f"remove exited {res.exit_code}, expected 1 (some inputs are bad)")
             if res.reported_bad != sorted(BAD_FILES):
@@ -243,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                 margin = max(args.rss_margin_mb, int(0.15 * first["peak_mb"]))
                 summary["remove"]["rss_check"] = {"first": first, "last": last, "margin_mb": margin}
                 if last["peak_mb"] > first["peak_mb"] + margin:
-                    failures.append(f"peak RSS grew from {first['peak_mb']} MB (images {first['images']}) to "
-                                    f"{last['peak_mb']} MB (images {last['images']}): more than {margin} MB")
+                    failures.append(
+                        f"peak RSS grew from {first['peak_mb']} MB (images {first['images']}) to "
+                        f"{last['peak_mb']} MB (images {last['images']}): more than {margin} MB"
+                    )
         if not args.skip_bench:
             print(f"run_bench x{args.bench_repeats} in one process:", flush=True)
             series = soak_bench(work, args.bench_repeats)

@@ -45,8 +45,11 @@ def main() -> None:
             out = teacher(frames)
             mid = frames[0, frames.shape[1] // 2]
             s = student(mid[None])[0]
-            rows.append(np.concatenate([to_img(frames[0, 0]), to_img(mid), to_img(out["transmission"][0]),
-                                        to_img(out["reflection"][0] * 2), to_img(s)], 1))
+            rows.append(
+                np.concatenate(
+                    [to_img(frames[0, 0]), to_img(mid), to_img(out["transmission"][0]), to_img(out["reflection"][0] * 2), to_img(s)], 1
+                )
+            )
     sheet = np.concatenate(rows, 0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(args.out, quality=85)

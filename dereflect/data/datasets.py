@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 
 from dereflect.data.photos import IMAGE_SUFFIXES, read_rgb_uint8
 from dereflect.data.synth import SynthConfig, SynthSequence, _read_flow, synthesize_sequence
-from dereflect.images import read_rgb_float
 from dereflect.errors import DereflectError
+from dereflect.images import read_rgb_float
 
 
 def _item_rng(seed: int, index: int, epoch: int) -> np.random.Generator:
@@ -50,7 +50,7 @@ def _colour_jitter_matrix(rng: np.random.Generator, mean: np.ndarray) -> tuple[n
 
 def colour_jitter(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random photometric change of a float HWC photo (same draw order whatever the photo)."""
-    m, b = _colour_jitter_matrix(rng, photo.reshape(-1, 3)[:: 97].mean(axis=0))
+    m, b = _colour_jitter_matrix(rng, photo.reshape(-1, 3)[::97].mean(axis=0))
     out = photo.reshape(-1, 3) @ m
     out += b
     return np.clip(out, 0.0, 1.0, out=out).reshape(photo.shape)
@@ -61,14 +61,28 @@ def sequence_to_item(seq: SynthSequence) -> dict[str, torch.Tensor]:
     m = seq.middle
     frames, t_all, r_all = _chw(seq.frames), _chw(seq.transmission), _chw(seq.reflection)
     return {
-        "frames": frames, "input": frames[m].clone(), "transmission": t_all[m].clone(),
-        "reflection": r_all[m].clone(), "transmission_all": t_all, "reflection_all": r_all,
-        "flow_T": _chw(seq.flow_T), "flow_R": _chw(seq.flow_R),
+        "frames": frames,
+        "input": frames[m].clone(),
+        "transmission": t_all[m].clone(),
+        "reflection": r_all[m].clone(),
+        "transmission_all": t_all,
+        "reflection_all": r_all,
+        "flow_T": _chw(seq.flow_T),
+        "flow_R": _chw(seq.flow_R),
     }
 
 
-def draw_sequence(photos: Sequence[np.ndarray], index: int, *, seed: int, n_frames: int = 5, size: int = 256,
-                  augment: bool = True, config: SynthConfig | None = None, epoch: int = 0) -> SynthSequence:
+def draw_sequence(
+    photos: Sequence[np.ndarray],
+    index: int,
+    *,
+    seed: int,
+    n_frames: int = 5,
+    size: int = 256,
+    augment: bool = True,
+    config: SynthConfig | None = None,
+    epoch: int = 0,
+) -> SynthSequence:
     """Sequence `index` of the synthetic set: the one recipe behind both SyntheticSequences and
     `dereflect data synth` (so a written set equals the on-the-fly one for the same seed)."""
     rng = _item_rng(seed, index, epoch)
@@ -91,8 +105,17 @@ class SyntheticSequences(Dataset):
     layers (that is the T/R swap). With `augment`, each source photo also gets a colour jitter and
     a random horizontal flip; crops and scales vary in every case (they are the synthesis)."""
 
-    def __init__(self, photos: Sequence[np.ndarray], *, n_frames: int = 5, size: int = 256, length: int = 1000,
-                 seed: int = 0, augment: bool = True, config: SynthConfig | None = None) -> None:
+    def __init__(
+        self,
+        photos: Sequence[np.ndarray],
+        *,
+        n_frames: int = 5,
+        size: int = 256,
+        length: int = 1000,
+        seed: int = 0,
+        augment: bool = True,
+        config: SynthConfig | None = None,
+    ) -> None:
         if len(photos) == 0:
             raise DereflectError(None, "no photos to synthesise from")
         if length < 1:
@@ -111,8 +134,16 @@ class SyntheticSequences(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        seq = draw_sequence(self.photos, index, seed=self.seed, n_frames=self.n_frames, size=self.size,
-                            augment=self.augment, config=self.config, epoch=self.epoch)
+        seq = draw_sequence(
+            self.photos,
+            index,
+            seed=self.seed,
+            n_frames=self.n_frames,
+            size=self.size,
+            augment=self.augment,
+            config=self.config,
+            epoch=self.epoch,
+        )
         return sequence_to_item(seq)
 
 
@@ -156,8 +187,7 @@ def find_sequences(root: Path) -> dict[str, list[Path]]:
     for name, frames in sorted(flat.items()):
         seqs[name] = [p for _, p in sorted(frames)]
     if not seqs:
-        raise DereflectError(root, "no sequences found (expected SEQ/frame_000.png ..., SEQ/<images>, "
-                                   "or NAME_I0.png ... NAME_I4.png)")
+        raise DereflectError(root, "no sequences found (expected SEQ/frame_000.png ..., SEQ/<images>, or NAME_I0.png ... NAME_I4.png)")
     return seqs
 
 
@@ -170,8 +200,7 @@ def _resize_crop(x: np.ndarray, size: int | None) -> np.ndarray:
     h, w = t.shape[-2:]
     nh, nw, scale = _resized(h, w, size)
     if (nh, nw) != (h, w):
-        t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False,
-                                            antialias=scale < 1)
+        t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
     y0, x0 = (nh - size) // 2, (nw - size) // 2
     return t[:, :, y0 : y0 + size, x0 : x0 + size].permute(0, 2, 3, 1).numpy()
 
@@ -195,14 +224,16 @@ class SequenceFolder(Dataset):
         """True when the sequence has its layers and flows (a synthetic one): trainable with supervision."""
         files = self.sequences[self.names[index]]
         folder = files[0].parent
-        return (all((folder / sub / p.name).is_file() for sub in ("transmission", "reflection") for p in files)
-                and (folder / "flow_T.npy").is_file() and (folder / "flow_R.npy").is_file())
+        return (
+            all((folder / sub / p.name).is_file() for sub in ("transmission", "reflection") for p in files)
+            and (folder / "flow_T.npy").is_file()
+            and (folder / "flow_R.npy").is_file()
+        )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         name = self.names[index]
         files = self.sequences[name]
-        frames = [read_rgb_float(p) if p.suffix.lower() == ".png" else
-                  read_rgb_uint8(p).astype(np.float32) / 255.0 for p in files]
+        frames = [read_rgb_float(p) if p.suffix.lower() == ".png" else read_rgb_uint8(p).astype(np.float32) / 255.0 for p in files]
         shapes = {f.shape for f in frames}
         if len(shapes) != 1:
             raise DereflectError(files[0].parent, f"frames of different sizes: {sorted(shapes)}")
@@ -219,8 +250,12 @@ class SequenceFolder(Dataset):
             t_all = np.stack([read_rgb_float(folder / "transmission" / p.name) for p in files])
             r_all = np.stack([read_rgb_float(folder / "reflection" / p.name) for p in files])
             t_all, r_all = _chw(_resize_crop(t_all, self.size)), _chw(_resize_crop(r_all, self.size))
-            item.update(transmission=t_all[len(files) // 2].clone(), reflection=r_all[len(files) // 2].clone(),
-                        transmission_all=t_all, reflection_all=r_all)
+            item.update(
+                transmission=t_all[len(files) // 2].clone(),
+                reflection=r_all[len(files) // 2].clone(),
+                transmission_all=t_all,
+                reflection_all=r_all,
+            )
             for key in ("T", "R"):
                 flow = _read_flow(folder / f"flow_{key}.npy", stack.shape)
                 if self.size is not None:
@@ -244,8 +279,9 @@ class PairedFolder(Dataset):
     colour jitter shared by both images) when `augment`, centred otherwise. `names` restricts
     the set (e.g. one side of scene_split)."""
 
-    def __init__(self, root: str | Path, *, size: int | None = 256, augment: bool = False, seed: int = 0,
-                 names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: str | Path, *, size: int | None = 256, augment: bool = False, seed: int = 0, names: Sequence[str] | None = None
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DereflectError(self.root, "not a folder" if self.root.exists() else "folder does not exist")
@@ -255,16 +291,17 @@ class PairedFolder(Dataset):
             raise DereflectError(self.root, "expected blended/ and transmission/ (or transmission_layer/) subfolders")
         inputs = {p.stem: p for p in _images_in(blended)}
         targets = {p.stem: p for p in _images_in(trans)}
-        unpaired = sorted([inputs[k].relative_to(self.root).as_posix() for k in inputs.keys() - targets.keys()]
-                          + [targets[k].relative_to(self.root).as_posix() for k in targets.keys() - inputs.keys()])
+        unpaired = sorted(
+            [inputs[k].relative_to(self.root).as_posix() for k in inputs.keys() - targets.keys()]
+            + [targets[k].relative_to(self.root).as_posix() for k in targets.keys() - inputs.keys()]
+        )
         if unpaired:
             warnings.warn(f"{self.root}: skipping {len(unpaired)} unpaired file(s): {', '.join(unpaired)}", stacklevel=2)
         stems = sorted(inputs.keys() & targets.keys(), key=_natural_key)
         if names is not None:
             missing = sorted(set(names) - set(stems))
             if missing:
-                raise DereflectError(self.root, f"no pair named {', '.join(missing[:5])}"
-                                                f"{' ...' if len(missing) > 5 else ''}")
+                raise DereflectError(self.root, f"no pair named {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
             wanted = set(names)
             stems = [s for s in stems if s in wanted]
         if not stems:
@@ -283,8 +320,7 @@ class PairedFolder(Dataset):
         src, tgt = self.pairs[index]
         a, b = read_rgb_uint8(src), read_rgb_uint8(tgt)
         if a.shape != b.shape:
-            raise DereflectError(tgt, f"size {b.shape[1]}x{b.shape[0]} differs from {src.name}'s "
-                                      f"{a.shape[1]}x{a.shape[0]}")
+            raise DereflectError(tgt, f"size {b.shape[1]}x{b.shape[0]} differs from {src.name}'s {a.shape[1]}x{a.shape[0]}")
         rng = _item_rng(self.seed, index, self.epoch)
         if self.size is not None:
             a, b = self._crop(a, b, rng)

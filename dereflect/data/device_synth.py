@@ -116,10 +116,17 @@ def _load_photos(photos: Sequence[np.ndarray], size: int, device: torch.device) 
     if offset >= 2**31:
         raise DereflectError(None, f"{len(arrays)} photos hold {offset} pixels: more than one buffer indexes (2^31)")
     long = dict(dtype=torch.int64, device=device)
-    return _Photos(packed=torch.cat(chunks).to(device), base=torch.tensor(base, **long),
-                   height=torch.tensor(heights, **long), width=torch.tensor(widths, **long),
-                   mean=torch.tensor(np.stack(means), dtype=torch.float32, device=device), levels=levels,
-                   count=len(arrays), rows=torch.arange(max(heights), **long), cols=torch.arange(max(widths), **long))
+    return _Photos(
+        packed=torch.cat(chunks).to(device),
+        base=torch.tensor(base, **long),
+        height=torch.tensor(heights, **long),
+        width=torch.tensor(widths, **long),
+        mean=torch.tensor(np.stack(means), dtype=torch.float32, device=device),
+        levels=levels,
+        count=len(arrays),
+        rows=torch.arange(max(heights), **long),
+        cols=torch.arange(max(widths), **long),
+    )
 
 
 def _shrink(img: torch.Tensor, k: int) -> torch.Tensor:
@@ -154,8 +161,9 @@ class _Draw:
 # geometry (float32: 1e-4 px is far below what bilinear sampling resolves)
 
 
-def _homographies(t: torch.Tensor, shift: torch.Tensor, rot: torch.Tensor, zoom: torch.Tensor, persp: torch.Tensor,
-                  centre: tuple[float, float]) -> torch.Tensor:
+def _homographies(
+    t: torch.Tensor, shift: torch.Tensor, rot: torch.Tensor, zoom: torch.Tensor, persp: torch.Tensor, centre: tuple[float, float]
+) -> torch.Tensor:
     """(B,N,3,3) frame pixel -> canonical pixel, synth._layer_homography for every (b, n).
     t: (N,), shift: (B,N,2), rot/zoom: (B,), persp: (B,2)."""
     tt = t[None, :]
@@ -178,8 +186,10 @@ def _apply(hom: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch
     extra = xs.dim() - 2
     h = hom.reshape(*hom.shape[:2], 3, 3, *([1] * extra))
     den = h[:, :, 2, 0] * xs + h[:, :, 2, 1] * ys + h[:, :, 2, 2]
-    return ((h[:, :, 0, 0] * xs + h[:, :, 0, 1] * ys + h[:, :, 0, 2]) / den,
-            (h[:, :, 1, 0] * xs + h[:, :, 1, 1] * ys + h[:, :, 1, 2]) / den)
+    return (
+        (h[:, :, 0, 0] * xs + h[:, :, 0, 1] * ys + h[:, :, 0, 2]) / den,
+        (h[:, :, 1, 0] * xs + h[:, :, 1, 1] * ys + h[:, :, 1, 2]) / den,
+    )
 
 
 def _motion(d: _Draw, cfg: SynthConfig, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,8 +217,10 @@ def _motion(d: _Draw, cfg: SynthConfig, n: int, size: int) -> tuple[torch.Tensor
     cam = e1[:, None] * t + (k_path[:, None] * e2)[:, None] * t * t + shake
     r_shift = (lam * k_t)[:, None, None] * cam + own[:, None, None] * (e3[:, None] * t + (k_own[:, None] * e4)[:, None] * t * t)
     centre = ((size - 1) / 2.0, (size - 1) / 2.0)
-    return (_homographies(times, k_t[:, None, None] * cam, rot, zoom, persp, centre),
-            _homographies(times, r_shift, rot, r_zoom, persp, centre))
+    return (
+        _homographies(times, k_t[:, None, None] * cam, rot, zoom, persp, centre),
+        _homographies(times, r_shift, rot, r_zoom, persp, centre),
+    )
 
 
 @dataclass
@@ -225,8 +237,16 @@ class _Crop:
     height: torch.Tensor
 
 
-def _fit_crop(d: _Draw, cfg: SynthConfig, photos: _Photos, photo: torch.Tensor, hom: torch.Tensor, size: int,
-              extra: torch.Tensor | None, flip_prob: float) -> _Crop:
+def _fit_crop(
+    d: _Draw,
+    cfg: SynthConfig,
+    photos: _Photos,
+    photo: torch.Tensor,
+    hom: torch.Tensor,
+    size: int,
+    extra: torch.Tensor | None,
+    flip_prob: float,
+) -> _Crop:
     corner = torch.linspace(0.0, size - 1.0, 2, device=d.device)  # a kernel, not a host copy (no CUDA sync)
     cxs, cys = torch.meshgrid(corner, corner, indexing="xy")
     cxs, cys = cxs.reshape(1, 1, 4), cys.reshape(1, 1, 4)
@@ -267,8 +287,11 @@ def _canvas(photos: _Photos, image: torch.Tensor) -> torch.Tensor:
     (viewed as 4 bytes, little-endian); the repeated edge makes bilinear sampling anywhere inside
     the image exactly grid_sample's padding_mode="border" on the image alone."""
     h, w = photos.height[image].view(-1, 1, 1), photos.width[image].view(-1, 1, 1)
-    idx = (photos.base[image].view(-1, 1, 1) + torch.minimum(photos.rows.view(1, -1, 1), h - 1) * w
-           + torch.minimum(photos.cols.view(1, 1, -1), w - 1))
+    idx = (
+        photos.base[image].view(-1, 1, 1)
+        + torch.minimum(photos.rows.view(1, -1, 1), h - 1) * w
+        + torch.minimum(photos.cols.view(1, 1, -1), w - 1)
+    )
     rgb = torch.take(photos.packed, idx).view(torch.uint8).unflatten(-1, (-1, 4))[..., :3]
     return rgb.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
 
@@ -429,9 +452,19 @@ class DeviceSynthesizer:
     x.flatten(0, 1) is channels_last too).
     """
 
-    def __init__(self, photos: Sequence[np.ndarray], device: str | torch.device = "cpu", *, n_frames: int = 5,
-                 size: int = 256, config: SynthConfig | None = None, seed: int = 0, augment: bool = True,
-                 half_blur: bool | None = None, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        photos: Sequence[np.ndarray],
+        device: str | torch.device = "cpu",
+        *,
+        n_frames: int = 5,
+        size: int = 256,
+        config: SynthConfig | None = None,
+        seed: int = 0,
+        augment: bool = True,
+        half_blur: bool | None = None,
+        channels_last: bool = False,
+    ) -> None:
         if n_frames < 3 or n_frames % 2 == 0:
             raise UsageError(None, f"n_frames must be odd and >= 3 (there must be a middle frame), got {n_frames}")
         if size < 16:
@@ -450,8 +483,11 @@ class DeviceSynthesizer:
         cfg = self.config
         self._sigma_cap = cfg.blur_sigma[1] * px * math.exp(3.0 * cfg.blur_jitter)
         self._radius = int(math.ceil(3.0 * self._sigma_cap))
-        ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32, device=self.device),
-                                torch.arange(size, dtype=torch.float32, device=self.device), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(size, dtype=torch.float32, device=self.device),
+            torch.arange(size, dtype=torch.float32, device=self.device),
+            indexing="ij",
+        )
         self._xs, self._ys = xs[None, None], ys[None, None]  # (1,1,H,W)
 
     @property
@@ -543,8 +579,9 @@ class DeviceSynthesizer:
         flows = (_flows(hom_t, xs, ys), _flows(hom_r, xs, ys))
         return {"frames": frames, "transmission_all": transmission, "reflection_all": reflection}, flows
 
-    def _sample(self, crop: _Crop, hom: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
-                jitter: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def _sample(
+        self, crop: _Crop, hom: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, jitter: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
         """One layer in linear light, (B,3,N,H,W): sample in sRGB, colour jitter, decode."""
         sx, sy = _source_coords(hom, crop, xs, ys)
         x = _bilinear(self.photos, crop, sx, sy)

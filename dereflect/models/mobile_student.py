@@ -79,8 +79,14 @@ class GlobalColour(nn.Module):
     def apply(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """y_c = x_c + sum_k m_ck x_k + b_c, written as Mul/Add on slices (no Einsum/MatMul: every target runs it)."""
         r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-        rows = [x[:, c : c + 1] + p[:, 3 * c : 3 * c + 1] * r + p[:, 3 * c + 1 : 3 * c + 2] * g + p[:, 3 * c + 2 : 3 * c + 3] * b
-                + p[:, 9 + c : 10 + c] for c in range(3)]
+        rows = [
+            x[:, c : c + 1]
+            + p[:, 3 * c : 3 * c + 1] * r
+            + p[:, 3 * c + 1 : 3 * c + 2] * g
+            + p[:, 3 * c + 2 : 3 * c + 3] * b
+            + p[:, 9 + c : 10 + c]
+            for c in range(3)
+        ]
         return torch.cat(rows, 1)
 
 

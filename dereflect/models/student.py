@@ -10,7 +10,7 @@ runs it. H and W must be multiples of 8 (three stride-2 convs); padding is the r
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn

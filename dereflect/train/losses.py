@@ -103,9 +103,7 @@ def exclusion_loss(t: torch.Tensor, r: torch.Tensor, levels: int = 3) -> torch.T
         tgx, tgy = image_gradients(t)
         rgx, rgy = image_gradients(r)
         for tg, rg in ((tgx, rgx), (tgy, rgy)):
-            alpha = (
-                2.0 * tg.abs().mean(dim=(1, 2, 3), keepdim=True) / (rg.abs().mean(dim=(1, 2, 3), keepdim=True) + _EPS)
-            )
+            alpha = 2.0 * tg.abs().mean(dim=(1, 2, 3), keepdim=True) / (rg.abs().mean(dim=(1, 2, 3), keepdim=True) + _EPS)
             t_s = torch.tanh(tg / 2.0)
             r_s = torch.tanh(rg * alpha / 2.0)
             product = (t_s.square() * r_s.square()).mean(dim=(1, 2, 3))
@@ -117,9 +115,7 @@ def exclusion_loss(t: torch.Tensor, r: torch.Tensor, levels: int = 3) -> torch.T
     return total.mean() / levels
 
 
-def feature_decoupling_loss(
-    psi_t: torch.Tensor | Sequence[torch.Tensor], psi_r: torch.Tensor | Sequence[torch.Tensor]
-) -> torch.Tensor:
+def feature_decoupling_loss(psi_t: torch.Tensor | Sequence[torch.Tensor], psi_r: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     """L_FD's feature part: mean squared cosine similarity of per-pixel T and R feature vectors.
 
     0 when the two layers' features are orthogonal at every pixel (decoupled), 1 when parallel.
@@ -164,9 +160,7 @@ def view_synthesis_loss(
     it differs.
     """
     if t_layers.ndim != 5 or t_layers.shape != r_layers.shape:
-        raise ValueError(
-            f"t_layers {tuple(t_layers.shape)} and r_layers {tuple(r_layers.shape)} must be equal (B,N,C,H,W)"
-        )
+        raise ValueError(f"t_layers {tuple(t_layers.shape)} and r_layers {tuple(r_layers.shape)} must be equal (B,N,C,H,W)")
     b, n, _, h, w = t_layers.shape
     for name, flow in (("flows_t", flows_t), ("flows_r", flows_r)):
         if tuple(flow.shape) != (b, n, 2, h, w):
@@ -186,9 +180,7 @@ def view_synthesis_loss(
     return torch.stack(losses).mean()
 
 
-def flow_loss(
-    pred_flows: Sequence[torch.Tensor], true_flow: torch.Tensor, weights: Sequence[float] | None = None
-) -> torch.Tensor:
+def flow_loss(pred_flows: Sequence[torch.Tensor], true_flow: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
     """Multi-scale endpoint error: sum_s weights[s] * mean ||pred_s - resize_flow(true, size_s)||_2.
 
     pred_flows: list over scales of (B,N,2,h_s,w_s) flows in pixels of that scale; true_flow (B,N,2,H,W)
@@ -266,8 +258,7 @@ def gan_loss(kind: str, d_real: torch.Tensor, d_fake: torch.Tensor, for_discrimi
         real_label, fake_label = (1.0, 0.0) if for_discriminator else (0.0, 1.0)
         bce = F.binary_cross_entropy_with_logits
         return 0.5 * (
-            bce(real_vs_fake, torch.full_like(real_vs_fake, real_label))
-            + bce(fake_vs_real, torch.full_like(fake_vs_real, fake_label))
+            bce(real_vs_fake, torch.full_like(real_vs_fake, real_label)) + bce(fake_vs_real, torch.full_like(fake_vs_real, fake_label))
         )
     raise ValueError(f"unknown GAN loss {kind!r}; expected 'hinge' or 'relativistic'")
 

@@ -69,9 +69,18 @@ class StudentTrainer(Trainer):
         self.n_photos = (n_train, n_val)
         self.real_pairs = load_pairs(self.sources.pairs) if self.sources.pairs else []
         sequences = LabelledSequences(self.sources.sequences, cfg.size) if self.sources.sequences else None
-        self.dataset = StepData(synth, cfg.batch, cfg.seed + 1, self.real_pairs, cfg.real_fraction, cfg.size,
-                                sequences=sequences, sequence_fraction=cfg.sequence_fraction,
-                                composites=self.sources.reflections, composite_fraction=cfg.composite_fraction)
+        self.dataset = StepData(
+            synth,
+            cfg.batch,
+            cfg.seed + 1,
+            self.real_pairs,
+            cfg.real_fraction,
+            cfg.size,
+            sequences=sequences,
+            sequence_fraction=cfg.sequence_fraction,
+            composites=self.sources.reflections,
+            composite_fraction=cfg.composite_fraction,
+        )
         self.val_pairs_set = PairedFolder(self.val_pairs, size=None) if self.val_pairs else None
         # KT: 1x1 projections of D_hat onto the teacher's channels (training only; not shipped).
         kt = nn.ModuleList()
@@ -100,8 +109,10 @@ class StudentTrainer(Trainer):
     def data_description(self) -> str:
         real = f"; {len(self.real_pairs)} real pairs (fraction {self.cfg.real_fraction})" if self.real_pairs else ""
         encoder = f"; encoder init {self.encoder_init}" if self.encoder_init else ""
-        return (f"middle frames of synthetic {self.cfg.frames}-frame sequences at {self.cfg.size}px from "
-                f"{self.n_photos[0]} photos ({self.n_photos[1]} held out){real}; teacher {self.teacher_path.name}; {self.sources.describe()}{encoder}")
+        return (
+            f"middle frames of synthetic {self.cfg.frames}-frame sequences at {self.cfg.size}px from "
+            f"{self.n_photos[0]} photos ({self.n_photos[1]} held out){real}; teacher {self.teacher_path.name}; {self.sources.describe()}{encoder}"
+        )
 
     @property
     def loss_weights(self) -> dict[str, float]:

@@ -30,10 +30,18 @@ def build_synthetic(cfg, sources: DataSources, stage_seed: int):
     photos = load_all_photos(sources, cfg.max_photo_side)
     train_photos, val_photos = split_photos(photos, cfg.val_fraction, cfg.seed)
     synth = SynthConfig(glass_in_label=cfg.glass_in_label)
-    train = SyntheticSequences(train_photos, n_frames=cfg.frames, size=cfg.size, length=cfg.steps * cfg.batch,
-                               seed=cfg.seed + stage_seed, augment=True, config=synth)
-    val = SyntheticSequences(val_photos, n_frames=cfg.frames, size=cfg.size, length=cfg.val_samples,
-                             seed=10_000 + cfg.seed, augment=False, config=synth)
+    train = SyntheticSequences(
+        train_photos,
+        n_frames=cfg.frames,
+        size=cfg.size,
+        length=cfg.steps * cfg.batch,
+        seed=cfg.seed + stage_seed,
+        augment=True,
+        config=synth,
+    )
+    val = SyntheticSequences(
+        val_photos, n_frames=cfg.frames, size=cfg.size, length=cfg.val_samples, seed=10_000 + cfg.seed, augment=False, config=synth
+    )
     return train, val, len(train_photos), len(val_photos)
 
 
@@ -47,8 +55,7 @@ class TeacherTrainer(Trainer):
         synth, self.val_set, n_train, n_val = build_synthetic(cfg, self.sources, stage_seed=0)
         self.n_photos = (n_train, n_val)
         sequences = LabelledSequences(self.sources.sequences, cfg.size) if self.sources.sequences else None
-        self.dataset = StepData(synth, cfg.batch, cfg.seed, size=cfg.size, sequences=sequences,
-                                sequence_fraction=cfg.sequence_fraction)
+        self.dataset = StepData(synth, cfg.batch, cfg.seed, size=cfg.size, sequences=sequences, sequence_fraction=cfg.sequence_fraction)
         self._model = create_model(cfg.model, **cfg.model_overrides).to(self.device).train()
         self.net = self.wrap_ddp(self._model)
         self.perceptual = L.PerceptualLoss(source=cfg.perceptual).to(self.device) if cfg.perceptual != "off" and cfg.loss.perc > 0 else None
@@ -61,7 +68,7 @@ class TeacherTrainer(Trainer):
         return f"synthetic {self.cfg.frames}-frame sequences at {self.cfg.size}px from {self.n_photos[0]} photos ({self.n_photos[1]} held out); {self.sources.describe()}"
 
     def compute_losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
-        cfg, w = self.cfg, self.cfg.loss
+        w = self.cfg.loss
         t_true, r_true = batch["transmission"], batch["reflection"]
         terms: dict[str, torch.Tensor] = {}
         terms["rec"] = L.reconstruction_loss(out["transmission"], t_true) + 0.5 * L.reconstruction_loss(out["reflection"], r_true)
@@ -72,12 +79,15 @@ class TeacherTrainer(Trainer):
             fd = fd + L.feature_decoupling_loss(out["psi_T"], out["psi_R"])
         terms["fd"] = fd
         if "layers_T" in out:
-            terms["layers"] = (out["layers_T"] - batch["transmission_all"]).abs().mean() + (out["layers_R"] - batch["reflection_all"]).abs().mean()
+            terms["layers"] = (out["layers_T"] - batch["transmission_all"]).abs().mean() + (
+                out["layers_R"] - batch["reflection_all"]
+            ).abs().mean()
             if "flows_T" in out:
                 size = t_true.shape[-2:]
                 full = lambda fl: resize_flow(fl.flatten(0, 1), size).unflatten(0, fl.shape[:2])
-                terms["vs"] = L.view_synthesis_loss(batch["input"], out["layers_T"], out["layers_R"],
-                                                    full(out["flows_T"][0]), full(out["flows_R"][0]), out["mid_index"])
+                terms["vs"] = L.view_synthesis_loss(
+                    batch["input"], out["layers_T"], out["layers_R"], full(out["flows_T"][0]), full(out["flows_R"][0]), out["mid_index"]
+                )
         if "flows_T" in out:
             terms["flow"] = L.flow_loss(out["flows_T"], batch["flow_T"]) + L.flow_loss(out["flows_R"], batch["flow_R"])
         weights = {"rec": w.rec, "perc": w.perc, "fd": w.fd, "vs": w.vs, "flow": w.flow, "layers": w.layers}
