@@ -190,6 +190,16 @@ def test_default_weights_missing_is_clear(monkeypatch, tmp_path):
         load("default")
 
 
+def test_shipped_students_load_by_name(monkeypatch, tmp_path, ckpt):
+    import shutil
+
+    monkeypatch.setattr(resolve, "WEIGHTS_DIR", tmp_path)
+    shutil.copy(ckpt, tmp_path / "student-test.safetensors")
+    assert load("student-test", backend="torch").model.path == tmp_path / "student-test.safetensors"
+    with pytest.raises(DereflectError, match="shipped students by name: default, student-test"):
+        load("student-nope")
+
+
 def test_backend_errors(ckpt, exported, tmp_path):
     with pytest.raises(UsageError, match="unknown backend 'fast'"):
         load(ckpt, backend="fast")

@@ -133,7 +133,11 @@ def _process(session, job: Job, on_tile) -> tuple[tuple[int, int], int, float]:
 def remove_command(
     inputs: list[str] = typer.Argument(..., help="Images, folders or globs."),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder."),
-    model: str = typer.Option("default", "--model", help="'default' (the shipped student) or a checkpoint/artifact path."),
+    model: str = typer.Option(
+        "default",
+        "--model",
+        help="'default' (the shipped student), a shipped student by name (student-mnv2-hq) or a checkpoint/artifact path.",
+    ),
     backend: str = typer.Option("auto", "--backend", help="auto, torch, onnxruntime, openvino, coreml or tensorrt."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile side in pixels (default: only when the image is too big)."),
     save_reflection: bool = typer.Option(

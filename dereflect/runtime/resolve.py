@@ -48,6 +48,16 @@ class ModelRef:
         return f"{self.path.name} ({self.manifest.get('format')} {self.manifest.get('precision')}, parity {parity})"
 
 
+def shipped_checkpoint(name: str) -> Path | None:
+    """A student shipped in dereflect/weights by its model name ("student-mnv2-hq"), or None."""
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    return path if name.startswith("student-") and "/" not in name and path.is_file() else None
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("student-*.safetensors"))
+
+
 def default_checkpoint() -> Path:
     """The shipped student, or one DereflectError saying it is not in this checkout."""
     path = WEIGHTS_DIR / f"{DEFAULT_NAME}.safetensors"
@@ -170,9 +180,9 @@ def resolve(model: str | Path, backend: str = "auto", precision: str | None = No
         get_backend(backend)  # an unknown name is a usage error before any file is looked at
     if precision is not None and precision not in PRECISIONS:
         raise UsageError(None, f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
-    path = default_checkpoint() if str(model) == "default" else Path(model).expanduser()
+    path = default_checkpoint() if str(model) == "default" else shipped_checkpoint(str(model)) or Path(model).expanduser()
     if not path.exists():
-        raise DereflectError(path, "no such model file or folder")
+        raise DereflectError(path, f"no such model file or folder (shipped students by name: default, {', '.join(shipped_names())})")
     if path.is_dir() and _kind_from_path(path) is None:
         problem = backend_problem(backend) if backend != "auto" else None
         if problem is not None:
