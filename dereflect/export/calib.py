@@ -64,9 +64,13 @@ def reference_student(name: str = "student-nano", seed: int = 0):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * math.sqrt(2.0 / fan_in))
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.05)
-        head = model.decoder.head
+        head = model.decoder.head if hasattr(model, "decoder") else model.head
         head.weight.mul_(0.08)
         head.bias.mul_(0.2)
+        colour = getattr(model, "colour", None)  # the MobileNetV2 students' global colour path: a few % of gain
+        if colour is not None:
+            colour.mlp[-1].weight.mul_(0.01)
+            colour.mlp[-1].bias.zero_()
     return model.eval()
 
 

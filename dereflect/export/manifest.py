@@ -120,7 +120,7 @@ def io_spec(batch: int | str = "batch", multiple_of: int = 8) -> dict[str, Any]:
             "multiple_of": multiple_of,
             "min_side": multiple_of,
             "dynamic_axes": {"input": dynamic, "transmission": dynamic},
-            "note": f"H and W must be multiples of {multiple_of} (three stride-2 convs): pad, run, crop",
+            "note": f"H and W must be multiples of {multiple_of} (the network's strides): pad, run, crop",
         },
         "value_range": [0.0, 1.0],
     }

@@ -272,6 +272,7 @@ class Exporter:
                     self.log(f"{fmt_name}: per-layer report failed ({type(exc).__name__}: {exc})")
             parity["worst_layers"] = layers
             parity["fixes"] = self._int8_fixes(layers)
+        io = io or io_spec(multiple_of=self.size_multiple)
         data = build_manifest(
             fmt=fmt_name,
             precision=self.opts.precision,
@@ -412,6 +413,11 @@ class Exporter:
             )
         ]
 
+    @property
+    def size_multiple(self) -> int:
+        """H and W multiple the network needs (8 for student-nano, 16 for the MobileNetV2 students): the manifest tells the runtime."""
+        return int(getattr(self.model, "size_multiple", 8))
+
     def _build_coreml(self, fmt: ExportFormat) -> list[ExportResult]:
         from dereflect.export.coreml import coreml_runner, export_coreml, validate_coreml
 
@@ -424,7 +430,7 @@ class Exporter:
         info["validation"] = validate_coreml(path, p)
         build_s = time.perf_counter() - started
         status = format_status("coreml")
-        io = io_spec(batch=1)
+        io = io_spec(batch=1, multiple_of=self.size_multiple)
         if info["shapes"]["mode"] == "range":
             io["constraints"]["max_side"] = info["shapes"]["max_side"]
         else:
