@@ -64,7 +64,14 @@ def predictor(spec: str):
         return lambda img, gt: from_float(gaussian_filter(img / 255.0, (2, 2, 0)))
     if spec == "oracle-gain":
         return oracle_gain
-    model = load_checkpoint(spec, expect="student")
+    path, _, variant = spec.partition(":")
+    model = load_checkpoint(path, expect="student")
+    if variant == "no-global":  # the same student with its global colour path switched off: what that path adds
+        if getattr(model, "colour", None) is None:
+            raise SystemExit(f"error: {path}: this student has no global colour path")
+        model.colour = None
+    elif variant:
+        raise SystemExit(f"error: {spec}: unknown variant '{variant}' (no-global)")
 
     def run(img: np.ndarray, gt: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
@@ -82,12 +89,19 @@ def _cell(row: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="'identity', 'blur', 'oracle-gain' or student checkpoints")
+    ap.add_argument(
+        "models",
+        nargs="+",
+        help="'identity', 'blur', 'oracle-gain' or student checkpoints (CKPT:no-global: without its global colour path)",
+    )
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument(
+        "--pairs", type=Path, help="score a paired folder (blended/ + transmission/) instead of the dev pairs, e.g. .data/pairs_val"
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", action="store_true", help="also print a per-image SSIM/LMSE table")
     args = ap.parse_args()
-    pairs = dev_pairs(args.shared)
+    pairs = [(p.name, p.blended, p.transmission) for p in find_pairs(args.pairs)] if args.pairs else dev_pairs(args.shared)
     images = [(name, read_rgb(b), read_rgb(t)) for name, b, t in pairs]
     shifts = {name: gt_shift(gt, img) for name, img, gt in images}
     table: dict[str, EvalResult] = {}
