@@ -47,7 +47,7 @@ LEDGER_FIELDS = [
     "note",
 ]
 SHARD_BYTES = 9 * 2**20
-COPIED = ("best.safetensors", "best.json", "last.safetensors", "last.json", "config.json", "train.csv", "val.csv")
+COPIED = ("best.safetensors", "best.json", "last.json", "config.json", "train.csv", "val.csv")  # last weights live in the state
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
