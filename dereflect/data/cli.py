@@ -34,6 +34,20 @@ def synth_command(
 
     Example: dereflect data synth --images photos/ --out data/synth --sequences 8 --frames 5 --size 128
     """
+    typer.echo(synthesize_folder(out, images, sequences=sequences, frames=frames, size=size, seed=seed, preview=preview))
+
+
+def synthesize_folder(
+    out: Path,
+    images: Path | None = None,
+    *,
+    sequences: int = 8,
+    frames: int = 5,
+    size: int = 256,
+    seed: int = 0,
+    preview: Path | None = None,
+) -> str:
+    """`dereflect data synth` as a library function (the demo's main job calls it); returns the summary line."""
     if frames < 3 or frames % 2 == 0:
         raise UsageError(None, f"--frames must be odd and at least 3 (3 or 5), got {frames}")
     if preview is not None and preview.suffix.lower() != ".png":
@@ -82,7 +96,7 @@ def synth_command(
         raise DereflectError(out / "dataset.json", f"could not write ({os_reason(exc)})") from None
     if preview is not None:
         _write_preview(preview, contact_sheet(shown))
-    typer.echo(f"wrote {sequences} sequences of {frames} frames ({size}x{size}) to {out}" + (f"; preview {preview}" if preview else ""))
+    return f"wrote {sequences} sequences of {frames} frames ({size}x{size}) to {out}" + (f"; preview {preview}" if preview else "")
 
 
 def _write_whole(seq, folder: Path, write_sequence) -> None:

@@ -22,7 +22,7 @@ def run_main_job(console, out: Path, sequences: int, size: int, bench_sizes: str
     from dereflect.bench.ledger import BROWSER_LEDGER
     from dereflect.bench.runner import BenchOptions, bench_folder, check_passed, parse_sizes
     from dereflect.bench.table import print_results
-    from dereflect.data.cli import synth_command
+    from dereflect.data.cli import synthesize_folder
     from dereflect.evaluate import evaluate, load_predict
     from dereflect.export.formats import PRECISIONS
     from dereflect.export.pipeline import export_all
@@ -39,8 +39,7 @@ def run_main_job(console, out: Path, sequences: int, size: int, bench_sizes: str
 
     synth_dir = out / "synth"
     console.print(f"[bold]1/5[/] synthesising {sequences} sequences through glass from scikit-image's photos")
-    # TODO(data owner): a library function under `dereflect data synth`; the command is called as one for now.
-    synth_command(out=synth_dir, images=None, sequences=sequences, frames=5, size=size, seed=0, preview=out / "preview.png")
+    synthesize_folder(synth_dir, None, sequences=sequences, frames=5, size=size, seed=0, preview=out / "preview.png")
 
     console.print("[bold]2/5[/] scoring the identity baseline and the default student on the middle frames")
     scores = {}
