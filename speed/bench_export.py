@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dereflect.export.calib import reference_student
 from dereflect.export.formats import FORMATS, format_status
 from dereflect.export.pipeline import Exporter, ExportOptions, ExportResult
 from dereflect.models import load_checkpoint, save_checkpoint
+from dereflect.models.reference import reference_student
 
 
 def _cpu() -> str:

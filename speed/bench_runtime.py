@@ -104,10 +104,10 @@ def _models(model: str | None, backends: list[str], tmp: Path) -> dict[str, str]
     """backend -> model path: the given one for every backend, or a fresh checkpoint + exports."""
     if model is not None:
         return {b: model for b in backends}
-    from dereflect.export.calib import reference_student
     from dereflect.export.formats import FORMATS_BY_NAME
     from dereflect.export.pipeline import Exporter, ExportOptions
     from dereflect.models import save_checkpoint
+    from dereflect.models.reference import reference_student
 
     student = reference_student("student-nano", seed=0)
     ckpt = save_checkpoint(student, tmp / "student-nano.safetensors")

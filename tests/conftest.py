@@ -47,7 +47,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 @pytest.fixture(scope="session")
 def student():
     """student-nano with seeded, realistic (non-identity) weights: what export/runtime tests convert."""
-    from dereflect.export.calib import reference_student
+    from dereflect.models.reference import reference_student
 
     return reference_student("student-nano", seed=0)
 

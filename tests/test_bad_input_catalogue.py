@@ -522,10 +522,10 @@ def build_inputs(root: Path) -> dict[str, Path]:
     from safetensors.torch import save_file
     from skimage import data
 
-    from dereflect.export.calib import reference_student
     from dereflect.export.manifest import manifest_path
     from dereflect.images import write_image
     from dereflect.models import create_model, save_checkpoint
+    from dereflect.models.reference import reference_student
 
     d = {k: root / k for k in ("in", "art", "ck")}
     for p in d.values():

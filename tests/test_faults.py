@@ -181,9 +181,9 @@ def test_export_on_full_disk_leaves_no_truncated_artifact(tmpfs, tmp_path, capsy
     """The artifact is copied into --out atomically: a full disk leaves no 0-byte .onnx behind."""
     import warnings
 
-    from dereflect.export.calib import reference_student
     from dereflect.export.formats import FORMATS_BY_NAME
     from dereflect.export.pipeline import Exporter, ExportOptions
+    from dereflect.models.reference import reference_student
 
     student = reference_student("student-nano", seed=1)
     ckpt = save_checkpoint(student, tmp_path / "nano.safetensors")

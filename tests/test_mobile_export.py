@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 import pytest
 
-from dereflect.export.calib import reference_student
 from dereflect.export.formats import FORMATS_BY_NAME
 from dereflect.export.pipeline import Exporter, ExportOptions
 from dereflect.models import save_checkpoint
+from dereflect.models.reference import reference_student
 from dereflect.runtime import load
 
 

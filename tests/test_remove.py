@@ -14,11 +14,11 @@ import pytest
 from conftest import run_cli
 from PIL import Image, ImageCms
 
-from dereflect.export.calib import reference_student
 from dereflect.export.formats import FORMATS_BY_NAME
 from dereflect.export.pipeline import Exporter, ExportOptions
 from dereflect.images import read_image, write_image
 from dereflect.models import save_checkpoint
+from dereflect.models.reference import reference_student
 from dereflect.runtime import load
 
 

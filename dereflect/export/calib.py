@@ -8,14 +8,13 @@ frames of synthesised sequences (a single-image sample of the training data's pr
 default validation pairs are more of them, from another seed, with their true transmission, so
 the gate can measure the SSIM/LMSE drop against ground truth even without `--pairs`.
 
-`reference_student` gives a student with random but realistic weights, for exercising the
-export path where no trained checkpoint exists (tests, benchmark): a fresh student is exactly
-the identity (its last conv starts at zero), which would make every parity check trivial.
+Where no trained checkpoint exists (tests, benchmarks), `dereflect.models.reference.reference_student`
+gives one with random but realistic weights: a fresh student is exactly the identity (its last conv
+starts at zero), which would make every parity check trivial.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,34 +43,6 @@ class ImageSet:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
-
-
-def reference_student(name: str = "student-nano", seed: int = 0):
-    """A student with seeded random weights whose activations look like a trained one's:
-    He-normal convs (unit gain through LeakyReLU), small biases, and a head scaled so the
-    predicted residual is a few percent of the image (little clamping at 0/1)."""
-    import torch
-    from torch import nn
-
-    from dereflect.models import create_model
-
-    model = create_model(name)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1] // module.groups
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * math.sqrt(2.0 / fan_in))
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.05)
-        head = model.decoder.head if hasattr(model, "decoder") else model.head
-        head.weight.mul_(0.08)
-        head.bias.mul_(0.2)
-        colour = getattr(model, "colour", None)  # the MobileNetV2 students' global colour path: a few % of gain
-        if colour is not None:
-            colour.mlp[-1].weight.mul_(0.01)
-            colour.mlp[-1].bias.zero_()
-    return model.eval()
 
 
 def fit_square(pixels: np.ndarray, size: int) -> np.ndarray:
