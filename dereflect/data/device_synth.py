@@ -46,6 +46,7 @@ from dereflect.data.synth import (
     GLASS_QUANTILES,
     GLASS_TINT_FACTOR,
     SynthConfig,
+    as_photo,
     linear_to_srgb,
     srgb_to_linear,
 )
@@ -77,17 +78,8 @@ class _Photos:
 
 
 def _as_uint8(photo: np.ndarray, index: int) -> np.ndarray:
-    a = np.asarray(photo)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise DereflectError(None, f"photo {index}: expected an HxWx3 photo, got shape {a.shape}")
-    a = a[:, :, :3]
-    if a.dtype != np.uint8:
-        a = np.round(np.clip(np.asarray(a, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
-    if min(a.shape[:2]) < 8:
-        raise DereflectError(None, f"photo {index}: {a.shape[1]}x{a.shape[0]} px is too small (min 8 px)")
-    return np.ascontiguousarray(a)
+    """synth.py's photo rules (grey, RGBA, uint16 and float accepted; too small refused), stored as uint8."""
+    return np.ascontiguousarray(np.round(as_photo(photo, f"photo {index}") * 255.0).astype(np.uint8))
 
 
 def _pack(img: torch.Tensor) -> torch.Tensor:

@@ -382,7 +382,8 @@ def glass_gain(rng: np.random.Generator) -> np.ndarray:
 # the recipe
 
 
-def _as_photo(x: np.ndarray, name: str) -> np.ndarray:
+def as_photo(x: np.ndarray, name: str) -> np.ndarray:
+    """Any photo (grey, RGBA, uint8/uint16/float) -> float32 HxWx3 in [0, 1]; one line naming `name` when it is not one."""
     a = np.asarray(x)
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
@@ -410,7 +411,7 @@ def synthesize_sequence(
     if size < 16:
         raise UsageError(None, f"size must be at least 16 px, got {size}")
     cfg = config or SynthConfig()
-    t_src, r_src = _as_photo(t_src, "transmission source"), _as_photo(r_src, "reflection source")
+    t_src, r_src = as_photo(t_src, "transmission source"), as_photo(r_src, "reflection source")
     n, h, w = n_frames, size, size
     px = size / 256.0
 
