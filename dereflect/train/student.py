@@ -49,10 +49,7 @@ class StudentTrainer(Trainer):
 
     def build(self) -> None:
         cfg = self.cfg
-        self._model = create_model(cfg.model, **cfg.model_overrides)
-        # Pretrained encoders (ImageNet MobileNetV2) start a fresh run; --init and --resume overwrite them anyway.
-        self.encoder_init = self._model.load_pretrained() if hasattr(self._model, "load_pretrained") and not cfg.init else None
-        self._model = self._model.to(self.device).train()
+        self._model = create_model(cfg.model, **cfg.model_overrides).to(self.device).train()
         use_kt = self._model.config.use_kt and self._model.config.use_hallucination and cfg.loss.kt > 0
         self.teacher = None
         if use_kt:
