@@ -112,13 +112,14 @@ def pack(run: Path, dest: Path, machine: str, wall_s: float | None, note: str) -
         if (run / name).is_file():
             shutil.copy2(run / name, dest / name)
     cfg = json.loads(state["config"])
-    prior = [r for r in read_ledger() if r["run"] == str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest)]
+    run_name = str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest)
+    prior = [r for r in read_ledger() if r["run"] == run_name]
     step_from = int(prior[-1]["step_to"]) if prior else 0
     step_to = int(state["step"])
     last = json.loads((run / "last.json").read_text()) if (run / "last.json").is_file() else {}
     row = {
         "date": time.strftime("%Y-%m-%d"),
-        "run": str(dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest),
+        "run": run_name,
         "model": cfg["model"],
         "machine": machine,
         "step_from": step_from,

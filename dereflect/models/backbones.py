@@ -85,11 +85,7 @@ class MobileNetV2Encoder(nn.Module):
             for i in range(n):
                 blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t))
                 in_ch = c
-                if len(blocks) > MNV2_TAPS[-1]:
-                    break
-            if len(blocks) > MNV2_TAPS[-1]:
-                break
-        self.features = nn.Sequential(*blocks)
+        self.features = nn.Sequential(*blocks[: MNV2_TAPS[-1] + 1])  # cut at stride 16
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("inv_std", 1.0 / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
