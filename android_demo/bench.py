@@ -1,12 +1,20 @@
 """Browser latency of the demo's model: onnxruntime-web in headless Chromium, into the bench ledger.
 
     python android_demo/bench.py [--sizes 256,512] [--runs 15] [--threads 0,1] [--backend wasm] [--json FILE]
+    python android_demo/bench.py --full 4000x3000 [--runs 3] [--threads 0]
 
 For each thread setting (0 = the app's default: all cores up to 4 when cross-origin isolated; 1 =
 single-threaded) the app is loaded with ?threads=N and `window.__dereflect.bench(size)` times the
 model alone (same session the capture button uses, after warm-up runs), at each size. One ledger
 row per (threads, size) via dereflect.bench.ledger.ledger_row; the rows are printed and written as
 a JSON list (default runs/bench/browser-ledger.json). Needs the built app and Chromium (see README).
+
+--full WxH times the app's "Full resolution" button instead, as a person uses it: a synthetic
+photo of that size (a JPEG) is picked from the gallery, then the button is clicked `--runs` times;
+each run is timed in the page from the click to the result on screen (the metrics line), while a
+16 ms setInterval heartbeat on the main thread records its longest gap (how long the page froze).
+One ledger row per thread setting: median/p90 seconds, tiles, and the heartbeat's worst gap
+(default file runs/bench/browser-full-ledger.json).
 """
 
 from __future__ import annotations
@@ -56,6 +64,121 @@ def measure(sizes: list[int], runs: int, warmup: int, threads: list[int], backen
     return rows
 
 
+#: In the page: click "Full resolution", wait for the result line, and report the wall time, the
+#: main thread's longest heartbeat gap and the progress values seen (aria-valuenow, if any).
+FULL_RUN_JS = """
+async () => {
+  const metrics = document.getElementById('metrics');
+  const bar = document.getElementById('progress');
+  const progress = [];
+  let last = performance.now(), maxGap = 0, ticks = 0;
+  const beat = setInterval(() => {
+    const now = performance.now();
+    maxGap = Math.max(maxGap, now - last); last = now; ticks += 1;
+    const v = bar.getAttribute('aria-valuenow');
+    if (v !== null && progress[progress.length - 1] !== v) progress.push(v);
+  }, 16);
+  const done = new Promise((resolve) => {
+    const seen = new MutationObserver(() => {
+      const t = metrics.textContent;
+      if (t.includes('tiles') || t.startsWith('failed')) { seen.disconnect(); resolve(t); }
+    });
+    seen.observe(metrics, { childList: true, characterData: true, subtree: true });
+  });
+  const t0 = performance.now();
+  document.getElementById('full').click();
+  const text = await done;
+  const end = performance.now();
+  clearInterval(beat);
+  maxGap = Math.max(maxGap, end - last); // a page that never ticked froze for the whole run
+  const full = window.__dereflect.lastFull ? window.__dereflect.lastFull() : null; // model/worker split (new app)
+  return { ms: end - t0, text, maxGapMs: maxGap, ticks, progress: progress.map(Number), full };
+}
+"""
+
+
+def synthetic_photo(path: Path, width: int, height: int) -> Path:
+    """A photo-like JPEG of width x height: skimage's coffee enlarged, a faint reflection of the
+    astronaut on top, sensor-like noise (so the JPEG decodes like a camera file, ~quality 92)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    base = np.asarray(Image.fromarray(data.coffee()).resize((width, height), Image.BICUBIC), np.float32)
+    refl = np.asarray(Image.fromarray(data.astronaut()).resize((width, height), Image.BILINEAR), np.float32)
+    rng = np.random.default_rng(0)
+    img = 0.8 * base + 0.25 * refl + rng.normal(0, 3, base.shape).astype(np.float32)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=92)
+    return path
+
+
+def measure_full(
+    width: int, height: int, runs: int, threads: list[int], backend: str, tile: int | None = None, overlap: int | None = None
+) -> list[dict]:
+    """The "Full resolution" button on a width x height photo, `runs` times per thread setting
+    (tile/overlap: the app's ?tile= and ?overlap= options; None = the app's defaults)."""
+    import statistics
+    import tempfile
+
+    from dereflect.demo.server import APP_ROOT
+
+    browser = _browser_module()
+    version = browser.chromium_version()
+    device = f"headless {version} on {platform.machine()} ({os.cpu_count()} cores), {platform.system()}"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, browser.serving(APP_ROOT) as server, browser.chromium() as context:
+        photo = synthetic_photo(Path(tmp) / f"photo-{width}x{height}.jpg", width, height)
+        for n in threads:
+            query = f"?backend={backend}" + (f"&threads={n}" if n else "")
+            query += (f"&tile={tile}" if tile else "") + (f"&overlap={overlap}" if overlap is not None else "")
+            page = browser.open_app(context, f"http://127.0.0.1:{server.port}/{query}")
+            info = page.evaluate("window.__dereflect.info()")
+            results = []
+            load = [os.getloadavg()[0]]  # the machine is shared: note how busy it was around each run
+            for i in range(runs):
+                if i == 0 or page.evaluate("document.getElementById('full').disabled"):
+                    page.evaluate("document.getElementById('retake').click()")
+                    before = page.evaluate("window.__dereflect.runs")
+                    page.set_input_files("#file", str(photo))
+                    page.wait_for_function("n => window.__dereflect.runs > n || window.__dereflect.error", arg=before, timeout=120_000)
+                r = page.evaluate(FULL_RUN_JS)
+                if "tiles" not in r["text"]:
+                    raise RuntimeError(f"full resolution failed: {r['text']}")
+                results.append(r)
+                load.append(os.getloadavg()[0])
+                print(
+                    f"  run {i + 1}: {r['ms'] / 1000:.2f} s, longest main-thread gap {r['maxGapMs']:.0f} ms, "
+                    f"{len(r['progress'])} progress updates; {r['text']}"
+                    + (f" (model {r['full']['modelMs'] / 1000:.2f} s, worker {r['full']['workerMs'] / 1000:.2f} s)" if r["full"] else ""),
+                    flush=True,
+                )
+            times = [r["ms"] for r in results]
+            tiles = int(results[0]["text"].split(" tiles")[0].split()[-1])
+            row = browser.page_ledger_row(
+                times,
+                info,
+                size=max(width, height),
+                device=device,
+                browser=version,
+                source="android_demo/bench.py --full",
+                image=[width, height],
+                load_average_1min=[round(a, 2) for a in load],
+                tiles=tiles,
+                max_main_thread_gap_ms=round(max(r["maxGapMs"] for r in results), 1),
+                median_main_thread_gap_ms=round(statistics.median(r["maxGapMs"] for r in results), 1),
+                tile_plan=results[0]["full"]["plan"] if results[0]["full"] else None,
+                model_ms=[round(r["full"]["modelMs"], 1) for r in results if r["full"]],
+            )
+            rows.append(row)
+            print(
+                f"full resolution {width}x{height} ({tiles} tiles), {row['backend']}, {row['threads']} thread(s): "
+                f"median {row['latency_ms'] / 1000:.2f} s, p90 {row['p90_ms'] / 1000:.2f} s over {row['runs']} runs; "
+                f"longest main-thread gap {row['max_main_thread_gap_ms']:.0f} ms; load average {min(load):.1f}-{max(load):.1f}",
+                flush=True,
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="256,512", help="square input sizes, comma-separated")
@@ -63,9 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", default="0,1", help="thread settings (0 = app default), comma-separated")
     ap.add_argument("--backend", default="wasm", choices=["wasm", "webgpu", "auto"])
-    ap.add_argument("--json", type=Path, default=REPO / "runs" / "bench" / "browser-ledger.json")
+    ap.add_argument("--full", metavar="WxH", help="time the Full resolution button on a WxH photo instead")
+    ap.add_argument("--tile", type=int, help="--full: the app's tile side (?tile=; default the app's 512)")
+    ap.add_argument("--overlap", type=int, help="--full: the app's tile overlap (?overlap=; default the app's 64)")
+    ap.add_argument("--json", type=Path, help="ledger file (default runs/bench/browser-ledger.json, -full- for --full)")
     args = ap.parse_args(argv)
-    rows = measure([int(s) for s in args.sizes.split(",")], args.runs, args.warmup, [int(t) for t in args.threads.split(",")], args.backend)
+    if args.full:
+        width, height = (int(v) for v in args.full.lower().split("x"))
+        rows = measure_full(width, height, args.runs, [int(t) for t in args.threads.split(",")], args.backend, args.tile, args.overlap)
+        args.json = args.json or REPO / "runs" / "bench" / "browser-full-ledger.json"
+    else:
+        rows = measure(
+            [int(s) for s in args.sizes.split(",")], args.runs, args.warmup, [int(t) for t in args.threads.split(",")], args.backend
+        )
+        args.json = args.json or REPO / "runs" / "bench" / "browser-ledger.json"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"ledger: {args.json}")

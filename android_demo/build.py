@@ -50,7 +50,7 @@ ORT_FILES = {
     "wasm": ["ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"],
     "webgpu": ["ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"],
 }
-APP_FILES = ["index.html", "main.js", "engine.js", "imageops.js", "style.css", "manifest.webmanifest"]
+APP_FILES = ["index.html", "main.js", "worker.js", "engine.js", "imageops.js", "style.css", "manifest.webmanifest"]
 
 
 class BuildError(Exception):

@@ -1,20 +1,21 @@
 // The phone app: camera -> capture -> reflection removal on the device -> before/after -> save.
 //
 // Preview runs at a phone-friendly size (long side 512, Pillow-exact bilinear resize); "Full
-// resolution" runs the whole photo in overlapping tiles with feathered blending. Nothing leaves
-// the phone. For tests and benchmarks the page exposes window.__dereflect (see `api` below).
+// resolution" runs the whole photo in overlapping tiles with feathered blending. Both run in a
+// Web Worker (worker.js) that owns the onnxruntime-web session: this thread only decodes, draws
+// and shows progress, so the page stays responsive through a 12-megapixel run. Photos are handed
+// to the worker and back as transferred ArrayBuffers (no copies). Nothing leaves the phone. For
+// tests and benchmarks the page exposes window.__dereflect (see `api` below).
 //
 // URL options: ?backend=auto|wasm|webgpu  ?threads=N  ?size=512 (preview long side)  ?camera=user
+//              ?tile=512 ?overlap=64 (full-resolution tiles)
 
-import { createEngine } from './engine.js';
-import { cropToTensor, fitLongSide, planTiles, resizeBilinear, roundUp, runTiled, tensorToImage } from './imageops.js';
 
 const params = new URLSearchParams(location.search);
 const PREVIEW_LONG_SIDE = clampInt(params.get('size'), 64, 2048, 512);
-const FULL_TILE = 512; // tile side for full resolution (phone memory: one band + one tile)
-const FULL_OVERLAP = 64;
+const FULL_TILE = clampInt(params.get('tile'), 64, 2048, 512); // full-resolution tile side (memory: one band + one tile)
+const FULL_OVERLAP = clampInt(params.get('overlap'), 0, 256, 64);
 const MAX_SOURCE_PIXELS = 24e6; // bigger gallery photos are scaled down to this on decode
-const MULTIPLE = 8; // the student needs H and W multiples of 8
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -25,10 +26,11 @@ const ui = {
 };
 
 const state = {
-  build: null, engine: null, stream: null, busy: false,
-  source: null, // full-resolution RGBA of the captured frame / picked photo
+  build: null, stream: null, busy: false,
+  engine: null, // what the worker loaded: {backend, threads, model}
+  source: null, // full-resolution RGBA of the captured frame / picked photo (lent to the worker while it runs)
   last: null, // the preview run: {source, input, output, outputFloat, latencyMs, totalMs, backend, threads}
-  full: null, // the full-resolution run: {output, ms, tiles}
+  full: null, // the full-resolution run: {output, ms, modelMs, tiles, plan}
   shareBlob: null, shareName: '',
 };
 let runs = 0; // finished preview runs (api.runs)
@@ -40,6 +42,58 @@ function clampInt(text, lo, hi, fallback) {
 
 function setStatus(text) { ui.status.textContent = text; }
 function setMetrics(text) { ui.metrics.textContent = text; }
+
+// ---------------------------------------------------------------- the inference worker
+/** Calls into worker.js: one promise per job, progress callbacks, transferred pixel buffers. */
+class InferenceWorker {
+  constructor() {
+    this.worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'dereflect-inference' });
+    this.jobs = new Map();
+    this.nextId = 1;
+    this.worker.addEventListener('message', ({ data }) => this.onMessage(data));
+    this.worker.addEventListener('error', (event) => this.failAll(new Error(`inference worker: ${event.message || 'failed to start'}`)));
+  }
+
+  onMessage({ id, ok, result, error, progress, source }) {
+    const job = this.jobs.get(id);
+    if (!job) return;
+    if (progress) { job.onProgress(progress.done, progress.total); return; }
+    this.jobs.delete(id);
+    if (ok) job.resolve(result);
+    else job.reject(Object.assign(new Error(error), { source }));
+  }
+
+  failAll(err) {
+    for (const job of this.jobs.values()) job.reject(err);
+    this.jobs.clear();
+  }
+
+  /** Run `op` in the worker; `transfer`: buffers handed over (unusable here until they come back). */
+  call(op, args = {}, { transfer = [], onProgress = () => {} } = {}) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.jobs.set(id, { resolve, reject, onProgress });
+      this.worker.postMessage({ id, op, ...args }, transfer);
+    });
+  }
+}
+
+const worker = new InferenceWorker();
+
+/** An RGBA image as a plain message payload (its buffer goes in the transfer list). */
+const lend = (img) => ({ width: img.width, height: img.height, data: img.data });
+
+/** Hand `source` to the worker for `op` and take it back with the result, also when the job fails. */
+async function withSource(op, source, args, onProgress) {
+  try {
+    const r = await worker.call(op, { source: lend(source), ...args }, { transfer: [source.data.buffer], onProgress });
+    state.source = r.source;
+    return r;
+  } catch (err) {
+    if (err.source) state.source = err.source;
+    throw err;
+  }
+}
 
 // ---------------------------------------------------------------- start-up
 let resolveReady, rejectReady;
@@ -54,7 +108,7 @@ async function start() {
     if (!res.ok) throw new Error(`build.json: HTTP ${res.status}`);
     state.build = await res.json();
     const t0 = performance.now();
-    state.engine = await createEngine({
+    state.engine = await worker.call('init', {
       backend: params.get('backend') || 'auto', threads: clampInt(params.get('threads'), 1, 16, 0), build: state.build,
     });
     const e = state.engine;
@@ -156,43 +210,23 @@ async function decodeFile(file) {
   return ctx.getImageData(0, 0, width, height);
 }
 
-// ---------------------------------------------------------------- inference
-/** The preview run on `source`: resize (long side 512), pad to 8, network, crop. */
+// ---------------------------------------------------------------- inference (in the worker)
+/** The preview run on `source`: resize (long side 512), pad to the model's multiple, network, crop. */
 async function processPreview(source) {
   await ready;
-  const t0 = performance.now();
-  const size = fitLongSide(source.width, source.height, PREVIEW_LONG_SIDE);
-  const input = resizeBilinear(source, size.width, size.height);
-  const tw = roundUp(input.width, MULTIPLE), th = roundUp(input.height, MULTIPLE);
-  const tensor = cropToTensor(input, 0, 0, input.width, input.height, tw, th);
-  const t1 = performance.now();
-  const out = await state.engine.run(tensor, tw, th);
-  const latencyMs = performance.now() - t1;
-  const output = tensorToImage(out, tw, th, input.width, input.height);
-  const totalMs = performance.now() - t0;
-  state.last = {
-    source, input, output, outputFloat: cropPlanar(out, tw, th, input.width, input.height),
-    latencyMs, totalMs, backend: state.engine.backend, threads: state.engine.threads,
-  };
+  const r = await withSource('preview', source, { longSide: PREVIEW_LONG_SIDE });
+  state.last = { ...r, backend: state.engine.backend, threads: state.engine.threads };
   state.full = null;
   runs += 1;
   return state.last;
 }
 
-function cropPlanar(t, tw, th, w, h) {
-  const out = new Float32Array(3 * w * h);
-  for (let c = 0; c < 3; c++) for (let y = 0; y < h; y++) {
-    out.set(t.subarray(c * tw * th + y * tw, c * tw * th + y * tw + w), c * w * h + y * w);
-  }
-  return out;
-}
-
+/** Full resolution on `source` in overlapping tiles; onTile(done, total) after each tile. */
 async function processFull(source, { tile = FULL_TILE, overlap = FULL_OVERLAP, onTile = () => {} } = {}) {
   await ready;
-  const plan = planTiles(source.height, source.width, { multiple: MULTIPLE, tile, overlap });
   const t0 = performance.now();
-  const output = await runTiled(source, plan, (tensor, tw, th) => state.engine.run(tensor, tw, th), onTile);
-  return { output, ms: performance.now() - t0, tiles: plan.ys.length * plan.xs.length, plan };
+  const r = await withSource('full', source, { tile, overlap }, onTile);
+  return { ...r, wallMs: performance.now() - t0 };
 }
 
 // ---------------------------------------------------------------- views
@@ -278,23 +312,37 @@ async function runOn(getSource) {
   }
 }
 
+/** The progress bar (role=progressbar, aria-valuenow = tiles done) and the line under the photo. */
+function showProgress(done, total) {
+  ui.progress.max = total;
+  ui.progress.value = done;
+  ui.progress.setAttribute('aria-valuemax', String(total));
+  ui.progress.setAttribute('aria-valuenow', String(done));
+  ui.progress.setAttribute('aria-valuetext', `${done} of ${total} tiles`);
+  setMetrics(`full resolution: tile ${done} / ${total}`);
+}
+
 async function runFullResolution() {
   if (state.busy || !state.source) return;
   state.busy = true;
   ui.full.disabled = true;
+  ui.retake.disabled = true;
+  ui.share.disabled = true;
+  showProgress(0, 1);
   ui.progress.hidden = false;
-  ui.progress.value = 0;
   try {
-    const r = await processFull(state.source, { onTile: (done, total) => { ui.progress.value = done / total; } });
+    const r = await processFull(state.source, { onTile: showProgress });
     state.full = r;
     showResult(state.source, r.output);
-    setMetrics(`${state.source.width}×${state.source.height} · ${r.tiles} tiles · ${(r.ms / 1000).toFixed(1)} s`);
+    setMetrics(`${state.source.width}×${state.source.height} · ${r.tiles} tiles · ${(r.wallMs / 1000).toFixed(1)} s`);
   } catch (err) {
     api.error = String(err?.message || err);
     setMetrics(`failed: ${api.error}`);
     ui.full.disabled = false;
   } finally {
     ui.progress.hidden = true;
+    ui.retake.disabled = false;
+    ui.share.disabled = false;
     state.busy = false;
   }
 }
@@ -316,6 +364,10 @@ function toBase64(bytes) {
   for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
   return btoa(s);
 }
+const fullSummary = (r) => ({
+  ms: r.wallMs, workerMs: r.ms, modelMs: r.modelMs, tiles: r.tiles, width: r.output.width, height: r.output.height,
+  plan: { ys: r.plan.ys, xs: r.plan.xs, tileH: r.plan.tileH, tileW: r.plan.tileW, overlap: r.plan.overlap },
+});
 const imagePayload = (img) => ({ width: img.width, height: img.height, rgba: toBase64(new Uint8Array(img.data.buffer, img.data.byteOffset, img.data.byteLength)) });
 
 const api = {
@@ -342,22 +394,21 @@ const api = {
   async runFull(tile = FULL_TILE, overlap = FULL_OVERLAP) {
     if (!state.source) throw new Error('nothing captured yet');
     const r = await processFull(state.source, { tile, overlap });
-    return { ...imagePayload(r.output), ms: r.ms, tiles: r.tiles, plan: { ys: r.plan.ys, xs: r.plan.xs, tileH: r.plan.tileH, tileW: r.plan.tileW, overlap: r.plan.overlap } };
+    return { ...imagePayload(r.output), ...fullSummary(r) };
+  },
+  /** The last full-resolution run shown on screen (the button's): timings, tiles and plan, no pixels. */
+  lastFull: () => (state.full ? fullSummary(state.full) : null),
+  /** Rows [y0, y0 + rows) of the last full-resolution output as RGBA base64 (a 12 MP result comes in slices). */
+  fullRows(y0, rows) {
+    const out = state.full?.output;
+    if (!out) return null;
+    const y1 = Math.min(out.height, y0 + rows);
+    return { width: out.width, height: y1 - y0, rgba: toBase64(out.data.subarray(y0 * out.width * 4, y1 * out.width * 4)) };
   },
   /** Model latency (ms per run) at size x size after `warmup` runs: what the bench ledger records. */
   async bench(size, runsWanted = 10, warmup = 2) {
     await ready;
-    const s = roundUp(size, MULTIPLE);
-    const t = new Float32Array(3 * s * s);
-    for (let i = 0; i < t.length; i++) t[i] = ((i * 2654435761) >>> 0) / 4294967296; // fixed pseudo-random pixels
-    for (let i = 0; i < warmup; i++) await state.engine.run(t, s, s);
-    const times = [];
-    for (let i = 0; i < runsWanted; i++) {
-      const t0 = performance.now();
-      await state.engine.run(t, s, s);
-      times.push(performance.now() - t0);
-    }
-    return times;
+    return worker.call('bench', { size, runs: runsWanted, warmup });
   },
 };
 window.__dereflect = api;

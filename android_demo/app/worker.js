@@ -1,0 +1,104 @@
+// The inference worker: owns the onnxruntime-web session and does all the pixel work around it
+// (preview resize, tiles, blending), so the page's main thread only decodes, draws and stays
+// responsive, even through a 12-megapixel full-resolution run.
+//
+// Protocol (main.js `InferenceWorker`): the page posts {id, op, ...args}; the worker answers
+// {id, ok: true, result} or {id, ok: false, error}, and for long jobs {id, progress: {done, total}}
+// first. Pixels travel as {width, height, data: Uint8ClampedArray} with their ArrayBuffers in the
+// transfer list, both ways: the page hands the photo over and gets it back, never copied.
+//
+// ops:
+//   init    {backend, threads, build}           -> {backend, threads, model}
+//   preview {source, longSide}                  -> {source, input, output, outputFloat, latencyMs, totalMs}
+//   full    {source, tile, overlap}             -> {source, output, ms, modelMs, tiles, plan}   (+ progress)
+//   bench   {size, runs, warmup}                -> [ms per run]
+
+import { createEngine } from './engine.js';
+import { cropToTensor, fitLongSide, planTiles, resizeBilinear, roundUp, runTiled, tensorToImage } from './imageops.js';
+
+let engine = null;
+let multiple = 8; // the network's H/W multiple (build.json's multiple_of for the loaded model)
+
+const buffersOf = (...images) => images.map((img) => img.data.buffer);
+
+const ops = {
+  async init({ backend, threads, build }) {
+    engine = await createEngine({ backend, threads, build });
+    multiple = engine.model.multiple_of || 8;
+    return [{ backend: engine.backend, threads: engine.threads, model: engine.model }, []];
+  },
+
+  /** Resize (long side `longSide`, Pillow-exact bilinear), pad to the multiple, network, crop. */
+  async preview({ source, longSide }) {
+    const t0 = performance.now();
+    const size = fitLongSide(source.width, source.height, longSide);
+    const input = resizeBilinear(source, size.width, size.height);
+    const tw = roundUp(input.width, multiple), th = roundUp(input.height, multiple);
+    const tensor = cropToTensor(input, 0, 0, input.width, input.height, tw, th);
+    const t1 = performance.now();
+    const out = await engine.run(tensor, tw, th);
+    const latencyMs = performance.now() - t1;
+    const output = tensorToImage(out, tw, th, input.width, input.height);
+    const outputFloat = cropPlanar(out, tw, th, input.width, input.height);
+    const totalMs = performance.now() - t0;
+    const result = { source, input, output, outputFloat, latencyMs, totalMs };
+    return [result, [...buffersOf(source, input, output), outputFloat.buffer]];
+  },
+
+  /** The whole photo in overlapping tiles (imageops.runTiled), reporting each finished tile. */
+  async full({ source, tile, overlap }, progress) {
+    const plan = planTiles(source.height, source.width, { multiple, tile, overlap });
+    const total = plan.ys.length * plan.xs.length;
+    progress(0, total);
+    const t0 = performance.now();
+    let modelMs = 0;
+    const infer = async (tensor, tw, th) => {
+      const t = performance.now();
+      const out = await engine.run(tensor, tw, th);
+      modelMs += performance.now() - t;
+      return out;
+    };
+    const output = await runTiled(source, plan, infer, progress);
+    const ms = performance.now() - t0;
+    return [{ source, output, ms, modelMs, tiles: total, plan }, buffersOf(source, output)];
+  },
+
+  /** Model latency (ms per run) at size x size after `warmup` runs: what the bench ledger records. */
+  async bench({ size, runs, warmup }) {
+    const s = roundUp(size, multiple);
+    const t = new Float32Array(3 * s * s);
+    for (let i = 0; i < t.length; i++) t[i] = ((i * 2654435761) >>> 0) / 4294967296; // fixed pseudo-random pixels
+    for (let i = 0; i < warmup; i++) await engine.run(t, s, s);
+    const times = [];
+    for (let i = 0; i < runs; i++) {
+      const t0 = performance.now();
+      await engine.run(t, s, s);
+      times.push(performance.now() - t0);
+    }
+    return [times, []];
+  },
+};
+
+/** The top-left h x w of a planar (3,th,tw) float tensor, still planar float. */
+function cropPlanar(t, tw, th, w, h) {
+  const out = new Float32Array(3 * w * h);
+  for (let c = 0; c < 3; c++) for (let y = 0; y < h; y++) {
+    out.set(t.subarray(c * tw * th + y * tw, c * tw * th + y * tw + w), c * w * h + y * w);
+  }
+  return out;
+}
+
+self.addEventListener('message', async ({ data: msg }) => {
+  const { id, op } = msg;
+  const progress = (done, total) => self.postMessage({ id, progress: { done, total } });
+  try {
+    if (!(op in ops)) throw new Error(`unknown worker op ${op}`);
+    if (op !== 'init' && !engine) throw new Error('the model is not loaded');
+    const [result, transfer] = await ops[op](msg, progress);
+    self.postMessage({ id, ok: true, result }, transfer);
+  } catch (err) {
+    // a photo handed over comes back even when the job failed, so the page keeps it
+    const source = msg.source?.data?.buffer?.byteLength ? msg.source : null;
+    self.postMessage({ id, ok: false, error: String(err?.message || err), source }, source ? [source.data.buffer] : []);
+  }
+});
