@@ -70,14 +70,10 @@ FULL_RUN_JS = """
 async () => {
   const metrics = document.getElementById('metrics');
   const bar = document.getElementById('progress');
-  const progress = [];
-  let last = performance.now(), maxGap = 0, ticks = 0;
-  const beat = setInterval(() => {
-    const now = performance.now();
-    maxGap = Math.max(maxGap, now - last); last = now; ticks += 1;
-    const v = bar.getAttribute('aria-valuenow');
-    if (v !== null && progress[progress.length - 1] !== v) progress.push(v);
-  }, 16);
+  const ticks = [];
+  const progress = []; // [time, tiles done] from the bar's aria-valuenow (the worker's progress messages)
+  new MutationObserver(() => progress.push([performance.now(), Number(bar.getAttribute('aria-valuenow'))]))
+    .observe(bar, { attributes: true, attributeFilter: ['aria-valuenow'] });
   const done = new Promise((resolve) => {
     const seen = new MutationObserver(() => {
       const t = metrics.textContent;
@@ -86,15 +82,38 @@ async () => {
     seen.observe(metrics, { childList: true, characterData: true, subtree: true });
   });
   const t0 = performance.now();
+  ticks.push(t0);
+  const beat = setInterval(() => ticks.push(performance.now()), 16);
   document.getElementById('full').click();
   const text = await done;
   const end = performance.now();
   clearInterval(beat);
-  maxGap = Math.max(maxGap, end - last); // a page that never ticked froze for the whole run
+  // the run ends with the last tile's progress message (then the result is drawn); an app without
+  // progress froze for the whole run
+  const runEnd = progress.length ? progress[progress.length - 1][0] : end;
+  const maxGap = (ts) => ts.slice(1).reduce((m, t, i) => Math.max(m, t - ts[i]), 0);
+  const maxGapMs = maxGap([...ticks.filter((t) => t < runEnd), runEnd]);
+  const drawGapMs = maxGap([runEnd, ...ticks.filter((t) => t >= runEnd), end]);
   const full = window.__dereflect.lastFull ? window.__dereflect.lastFull() : null; // model/worker split (new app)
-  return { ms: end - t0, text, maxGapMs: maxGap, ticks, progress: progress.map(Number), full };
+  return { ms: end - t0, text, maxGapMs, drawGapMs, ticks: ticks.length, progress: progress.map((p) => p[1]), full };
 }
 """
+
+
+def browser_cpu_seconds() -> float:
+    """CPU time (user + system, s) used so far by this process's descendants: the Playwright driver
+    and the Chromium it launched. On a shared machine the wall time says how busy the others were;
+    the CPU time a run took says what it costs (on an idle 2-core machine: wall ~ CPU time / 2)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass  # exited meanwhile
+    return total
 
 
 def synthetic_photo(path: Path, width: int, height: int) -> Path:
@@ -113,10 +132,18 @@ def synthetic_photo(path: Path, width: int, height: int) -> Path:
 
 
 def measure_full(
-    width: int, height: int, runs: int, threads: list[int], backend: str, tile: int | None = None, overlap: int | None = None
+    width: int,
+    height: int,
+    runs: int,
+    threads: list[int],
+    backend: str,
+    tile: int | None = None,
+    overlap: int | None = None,
+    root: Path | None = None,
 ) -> list[dict]:
     """The "Full resolution" button on a width x height photo, `runs` times per thread setting
-    (tile/overlap: the app's ?tile= and ?overlap= options; None = the app's defaults)."""
+    (tile/overlap: the app's ?tile= and ?overlap= options; None = the app's defaults; root: another
+    build of the app to serve, e.g. an older one to compare with)."""
     import statistics
     import tempfile
 
@@ -126,7 +153,7 @@ def measure_full(
     version = browser.chromium_version()
     device = f"headless {version} on {platform.machine()} ({os.cpu_count()} cores), {platform.system()}"
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, browser.serving(APP_ROOT) as server, browser.chromium() as context:
+    with tempfile.TemporaryDirectory() as tmp, browser.serving(root or APP_ROOT) as server, browser.chromium() as context:
         photo = synthetic_photo(Path(tmp) / f"photo-{width}x{height}.jpg", width, height)
         for n in threads:
             query = f"?backend={backend}" + (f"&threads={n}" if n else "")
@@ -141,13 +168,16 @@ def measure_full(
                     before = page.evaluate("window.__dereflect.runs")
                     page.set_input_files("#file", str(photo))
                     page.wait_for_function("n => window.__dereflect.runs > n || window.__dereflect.error", arg=before, timeout=120_000)
+                cpu0 = browser_cpu_seconds()
                 r = page.evaluate(FULL_RUN_JS)
+                r["cpuS"] = browser_cpu_seconds() - cpu0
                 if "tiles" not in r["text"]:
                     raise RuntimeError(f"full resolution failed: {r['text']}")
                 results.append(r)
                 load.append(os.getloadavg()[0])
                 print(
-                    f"  run {i + 1}: {r['ms'] / 1000:.2f} s, longest main-thread gap {r['maxGapMs']:.0f} ms, "
+                    f"  run {i + 1}: {r['ms'] / 1000:.2f} s ({r['cpuS']:.1f} CPU s), longest main-thread gap {r['maxGapMs']:.0f} ms while it ran, "
+                    f"{r['drawGapMs']:.0f} ms drawing the result, "
                     f"{len(r['progress'])} progress updates; {r['text']}"
                     + (f" (model {r['full']['modelMs'] / 1000:.2f} s, worker {r['full']['workerMs'] / 1000:.2f} s)" if r["full"] else ""),
                     flush=True,
@@ -166,7 +196,9 @@ def measure_full(
                 tiles=tiles,
                 max_main_thread_gap_ms=round(max(r["maxGapMs"] for r in results), 1),
                 median_main_thread_gap_ms=round(statistics.median(r["maxGapMs"] for r in results), 1),
+                max_draw_gap_ms=round(max(r["drawGapMs"] for r in results), 1),
                 tile_plan=results[0]["full"]["plan"] if results[0]["full"] else None,
+                browser_cpu_s=[round(r["cpuS"], 2) for r in results],
                 model_ms=[round(r["full"]["modelMs"], 1) for r in results if r["full"]],
             )
             rows.append(row)
@@ -189,11 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", metavar="WxH", help="time the Full resolution button on a WxH photo instead")
     ap.add_argument("--tile", type=int, help="--full: the app's tile side (?tile=; default the app's 512)")
     ap.add_argument("--overlap", type=int, help="--full: the app's tile overlap (?overlap=; default the app's 64)")
+    ap.add_argument("--root", type=Path, help="--full: serve this build of the app instead of dereflect/demo/www")
     ap.add_argument("--json", type=Path, help="ledger file (default runs/bench/browser-ledger.json, -full- for --full)")
     args = ap.parse_args(argv)
     if args.full:
         width, height = (int(v) for v in args.full.lower().split("x"))
-        rows = measure_full(width, height, args.runs, [int(t) for t in args.threads.split(",")], args.backend, args.tile, args.overlap)
+        rows = measure_full(
+            width, height, args.runs, [int(t) for t in args.threads.split(",")], args.backend, args.tile, args.overlap, args.root
+        )
         args.json = args.json or REPO / "runs" / "bench" / "browser-full-ledger.json"
     else:
         rows = measure(
