@@ -89,6 +89,32 @@ def synthesize_pairs(count: int, size: int, seed: int) -> ImageSet:
     return ImageSet(_nchw(blended), _nchw(truth), names, f"synthesised (seed {seed}, {count} x {size}px middle frames)")
 
 
+def synthesize_sequences(count: int, size: int, seed: int, frames: int = 5) -> ImageSet:
+    """`count` burst samples for a model with a frames input (models/burst.py): images
+    (count, frames, 3, size, size) and the middle frame's transmission (count, 3, size, size),
+    synthesised from scikit-image's photos like `synthesize_pairs`; deterministic for `seed`."""
+    from dereflect.data.synth import synthesize_sequence
+
+    photos = _source_photos(max(2 * size, 256))
+    rng = np.random.default_rng(seed)
+    sequences, truth = [], []
+    for _ in range(count):
+        t_idx, r_idx = rng.choice(len(photos), size=2, replace=False)
+        seq = synthesize_sequence(photos[t_idx], photos[r_idx], n_frames=frames, size=size, rng=rng)
+        sequences.append(_nchw(list(seq.frames)))
+        truth.append(seq.transmission[seq.middle])
+    names = [f"synth-seq-{seed}-{i:03d}" for i in range(count)]
+    source = f"synthesised (seed {seed}, {count} sequences of {frames} x {size}px frames)"
+    return ImageSet(np.stack(sequences), _nchw(truth), names, source)
+
+
+def _no_folder(folder: Path | None, option: str) -> None:
+    if folder is not None:
+        raise DereflectError(
+            folder, f"{option} takes single photos; a burst model calibrates and is checked on synthesised sequences (leave {option} out)"
+        )
+
+
 def _read_fitted(path: Path, size: int) -> np.ndarray:
     from dereflect.data.photos import read_rgb_uint8
 
@@ -99,8 +125,11 @@ def _read_fitted(path: Path, size: int) -> np.ndarray:
     return fit_square(pixels, size)
 
 
-def load_calibration(folder: Path | None, count: int = DEFAULT_CALIB_COUNT, size: int = DEFAULT_SIZE, seed: int = 0) -> ImageSet:
-    """INT8 calibration inputs: up to `count` images of `folder` (sorted), else synthesised.
+def load_calibration(
+    folder: Path | None, count: int = DEFAULT_CALIB_COUNT, size: int = DEFAULT_SIZE, seed: int = 0, frames: int | None = None
+) -> ImageSet:
+    """INT8 calibration inputs: up to `count` images of `folder` (sorted), else synthesised
+    (`frames`: 5-frame sequences for a burst model, which calibrates on synthesis only).
 
     Refused with one DereflectError each: a folder with no images, an unreadable file, fewer than
     MIN_CALIB_IMAGES images, images far smaller than the export size, or only greyscale images
@@ -108,6 +137,9 @@ def load_calibration(folder: Path | None, count: int = DEFAULT_CALIB_COUNT, size
     """
     if count < MIN_CALIB_IMAGES:
         raise DereflectError(None, f"--calib-count {count} is too few: INT8 calibration needs at least {MIN_CALIB_IMAGES} images")
+    if frames is not None:
+        _no_folder(folder, "--calib")
+        return synthesize_sequences(count, size, seed, frames)
     if folder is None:
         return synthesize_pairs(count, size, seed)
     from dereflect.data.photos import list_photo_files
@@ -131,11 +163,17 @@ def load_calibration(folder: Path | None, count: int = DEFAULT_CALIB_COUNT, size
     return ImageSet(_nchw(pixels), None, [p.name for p in files], f"{folder} ({len(files)} images at {size}px)")
 
 
-def load_pairs(folder: Path | None, count: int = DEFAULT_VAL_COUNT, size: int = DEFAULT_SIZE, seed: int = 1) -> ImageSet:
+def load_pairs(
+    folder: Path | None, count: int = DEFAULT_VAL_COUNT, size: int = DEFAULT_SIZE, seed: int = 1, frames: int | None = None
+) -> ImageSet:
     """Validation pairs for the parity gate: `folder/blended/NAME.*` + `folder/transmission/NAME.*`
-    (or `transmission_layer/`), matched by name, both fitted to size x size; else synthesised."""
+    (or `transmission_layer/`), matched by name, both fitted to size x size; else synthesised
+    (`frames`: synthesised sequences with the middle frame's transmission, for a burst model)."""
     if count < 1:
         raise DereflectError(None, f"--val-count must be at least 1, got {count}")
+    if frames is not None:
+        _no_folder(folder, "--pairs")
+        return synthesize_sequences(count, size, seed, frames)
     if folder is None:
         return synthesize_pairs(count, size, seed)
     from dereflect.data.photos import list_photo_files

@@ -7,8 +7,10 @@ from dereflect.models.registry import (
     create_model,
     list_models,
     load_checkpoint,
+    load_deployable,
     read_checkpoint_info,
     save_checkpoint,
+    shipped_weights,
 )
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "load_deployable",
     "read_checkpoint_info",
     "save_checkpoint",
+    "shipped_weights",
 ]

@@ -21,6 +21,7 @@ from torch import nn
 
 from dereflect.errors import DereflectError, os_reason
 from dereflect.files import atomic_output
+from dereflect.models.burst import BurstTeacher
 from dereflect.models.mobile_student import MobileStudent, MobileStudentConfig
 from dereflect.models.student import Student, StudentConfig
 from dereflect.models.teacher import Teacher, TeacherConfig
@@ -45,6 +46,8 @@ PRESETS: dict[str, tuple[type[nn.Module], type, dict[str, Any]]] = {
         dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64), privileged=True),
     ),
     "teacher-small": (Teacher, TeacherConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 1), dyn_channels=(16, 32, 48))),
+    # The teacher as a shipped burst model (models/burst.py): frames in, clean middle frame out; same weights as teacher-base.
+    "burst-base": (BurstTeacher, TeacherConfig, dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64))),
 }
 
 
@@ -149,6 +152,28 @@ def load_checkpoint(path: str | os.PathLike[str], expect: str | None = None) -> 
         raise DereflectError(path, f"weights do not match {name}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
     model.checkpoint_info = info  # type: ignore[attr-defined]
     return model.eval()
+
+
+def shipped_weights(name: str) -> Path | None:
+    """A model shipped in dereflect/weights by its name ("student-nano", "burst-base"), or None."""
+    from importlib import resources
+
+    path = Path(str(resources.files("dereflect") / "weights")) / f"{name}.safetensors"
+    return path if "/" not in name and "\\" not in name and path.is_file() else None
+
+
+def load_deployable(path: str | os.PathLike[str]) -> nn.Module:
+    """A checkpoint that can ship: a student (one photo in) or a burst model (frames in, models/burst.py).
+
+    A training teacher is refused: its forward returns a dict (layers, flows, D), not one image; its
+    weights ship as the burst model (burst-base loads a teacher-base's weights unchanged)."""
+    model = load_checkpoint(path)
+    name = getattr(model, "model_name", "")
+    if name.startswith("student-") or hasattr(model, "input_frames"):
+        return model
+    raise DereflectError(
+        path, f"'{name}' is a training teacher (it returns layers, flows and D, not one image): export a student or a burst model (burst-base)"
+    )
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,0 +1,217 @@
+"""Burst removal: the burst model on the chosen frames, the reference frame's correction at full resolution.
+
+How full resolution is reached (the honest version): the model runs once on the frames at a working
+resolution (long side WORK_SIDE = 512 px, never enlarged), where its flow nets' reach and its training
+scale hold (it was trained on 192-px crops of photos of at most 512 px; a 12 MP frame would put hand
+shake far outside the flows it learned). What it removes there, `T_work - reference_work`, is
+upsampled bilinearly and subtracted from the full-resolution reference, so the scene's detail is
+the photo's own and only the reflection estimate is at the working resolution. It is not tiled:
+tiles of a moving sequence would cut the layers' motion at every seam. Frames shifted beyond the
+synthesis' motion range are first moved back by the excess (an integer global translation at the
+working resolution) so the far plane's motion stays in range.
+
+A fixed-frame graph (the ONNX export takes 5 frames) gets 3 or 4 frames by repeating neighbours:
+the model pools neighbours by mean and max, so [a, b, ref, a, b] equals [a, ref, b] exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dereflect.burst.frames import Burst
+from dereflect.errors import DereflectError, UsageError
+from dereflect.images import from_float, to_float
+
+WORK_SIDE = 512
+#: The synthesis moves the far plane up to 14 px of 256 between the middle and an end frame.
+MOTION_RANGE = 14.0 / 256.0
+DEFAULT_BURST = "burst-base"
+
+
+def weights_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("dereflect") / "weights"))
+
+
+def shipped_burst_models() -> list[str]:
+    return sorted(p.stem for p in weights_dir().glob("burst-*.safetensors"))
+
+
+def input_frames(manifest: dict[str, Any] | None) -> int | None:
+    """Frames per sample of an exported model: the manifest's input shape (N, T, 3, H, W) -> T; None for one image."""
+    from dereflect.runtime.backends.base import input_frames as manifest_frames
+
+    return manifest_frames(manifest or {})
+
+
+@dataclass
+class BurstModel:
+    """A loaded burst model on one backend: `infer((1,T,3,H,W))` -> (1,3,H,W)."""
+
+    impl: Any
+    frames: int
+    label: str
+
+    @property
+    def backend(self) -> str:
+        return self.impl.name
+
+    @property
+    def multiple(self) -> int:
+        return int(self.impl.multiple)
+
+    def describe(self) -> str:
+        return f"{self.backend}: {self.impl.detail or self.backend} | model {self.label} ({self.frames} frames in)"
+
+
+def _from_checkpoint(path: Path, device: str | None) -> BurstModel:
+    from dereflect.models import create_model, load_checkpoint
+    from dereflect.runtime.backends.torch_backend import TorchBackend
+
+    net = load_checkpoint(path)
+    name = getattr(net, "model_name", "")
+    if not hasattr(net, "input_frames"):
+        if name.startswith("teacher-") and not net.config.privileged:
+            burst = create_model("burst-base", **{k: v for k, v in net.checkpoint_info["config"].items() if k != "privileged"})
+            burst.load_state_dict(net.state_dict())
+            net, name = burst.eval(), f"{name} as a burst model"
+        else:
+            raise DereflectError(
+                path, f"'{name}' takes one photo, not a burst: give a burst model ({', '.join(shipped_burst_models())}) or drop --burst"
+            )
+    return BurstModel(TorchBackend(net, device=device), int(net.input_frames), f"{path.name} ({name})")
+
+
+def load_model(
+    model: str = "default", backend: str = "auto", *, verify: bool = True, precision: str | None = None, device: str | None = None
+) -> BurstModel:
+    """`--model` in burst mode: 'default' (the shipped burst-base), a shipped name, a burst checkpoint
+    (a teacher checkpoint is taken as its burst model) or an exported burst artifact / export folder."""
+    name = DEFAULT_BURST if model == "default" else model
+    shipped = weights_dir() / f"{name}.safetensors"
+    path = shipped if name.startswith("burst-") and "/" not in name and shipped.is_file() else Path(name).expanduser()
+    if not path.exists():
+        raise DereflectError(path, f"no such burst model (shipped: {', '.join(shipped_burst_models()) or 'none'})")
+    if path.suffix.lower() == ".safetensors":
+        if backend not in ("auto", "torch"):
+            raise UsageError(
+                None, f"{path}: a checkpoint runs on the torch backend; export it first (dereflect export {name} --format onnx --out DIR)"
+            )
+        return _from_checkpoint(path, device)
+    from dereflect.runtime.backends import get_backend
+    from dereflect.runtime.resolve import resolve
+
+    ref, backend_name = resolve(path, backend, precision, verify)
+    frames = input_frames(ref.manifest)
+    if ref.manifest is None and ref.kind == "checkpoint":
+        return _from_checkpoint(ref.path, device)
+    if frames is None:
+        raise DereflectError(ref.path, "not a burst model (its input is one image): give a burst export or drop --burst")
+    impl = get_backend(backend_name)(ref.path, ref.manifest, device=device)
+    return BurstModel(impl, frames, ref.label)
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def _shrink(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HWC uint8/uint16 -> float32 HWC [0,1] at (h, w), antialiased."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(to_float(pixels)).permute(2, 0, 1)[None]
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x[0].permute(1, 2, 0).numpy()
+
+
+def _translate(frame: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """out(p) = frame(p + (dx, dy)), edges replicated: moves content back by (dx, dy)."""
+    if dx == 0 and dy == 0:
+        return frame
+    h, w = frame.shape[:2]
+    m = max(abs(dx), abs(dy))
+    padded = np.pad(frame, ((m, m), (m, m), (0, 0)), mode="edge")
+    return padded[m + dy : m + dy + h, m + dx : m + dx + w]
+
+
+def excess_shift(dx: float, dy: float, limit: float) -> tuple[int, int]:
+    """The part of a shift beyond `limit` (same direction), rounded: what pre-alignment removes."""
+    norm = float(np.hypot(dx, dy))
+    if norm <= limit:
+        return 0, 0
+    k = 1.0 - limit / norm
+    return int(round(dx * k)), int(round(dy * k))
+
+
+def work_size(h: int, w: int, side: int = WORK_SIDE) -> tuple[int, int]:
+    scale = min(1.0, side / max(h, w))
+    return max(8, round(h * scale)), max(8, round(w * scale))
+
+
+def fill_frames(order: list[int], ref: int, frames: int) -> list[int]:
+    """Indices for a `frames`-input graph: the reference in its middle, neighbours repeated in turn."""
+    nbs = [i for i in order if i != ref]
+    need = frames - 1
+    if not nbs:
+        nbs = [ref]
+    filled = [nbs[k % len(nbs)] for k in range(need)]
+    half = need // 2
+    return [*filled[:half], ref, *filled[half:]]
+
+
+def model_input(burst: Burst, frames: int, side: int = WORK_SIDE, multiple: int = 8) -> tuple[np.ndarray, tuple[int, int], list[str]]:
+    """(1, frames, 3, H, W) float32 at the working resolution (padded to `multiple`), the unpadded
+    (h, w), and notes on what was done (pre-alignment)."""
+    h_full, w_full = burst.reference.shape[:2]
+    h, w = work_size(h_full, w_full, side)
+    scale = h / h_full
+    limit = MOTION_RANGE * min(h, w)
+    ref = burst.ref
+    notes = []
+    work = []
+    for i, frame in enumerate(burst.frames):
+        small = _shrink(frame, (h, w))
+        dx, dy = excess_shift(burst.shifts[i][0] * scale, burst.shifts[i][1] * scale, limit)
+        if (dx, dy) != (0, 0):
+            small = _translate(small, dx, dy)
+            notes.append(f"{burst.labels[i]} pre-aligned by ({dx:+d},{dy:+d}) px at {w}x{h}")
+        work.append(small)
+    stack = np.stack([work[i] for i in fill_frames(list(range(len(work))), ref, frames)])  # (T,h,w,3)
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
+        stack = np.pad(stack, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+    return np.ascontiguousarray(stack.transpose(0, 3, 1, 2)[None], dtype=np.float32), (h, w), notes
+
+
+@dataclass
+class BurstOutput:
+    clean: np.ndarray  # the reference frame without the reflection, its dtype and full size
+    seconds: float
+    work_hw: tuple[int, int]
+    notes: list[str]
+
+
+def remove(burst: Burst, model: BurstModel, side: int = WORK_SIDE) -> BurstOutput:
+    """The reference frame of `burst` with the reflection removed, at full resolution."""
+    import torch
+    import torch.nn.functional as F
+
+    started = time.perf_counter()
+    x, (h, w), notes = model_input(burst, model.frames, side, model.multiple)
+    y = np.asarray(model.impl.infer(x), dtype=np.float32)[0, :, :h, :w]  # (3,h,w)
+    ref_work = x[0, model.frames // 2, :, :h, :w]
+    correction = torch.from_numpy(np.ascontiguousarray(y - ref_work))[None]
+    full = burst.reference
+    if (h, w) != full.shape[:2]:
+        correction = F.interpolate(correction, size=full.shape[:2], mode="bilinear", align_corners=False)
+    clean = np.clip(to_float(full) + correction[0].permute(1, 2, 0).numpy(), 0.0, 1.0)
+    out = from_float(clean, full.dtype)
+    return BurstOutput(out, time.perf_counter() - started, (h, w), notes)
