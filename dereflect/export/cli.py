@@ -38,7 +38,16 @@ def export_command(
     max_lmse_rise: Optional[float] = MAX_LMSE_RISE,
     opset: int = typer.Option(20, "--opset", help="ONNX opset."),
     coreml_shapes: str = typer.Option(
-        "range", "--coreml-shapes", help="Core ML flexible H/W: range (8..4096) or enumerated (fixed sizes, Neural Engine friendly)."
+        "range",
+        "--coreml-shapes",
+        help="Core ML flexible H/W: range (8..4096) or enumerated (fixed sizes, Neural Engine friendly; with --fixed-shape: those sizes in one package).",
+    ),
+    fixed_shape: list[str] = typer.Option(
+        [],
+        "--fixed-shape",
+        help="Fixed input HxW (batch 1) for phone NPUs (NNAPI, Core ML): one artifact per shape, e.g. "
+        "--fixed-shape 512x512 (tile) --fixed-shape 384x512 (preview), or comma-separated; multiples of the model's H/W multiple. "
+        "Formats onnx, ort, coreml; default: dynamic H/W.",
     ),
     palettize: Optional[int] = typer.Option(
         None, "--palettize", help="Core ML: palettize weights to N bits (k-means) instead of linear INT8."
@@ -70,9 +79,14 @@ def export_command(
     if list_formats:
         _print_formats(console, table_rows())
         return
-    formats, skipped = resolve_formats(format, precision)
+    from dereflect.export.onnx import parse_hw
+
+    fixed = tuple(dict.fromkeys(parse_hw(s) for item in fixed_shape for s in item.split(",") if s.strip()))
+    formats, skipped = resolve_formats(format, precision, fixed=bool(fixed))
     budget = dict(max_abs_diff=max_diff, max_ssim_drop=max_ssim_drop, max_lmse_rise=max_lmse_rise)
-    targets = dict(opset=opset, coreml_shapes=coreml_shapes, palettize=palettize, trt_shapes=(trt_min, trt_opt, trt_max))
+    targets = dict(
+        opset=opset, coreml_shapes=coreml_shapes, palettize=palettize, trt_shapes=(trt_min, trt_opt, trt_max), fixed_shapes=fixed
+    )
     int8 = tuple(p for item in int8_exclude for p in item.split(",") if p.strip())
     data = dict(calib=calib, calib_count=calib_count, size=size, pairs=pairs, val_count=val_count, int8_exclude=int8)
     opts = ExportOptions(precision=precision, name=name, seed=seed, **data, **budget, **targets)
@@ -130,7 +144,7 @@ def _print_results(console, results, skipped) -> None:
         result = r.message if r.status == "error" else (summary(r.parity) if r.parity else r.status)
         style = {"passed": "green", "failed": "red", "error": "red"}.get(r.status, "yellow")
         table.add_row(
-            r.format,
+            f"{r.format} {r.shape}" if r.shape else r.format,
             r.precision,
             r.artifact.name if r.artifact else "-",
             f"{r.size_bytes / 1024:.0f} KiB" if r.size_bytes else "-",

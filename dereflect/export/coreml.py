@@ -4,7 +4,8 @@ coremltools has no ONNX frontend, so the student is traced (torch.jit.trace) and
 IO stays float32 (`TensorType(dtype=np.float32)`) whatever the compute precision, so callers feed
 the same arrays as for every other format. H and W are flexible: `RangeDim(8..max_side)` by
 default (Core ML cannot express "multiple of 8": the manifest records it and the runtime pads),
-or `EnumeratedShapes` (fixed sizes, which the Neural Engine prefers). Batch is 1.
+or `EnumeratedShapes` (a list of sizes), or one fixed size (`--fixed-shape`): the Neural Engine
+runs only fixed or enumerated shapes, a range keeps the model on the GPU/CPU. Batch is 1.
 Precisions: fp32 = FLOAT32 compute; fp16 = FLOAT16 compute; int8 = FLOAT16 compute with INT8
 per-channel weights (`linear_quantize_weights`; Core ML quantizes activations only on macOS).
 `palettize` (n bits, k-means LUT) compresses the weights instead of linear INT8.
@@ -71,15 +72,22 @@ def export_coreml(
         dim = lambda: ct.RangeDim(lower_bound=multiple, upper_bound=MAX_SIDE, default=256)  # noqa: E731
         shape: object = (1, 3, dim(), dim())
         shape_info: dict[str, object] = {"mode": "range", "min_side": multiple, "max_side": MAX_SIDE}
-    elif shapes == "enumerated":
+    elif shapes in ("enumerated", "fixed"):
         bad = [hw for hw in enumerated if hw[0] % multiple or hw[1] % multiple]
         if bad:
-            raise DereflectError(None, f"enumerated Core ML shapes must be multiples of {multiple}: {bad}")
-        shape = ct.EnumeratedShapes(shapes=[(1, 3, h, w) for h, w in enumerated], default=(1, 3, *enumerated[0]))
-        shape_info = {"mode": "enumerated", "sizes_hw": [list(hw) for hw in enumerated]}
+            raise DereflectError(None, f"{shapes} Core ML shapes must be multiples of {multiple}: {bad}")
+        if shapes == "fixed":
+            if len(enumerated) != 1:
+                raise DereflectError(None, f"a fixed Core ML shape is one (H, W), got {list(enumerated)}")
+            shape = (1, 3, *enumerated[0])
+        else:
+            shape = ct.EnumeratedShapes(shapes=[(1, 3, h, w) for h, w in enumerated], default=(1, 3, *enumerated[0]))
+        shape_info = {"mode": shapes, "sizes_hw": [list(hw) for hw in enumerated], "input_shapes": [[1, 3, *hw] for hw in enumerated]}
     else:
-        raise DereflectError(None, f"unknown Core ML shape mode '{shapes}' (range or enumerated)")
+        raise DereflectError(None, f"unknown Core ML shape mode '{shapes}' (range, enumerated or fixed)")
     example = torch.rand(1, 3, example_size, example_size, generator=torch.Generator().manual_seed(0))
+    if shapes == "fixed":  # trace at the one size the package takes
+        example = torch.rand(1, 3, *enumerated[0], generator=torch.Generator().manual_seed(0))
     with quiet(stderr=True), torch.no_grad():
         traced = torch.jit.trace(model.eval(), example)
         mlmodel = ct.convert(
@@ -141,8 +149,9 @@ def _ops(spec) -> Counter[str]:
     return counts
 
 
-def validate_coreml(path: str | Path, precision: str) -> dict[str, object]:
+def validate_coreml(path: str | Path, precision: str, fixed_hw: tuple[int, int] | None = None) -> dict[str, object]:
     """Everything checkable without Core ML's runtime; DereflectError on the first problem.
+    fixed_hw: the package must take exactly (1,3,H,W) (else flexible H/W: a range or enumerated).
     Returns the facts (IO, op histogram, compression ops) for the manifest."""
     ct = _coremltools()
     path = Path(path)
@@ -172,7 +181,13 @@ def validate_coreml(path: str | Path, precision: str) -> dict[str, object]:
     inp = io_facts[INPUT_NAME]
     if len(inp["shape"]) != 4 or inp["shape"][:2] != [1, 3]:
         raise DereflectError(path, f"Core ML input shape {inp['shape']} is not (1,3,H,W)")
-    if not inp["ranges"] and not inp["enumerated"]:
+    if fixed_hw is not None:
+        if inp["ranges"] or inp["enumerated"] or inp["shape"] != [1, 3, *fixed_hw]:
+            raise DereflectError(
+                path,
+                f"Core ML input is {inp['shape']} (flexible: {bool(inp['ranges'] or inp['enumerated'])}), expected fixed [1, 3, {fixed_hw[0]}, {fixed_hw[1]}]",
+            )
+    elif not inp["ranges"] and not inp["enumerated"]:
         raise DereflectError(path, "Core ML input has a fixed size: expected flexible H and W")
     ops = _ops(spec)
     unexpected = sorted(o for o in ops if o not in EXPECTED_OPS and not o.startswith("constexpr_"))

@@ -47,6 +47,7 @@ class ExportFormat:
     suffixes: tuple[str, ...] = ()  # file names recognised as this format (lower case); () means `suffix`
     folder_glob: str | None = None  # a folder holding exactly one such file is this format (an IR folder)
     via_onnx: bool = False  # built from the ONNX export (int8 shares one calibration)
+    fixed_shapes: bool = False  # takes `--fixed-shape HxW`: input fixed to (1,3,H,W), one artifact per shape (phone NPUs)
 
     def artifact_name(self, stem: str, precision: str) -> str:
         return f"{stem}-{precision}{self.suffix}"
@@ -73,7 +74,8 @@ FORMATS: list[ExportFormat] = [
         PRECISIONS,
         backends=("onnxruntime", "openvino"),
         via_onnx=True,
-        description="dynamic N/H/W, one file; fp16 keeps float32 IO; int8 = static QDQ (u8 activations, s8 per-channel weights)",
+        fixed_shapes=True,
+        description="dynamic N/H/W (or --fixed-shape 1x3xHxW), one file; fp16 keeps float32 IO; int8 = static QDQ (u8 activations, s8 per-channel weights)",
     ),
     ExportFormat(
         "ort",
@@ -86,7 +88,8 @@ FORMATS: list[ExportFormat] = [
         PRECISIONS,
         backends=("onnxruntime",),
         via_onnx=True,
-        description="ORT format for onnxruntime-mobile (Fixed optimisations for ARM), plus a .web.onnx for onnxruntime-web",
+        fixed_shapes=True,
+        description="ORT format for onnxruntime-mobile (Fixed optimisations for ARM; Runtime ones with --fixed-shape, for NNAPI/Core ML), plus a .web.onnx for onnxruntime-web",
     ),
     ExportFormat(
         "openvino",
@@ -116,7 +119,8 @@ FORMATS: list[ExportFormat] = [
         is_dir=True,
         backends=("coreml",),
         suffixes=(".mlpackage", ".mlmodel"),
-        description="ML program, float32 IO, flexible H/W; fp16 compute (fp32 for --precision fp32); int8 = weights only",
+        fixed_shapes=True,
+        description="ML program, float32 IO, flexible H/W (or --fixed-shape: fixed, or enumerated with --coreml-shapes enumerated); fp16 compute (fp32 for --precision fp32); int8 = weights only",
     ),
     ExportFormat(
         "tensorrt",
@@ -220,11 +224,20 @@ def get_format(name: str) -> ExportFormat:
         raise UsageError(None, f"unknown format '{name}'; choose one of {', '.join(FORMATS_BY_NAME)} or all") from None
 
 
-def resolve_formats(format: str, precision: str) -> tuple[list[ExportFormat], list[tuple[ExportFormat, str]]]:
+#: Why a row is left out of a `--fixed-shape` export.
+_NO_FIXED = (
+    "{title} takes no --fixed-shape (rows that do: "
+    + ", ".join(f.name for f in FORMATS if f.fixed_shapes)
+    + "); export it without --fixed-shape"
+)
+
+
+def resolve_formats(format: str, precision: str, fixed: bool = False) -> tuple[list[ExportFormat], list[tuple[ExportFormat, str]]]:
     """Validate `--format`/`--precision` up front: returns (formats to build, [(skipped, reason)]).
 
     A named format that cannot be built here is refused (UsageError, exit 2) with the reason and
-    the pip extra; `all` builds what it can and lists the rest as skipped.
+    the pip extra; `all` builds what it can and lists the rest as skipped. fixed: `--fixed-shape`
+    was given, so only rows with `fixed_shapes` qualify.
     """
     if precision not in PRECISIONS:
         raise UsageError(None, f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
@@ -239,6 +252,8 @@ def resolve_formats(format: str, precision: str) -> tuple[list[ExportFormat], li
             status = format_status(fmt.name)
             if precision not in fmt.precisions:
                 skipped.append((fmt, f"{fmt.title} does not support {precision} (allowed: {', '.join(fmt.precisions)})"))
+            elif fixed and not fmt.fixed_shapes:
+                skipped.append((fmt, _NO_FIXED.format(title=fmt.title)))
             elif not status.can_build:
                 skipped.append((fmt, status.build_reason))
             else:
@@ -249,6 +264,8 @@ def resolve_formats(format: str, precision: str) -> tuple[list[ExportFormat], li
         fmt = get_format(name)
         if precision not in fmt.precisions:
             raise UsageError(None, f"{fmt.title} does not support {precision}; allowed: {', '.join(fmt.precisions)}")
+        if fixed and not fmt.fixed_shapes:
+            raise UsageError(None, _NO_FIXED.format(title=fmt.title))
         status = format_status(fmt.name)
         if not status.can_build:
             raise UsageError(None, f"{fmt.title} cannot be built on this machine: {status.build_reason}")
@@ -270,6 +287,7 @@ def table_rows() -> list[dict[str, object]]:
                 "extra": fmt.extra,
                 "needs": fmt.needs,
                 "precisions": list(fmt.precisions),
+                "fixed_shapes": fmt.fixed_shapes,
                 "can_build": status.can_build,
                 "can_run": status.can_run,
                 "reason": status.build_reason or status.run_reason,

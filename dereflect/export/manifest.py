@@ -108,20 +108,31 @@ def tool_versions(packages: tuple[str, ...] = TOOL_PACKAGES) -> dict[str, str]:
     return versions
 
 
-def io_spec(batch: int | str = "batch", multiple_of: int = 8) -> dict[str, Any]:
-    """The graph contract of docs/DESIGN.md: `input` (N,3,H,W) float32 [0,1] -> `transmission` same shape."""
-    shape = [batch, 3, "height", "width"]
+def io_spec(batch: int | str = "batch", multiple_of: int = 8, fixed_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The graph contract of docs/DESIGN.md: `input` (N,3,H,W) float32 [0,1] -> `transmission` same shape.
+
+    fixed_hw: a fixed-shape artifact (`--fixed-shape`): the input is exactly (1,3,H,W), recorded
+    as `constraints.fixed_hw`; the runtime pads smaller images and tiles larger ones to it.
+    """
+    shape: list[int | str] = [batch, 3, "height", "width"] if fixed_hw is None else [1, 3, *fixed_hw]
     tensor = {"shape": shape, "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0], "color": "RGB"}
     dynamic = {str(i): n for i, n in enumerate(shape) if isinstance(n, str)}
+    constraints: dict[str, Any] = {
+        "multiple_of": multiple_of,
+        "min_side": multiple_of,
+        "dynamic_axes": {"input": dynamic, "transmission": dynamic},
+        "note": f"H and W must be multiples of {multiple_of} (the network's strides): pad, run, crop",
+    }
+    if fixed_hw is not None:
+        h, w = fixed_hw
+        constraints.update(
+            fixed_hw=[h, w],
+            note=f"fixed input 1x3x{h}x{w} (batch 1): smaller images are padded up to it, larger ones cut into {h}x{w} tiles",
+        )
     return {
         "inputs": [{"name": "input", **tensor}],
         "outputs": [{"name": "transmission", **tensor}],
-        "constraints": {
-            "multiple_of": multiple_of,
-            "min_side": multiple_of,
-            "dynamic_axes": {"input": dynamic, "transmission": dynamic},
-            "note": f"H and W must be multiples of {multiple_of} (the network's strides): pad, run, crop",
-        },
+        "constraints": constraints,
         "value_range": [0.0, 1.0],
     }
 
@@ -216,6 +227,14 @@ def _check_constraints(constraints: dict[str, Any], where: str | os.PathLike[str
         isinstance(sizes, list) and all(isinstance(hw, list) and len(hw) == 2 and all(_is_int(v, 1, 1 << 20) for v in hw) for hw in sizes)
     ):
         raise DereflectError(where, "manifest constraint 'sizes_hw' must be a list of [height, width] integer pairs")
+    fixed = constraints.get("fixed_hw")
+    if fixed is not None:
+        if not (isinstance(fixed, list) and len(fixed) == 2 and all(_is_int(v, 1, 1 << 20) for v in fixed)):
+            raise DereflectError(where, "manifest constraint 'fixed_hw' must be a [height, width] pair of positive integers")
+        if fixed[0] % constraints["multiple_of"] or fixed[1] % constraints["multiple_of"]:
+            raise DereflectError(
+                where, f"manifest constraint 'fixed_hw' {fixed} is not a multiple of 'multiple_of' {constraints['multiple_of']}"
+            )
 
 
 def _check_optional(data: dict[str, Any], where: str | os.PathLike[str] | None) -> None:

@@ -177,6 +177,94 @@ def _check_runs(path: Path, model, example) -> None:
         raise DereflectError(path, f"exported graph disagrees with PyTorch (max |diff| {err:.3g})")
 
 
+def parse_hw(text: str, option: str = "--fixed-shape") -> tuple[int, int]:
+    """`512x384` -> (512, 384) = (height, width); UsageError saying what is wrong."""
+    from dereflect.errors import UsageError
+
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(None, f"{option} '{text}' is not HEIGHTxWIDTH in pixels (e.g. 512x512)")
+    h, w = (int(p) for p in parts)
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise UsageError(None, f"{option} '{text}': height and width must be 1..{MAX_SIDE} px")
+    return h, w
+
+
+def check_fixed_shape(hw: tuple[int, int], multiple: int, model_name: str = "the model", option: str = "--fixed-shape") -> None:
+    """A fixed H x W must be a multiple of the network's stride (what the manifest records as
+    `constraints.multiple_of`): the graph's concats fail on anything else. UsageError with the
+    nearest shapes that work."""
+    from dereflect.errors import UsageError
+
+    h, w = hw
+    if h % multiple or w % multiple:
+
+        def near(n: int) -> str:
+            lo, hi = max(multiple, n - n % multiple), n - n % multiple + multiple
+            return f"{lo}" if lo == n else f"{lo} or {hi}"
+
+        raise UsageError(
+            None,
+            f"{option} {h}x{w}: height and width must be multiples of {multiple} ({model_name}'s H/W multiple); "
+            f"nearest: height {near(h)}, width {near(w)}",
+        )
+
+
+def fix_shape(src: str | Path, dst: str | Path, hw: tuple[int, int]) -> Path:
+    """A dynamic-shape graph (any precision: fp32, fp16 with float32 IO, INT8 QDQ) -> the same
+    graph with `input` fixed to (1, 3, H, W), every intermediate shape inferred static, checked.
+
+    Why: NNAPI and the Core ML EP take only nodes whose input shapes are static; with dynamic H/W
+    ORT's mobile checker counts 0 of the student's nodes for them, fixed it counts all (one
+    partition). Done with ORT's own tool functions (`make_dynamic_shape_fixed`), so the weights
+    and node names stay those of the dynamic artifact (same calibration, same `--int8-exclude`).
+    """
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
+
+    src, dst = Path(src), Path(dst)
+    proto = onnx.load(str(src))
+    del proto.graph.value_info[:]
+    _name_empty_roi(proto)
+    try:
+        make_input_shape_fixed(proto.graph, INPUT_NAME, [1, 3, *hw])
+        fix_output_shapes(proto)
+    except (ValueError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise DereflectError(src, f"cannot fix the input shape to 1x3x{hw[0]}x{hw[1]}: {first_line(exc, limit=10_000)}") from None
+    proto.doc_string = f"dereflect student; input {INPUT_NAME} (1,3,{hw[0]},{hw[1]}) float32 in [0,1] (fixed shape)"
+    proto = check_onnx(proto, src)
+    dynamic = [v.name for v in [*proto.graph.output, *proto.graph.value_info] if not _static(v)]
+    if dynamic:
+        raise DereflectError(src, f"shapes still dynamic after fixing the input to {hw[0]}x{hw[1]}: {', '.join(dynamic[:5])}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(dst))
+    return dst
+
+
+EMPTY_ROI = "resize_roi_empty"
+
+
+def _name_empty_roi(proto: onnx.ModelProto) -> None:
+    """Give every Resize whose optional `roi` input is left out (`""`) an empty float constant.
+
+    Why: ORT's mobile checker looks each node input up by name to see if its shape is static; an
+    omitted optional input has no name, so every Resize counted as "dynamic input" and the
+    student split into 4 partitions (51 of 56 nodes). An empty roi is what the legacy exporter
+    wrote; Resize ignores roi unless the mode is tf_crop_and_resize, so outputs do not change.
+    """
+    resizes = [n for n in proto.graph.node if n.op_type == "Resize" and len(n.input) > 1 and n.input[1] == ""]
+    if not resizes:
+        return
+    if all(i.name != EMPTY_ROI for i in proto.graph.initializer):
+        proto.graph.initializer.append(onnx.helper.make_tensor(EMPTY_ROI, onnx.TensorProto.FLOAT, [0], []))
+    for node in resizes:
+        node.input[1] = EMPTY_ROI
+
+
+def _static(value: onnx.ValueInfoProto) -> bool:
+    dims = value.type.tensor_type.shape.dim
+    return value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims)
+
+
 def graph_summary(path: str | Path) -> dict[str, object]:
     """Opset, op histogram and IO shapes of an ONNX file (for the manifest and the tests)."""
     proto = onnx.load(str(path), load_external_data=False)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dereflect.errors import DereflectError, UsageError, os_reason
 from dereflect.export import calib as calib_mod
 from dereflect.export import parity as parity_mod
@@ -38,6 +40,7 @@ class ExportOptions:
     max_lmse_rise: float | None = None
     opset: int = 20
     coreml_shapes: str = "range"
+    fixed_shapes: tuple[tuple[int, int], ...] = ()  # `--fixed-shape HxW`: one (1,3,H,W) artifact per shape per format
     palettize: int | None = None
     trt_shapes: tuple[str, str, str] = ("1x3x64x64", "1x3x512x512", "1x3x2048x2048")
     name: str | None = None
@@ -59,6 +62,7 @@ class ExportResult:
     parity: dict[str, Any] | None = None
     message: str = ""
     layers: list[dict[str, Any]] = field(default_factory=list)
+    shape: str = ""  # "512x512" for a `--fixed-shape` artifact ("enumerated" for such a Core ML package)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +72,7 @@ class ExportResult:
         return {
             "format": self.format,
             "precision": self.precision,
+            "shape": self.shape or "dynamic",
             "status": self.status,
             "artifact": self.artifact.name if self.artifact else None,
             "manifest": self.manifest.name if self.manifest else None,
@@ -146,8 +151,12 @@ class Exporter:
         if base_onnx is not None:
             self._onnx["fp32"] = Path(shutil.copyfile(base_onnx, self.work / f"{self.stem}-fp32.onnx"))
         self._calib: calib_mod.ImageSet | None = None
-        self._ref: parity_mod.Reference | None = None
+        self._refs: dict[tuple[int, int] | None, parity_mod.Reference] = {}
         self._int8_nodes: list[str] | None = None
+        self._mobile: dict[str, dict[str, Any]] = {}
+        #: The fixed (H, W) being built (`--fixed-shape`), None for dynamic H/W; `tag` goes into file names.
+        self.shape: tuple[int, int] | None = None
+        self.tag = ""
 
     def close(self) -> None:
         """Remove the work folder (intermediate ONNX graphs); `run` does this when it ends."""
@@ -162,11 +171,18 @@ class Exporter:
     # ---------------------------------------------------------------- shared inputs, built once
     @property
     def reference(self) -> parity_mod.Reference:
-        if self._ref is None:
-            data = calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, self.opts.size, self.opts.seed + 1)
-            self._ref = parity_mod.make_reference(self.model, data)
+        """PyTorch fp32 on the validation pairs, at `--size` or, for a fixed-shape artifact, at its
+        H x W (the gate measures the conversion at the one shape the artifact takes; padding and
+        tiling are the runtime's, tested there)."""
+        if self.shape not in self._refs:
+            if self.shape is None:
+                data = calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, self.opts.size, self.opts.seed + 1)
+            else:
+                h, w = self.shape
+                data = _crop_set(calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, max(h, w), self.opts.seed + 1), h, w)
+            self._refs[self.shape] = parity_mod.make_reference(self.model, data)
             self.log(f"validation: {data.source}")
-        return self._ref
+        return self._refs[self.shape]
 
     @property
     def calibration(self) -> calib_mod.ImageSet:
@@ -180,7 +196,20 @@ class Exporter:
         return {"source": c.source, "images": len(c), "size": self.opts.size, "names": c.names[:64]}
 
     def onnx_path(self, precision: str) -> Path:
-        """The ONNX graph of `precision` in the work folder (fp32 exported once, the others from it)."""
+        """The ONNX graph of `precision` in the work folder; while a fixed shape is being built,
+        that graph with its input fixed to (1,3,H,W) (same weights, calibration and node names)."""
+        if self.shape is None:
+            return self._dynamic_onnx(precision)
+        from dereflect.export.onnx import fix_shape
+
+        h, w = self.shape
+        key = f"{precision}-{h}x{w}"
+        if key not in self._onnx:
+            self._onnx[key] = fix_shape(self._dynamic_onnx(precision), self.work / f"{self.stem}-{key}.onnx", self.shape)
+        return self._onnx[key]
+
+    def _dynamic_onnx(self, precision: str) -> Path:
+        """The dynamic-shape graph of `precision` (fp32 exported once, the others from it)."""
         if precision in self._onnx:
             return self._onnx[precision]
         from dereflect.export import quantize
@@ -190,13 +219,38 @@ class Exporter:
         if precision == "fp32":
             export_onnx(self.model, path, opset=self.opts.opset)
         elif precision == "fp16":
-            quantize.to_fp16(self.onnx_path("fp32"), path)
+            quantize.to_fp16(self._dynamic_onnx("fp32"), path)
         elif precision == "int8":
-            quantize.quantize_int8(self.onnx_path("fp32"), path, self.calibration.images, self.int8_nodes())
+            quantize.quantize_int8(self._dynamic_onnx("fp32"), path, self.calibration.images, self.int8_nodes())
         elif precision == "int8-s8sym":  # TensorRT's explicit-quantization graph
-            quantize.quantize_int8(self.onnx_path("fp32"), path, self.calibration.images, self.int8_nodes(), symmetric=True)
+            quantize.quantize_int8(self._dynamic_onnx("fp32"), path, self.calibration.images, self.int8_nodes(), symmetric=True)
         self._onnx[precision] = path
         return path
+
+    @property
+    def art_stem(self) -> str:
+        """File stem of the artifact being built: `student-nano`, or `student-nano-512x512` for a fixed shape."""
+        return f"{self.stem}-{self.tag}" if self.tag else self.stem
+
+    def mobile_usability(self, precision: str) -> dict[str, Any]:
+        """ORT's mobile checker on the fixed-shape ONNX of `precision` (once; the .ort is built from it)."""
+        from dereflect.export import mobile_check
+
+        src = self.onnx_path(precision)
+        if src.name not in self._mobile:
+            self._mobile[src.name] = mobile_check.check(src)
+            self.log(f"ORT mobile checker, {self.art_stem} {precision}: {mobile_check.summary(self._mobile[src.name])}")
+        return self._mobile[src.name]
+
+    def _shapes_for(self, fmt: ExportFormat) -> list[tuple[tuple[int, int] | None, str]]:
+        """(shape, file-name tag) per artifact of `fmt`: one dynamic one, or one per `--fixed-shape`
+        (Core ML with `--coreml-shapes enumerated`: one package enumerating them all)."""
+        shapes = self.opts.fixed_shapes
+        if not shapes:
+            return [(None, "")]
+        if fmt.name == "coreml" and self.opts.coreml_shapes == "enumerated":
+            return [(shapes[0], "enumerated")]
+        return [(hw, f"{hw[0]}x{hw[1]}") for hw in shapes]
 
     def int8_nodes(self) -> list[str]:
         """`--int8-exclude` resolved against the exported graph's node names."""
@@ -205,7 +259,7 @@ class Exporter:
 
             from dereflect.export.quantize import resolve_exclude
 
-            names = [n.name for n in onnx.load(str(self.onnx_path("fp32"))).graph.node]
+            names = [n.name for n in onnx.load(str(self._dynamic_onnx("fp32"))).graph.node]
             self._int8_nodes = resolve_exclude(self.opts.int8_exclude, names)
         return self._int8_nodes
 
@@ -221,28 +275,44 @@ class Exporter:
             if any(f.via_onnx for f in formats) and self.opts.precision == "int8":
                 _ = self.calibration  # bad calibration images: one error up front, not one per format
                 self.int8_nodes()  # a bad --int8-exclude is a usage error: say it before building anything
+            from dereflect.export.onnx import check_fixed_shape
+
+            for hw in self.opts.fixed_shapes:  # a shape off the network's multiple: a usage error before any work
+                check_fixed_shape(hw, self.size_multiple, self.model_name)
             started = time.perf_counter()
-            _ = self.reference  # built up front, so per-format times are the formats' own
+            for shape in self.opts.fixed_shapes or (None,):  # built up front, so per-format times are the formats' own
+                self.shape = shape
+                _ = self.reference
             self.log(f"reference outputs (PyTorch fp32) in {time.perf_counter() - started:.1f} s")
             for fmt in formats:
                 builder = getattr(self, f"_build_{fmt.name}")
-                started = time.perf_counter()
-                try:
-                    new = builder(fmt)
-                except UsageError:
-                    raise
-                except DereflectError as exc:
-                    new = [ExportResult(fmt.name, self.opts.precision, "error", message=str(exc))]
-                except Exception as exc:  # noqa: BLE001 - one broken converter must not hide the other formats
-                    new = [ExportResult(fmt.name, self.opts.precision, "error", message=f"{type(exc).__name__}: {exc}")]
-                if new and new[0].build_s == 0.0:
-                    new[0].build_s = time.perf_counter() - started
-                for r in new:
-                    self.log(_line(r))
-                results.extend(new)
+                for shape, tag in self._shapes_for(fmt):
+                    self.shape, self.tag = shape, tag
+                    results.extend(self._build_one(builder, fmt))
         finally:
+            self.shape, self.tag = None, ""
             self.close()
         return results
+
+    def _build_one(self, builder: Callable[[ExportFormat], list[ExportResult]], fmt: ExportFormat) -> list[ExportResult]:
+        """One artifact (and its companions): built, gated, logged; a failure is its result row."""
+        started = time.perf_counter()
+        try:
+            new = builder(fmt)
+        except UsageError:
+            raise
+        except DereflectError as exc:
+            new = [ExportResult(fmt.name, self.opts.precision, "error", message=str(exc))]
+        except Exception as exc:  # noqa: BLE001 - one broken converter must not hide the other formats
+            new = [ExportResult(fmt.name, self.opts.precision, "error", message=f"{type(exc).__name__}: {exc}")]
+        if new and new[0].build_s == 0.0:
+            new[0].build_s = time.perf_counter() - started
+        if self.tag:
+            for r in new:
+                r.shape = self.tag
+        for r in new:
+            self.log(_line(r))
+        return new
 
     def _finish(
         self,
@@ -272,7 +342,7 @@ class Exporter:
                     self.log(f"{fmt_name}: per-layer report failed ({type(exc).__name__}: {exc})")
             parity["worst_layers"] = layers
             parity["fixes"] = self._int8_fixes(layers)
-        io = io or io_spec(multiple_of=self.size_multiple)
+        io = io or io_spec(batch=1 if self.shape else "batch", multiple_of=self.size_multiple, fixed_hw=self.shape)
         data = build_manifest(
             fmt=fmt_name,
             precision=self.opts.precision,
@@ -331,9 +401,11 @@ class Exporter:
 
         p = self.opts.precision
         started = time.perf_counter()
-        artifact = self._place(self.onnx_path(p), self.out / fmt.artifact_name(self.stem, p))
+        artifact = self._place(self.onnx_path(p), self.out / fmt.artifact_name(self.art_stem, p))
         build_s = time.perf_counter() - started
         extra: dict[str, Any] = {"graph": graph_summary(artifact), **self._quant_extra()}
+        if self.shape is not None:
+            extra["mobile_usability"] = self.mobile_usability(p)
         if p == "int8":
             extra["quantization"] = quantize.Int8Settings(excluded=tuple(self.int8_nodes())).as_dict()
             extra["_layers"] = lambda: quantize.layer_report(self.onnx_path("fp32"), artifact, self.reference.data.images[:4])
@@ -347,12 +419,19 @@ class Exporter:
         p = self.opts.precision
         started = time.perf_counter()
         src = self.onnx_path(p)
-        artifact = self.out / fmt.artifact_name(self.stem, p)
-        style = "Runtime" if p == "fp16" else "Fixed"
+        artifact = self.out / fmt.artifact_name(self.art_stem, p)
+        # Fixed-shape artifacts are for NNAPI / Core ML: "Fixed" optimisations would bake CPU-only
+        # contrib ops (com.microsoft:FusedConv, QLinearConv) into the graph, which those EPs refuse.
+        style = "Runtime" if p == "fp16" or self.shape is not None else "Fixed"
         _, config = quantize.to_ort_format(src, artifact, target_platform="arm", style=style)
-        web = self._place(src, self.out / f"{self.stem}-{p}.web.onnx")
+        web = self._place(src, self.out / f"{self.art_stem}-{p}.web.onnx")
         build_s = time.perf_counter() - started
         extra = self._quant_extra()
+        checked: dict[str, Any] = {}
+        if self.shape is not None:
+            from dereflect.export.mobile_check import ort_graph
+
+            checked["mobile_usability"] = self.mobile_usability(p) | {"ort_graph": ort_graph(artifact)}
         layers = (
             (lambda: quantize.layer_report(self.onnx_path("fp32"), src, self.reference.data.images[:4])) if p == "int8" else (lambda: [])
         )
@@ -370,6 +449,7 @@ class Exporter:
             },
             web_model=web.name,
             _layers=layers,
+            **checked,
             **extra,
         )
         web_result = self._finish(
@@ -423,14 +503,17 @@ class Exporter:
 
         p = self.opts.precision
         started = time.perf_counter()
-        path = self.out / fmt.artifact_name(self.stem, p)
+        path = self.out / fmt.artifact_name(self.art_stem, p)
         if path.exists():
             shutil.rmtree(path)
-        info = export_coreml(self.model, path, p, shapes=self.opts.coreml_shapes, palettize=self.opts.palettize)
-        info["validation"] = validate_coreml(path, p)
+        mode, sizes = self.opts.coreml_shapes, None
+        if self.shape is not None:  # --fixed-shape: one fixed package per shape, or one enumerating them all
+            mode, sizes = ("enumerated", self.opts.fixed_shapes) if self.tag == "enumerated" else ("fixed", (self.shape,))
+        info = export_coreml(self.model, path, p, shapes=mode, palettize=self.opts.palettize, **({"enumerated": sizes} if sizes else {}))
+        info["validation"] = validate_coreml(path, p, fixed_hw=self.shape if mode == "fixed" else None)
         build_s = time.perf_counter() - started
         status = format_status("coreml")
-        io = io_spec(batch=1, multiple_of=self.size_multiple)
+        io = io_spec(batch=1, multiple_of=self.size_multiple, fixed_hw=self.shape if mode == "fixed" else None)
         if info["shapes"]["mode"] == "range":
             io["constraints"]["max_side"] = info["shapes"]["max_side"]
         else:
@@ -489,6 +572,16 @@ def _ort_runner(path: Path) -> parity_mod.Runner:
     return lambda batch: sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
 
+def _crop_set(data: calib_mod.ImageSet, h: int, w: int) -> calib_mod.ImageSet:
+    """Centre crop of square images (and their ground truth) to h x w (a fixed shape's parity set)."""
+    top, left = (data.images.shape[2] - h) // 2, (data.images.shape[3] - w) // 2
+
+    def crop(a):
+        return None if a is None else np.ascontiguousarray(a[:, :, top : top + h, left : left + w])
+
+    return calib_mod.ImageSet(crop(data.images), crop(data.truth), data.names, f"{data.source}, centre {h}x{w}")
+
+
 def _config(model) -> dict[str, Any]:
     import dataclasses
 
@@ -498,7 +591,7 @@ def _config(model) -> dict[str, Any]:
 
 def _line(r: ExportResult) -> str:
     if r.status == "error":
-        return f"{r.format} {r.precision}: FAILED to build ({r.message})"
+        return f"{r.format}{' ' + r.shape if r.shape else ''} {r.precision}: FAILED to build ({r.message})"
     size = f"{r.size_bytes / 1024:.0f} KiB"
     return (
         f"{r.format} {r.precision}: {r.artifact.name if r.artifact else '-'} ({size}) built in {r.build_s:.1f} s, "

@@ -132,6 +132,7 @@ def _rank(ref: ModelRef, backend: str) -> tuple[int, ...]:
     web = m.get("target") == "web" or ref.path.name.endswith(".web.onnx")
     return (
         speed_rank(backend),
+        int(bool((m.get("constraints") or {}).get("fixed_hw"))),  # fixed-shape artifacts are for phone NPUs: dynamic H/W first here
         PRECISIONS.index(prec) if prec in PRECISIONS else len(PRECISIONS),
         int(web),
         int(ref.kind == "ort"),  # .ort is tuned for phones: the plain .onnx first on a desktop

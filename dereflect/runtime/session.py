@@ -138,7 +138,9 @@ class Session:
             info = checkpoint_info(self.model.path)
             if info.get("model"):
                 model = f"{self.model.path.name} ({info['model']}{', step ' + str(info['step']) if 'step' in info else ''})"
-        if self.tile is not None:
+        if self.impl.fixed is not None:  # a fixed-shape artifact: every tile (and any smaller image) padded to it
+            policy = f"fixed {self.impl.fixed[0]}x{self.impl.fixed[1]} tiles"
+        elif self.tile is not None:
             policy = f"tiles of {self.tile} px"
         else:
             policy = f"tiles of {tiling.DEFAULT_TILE} px above {self.max_pixels / 1e6:.1f} MP"

@@ -8,6 +8,12 @@ of 8, so every tile sees the same pixel phase as the whole-image run would, and 
 over the middle of the overlap (complementary ramps sum to one, so there is no seam and no
 brightness dip; the outer quarter of each tile's overlap, which saw padding, is dropped).
 
+A fixed-shape artifact (`dereflect export --fixed-shape 512x512`, for phone NPUs; Core ML
+enumerated shapes) takes one (H, W) only: every tile is exactly that size, spaced at the tile minus
+the overlap, the last one flush with the image's end (more overlap, but real pixels instead of
+padding), and an image smaller than the tile, or the few canvas rows past the image, is padded up
+to it and cropped back after the run.
+
 Memory stays bounded for 24-megapixel photos because nothing image-sized is ever float: tiles
 are converted one at a time from the caller's uint8/uint16 array, and a row of tiles is blended
 into a float32 band of one tile's height. When a row of tiles is done, the rows no later tile
@@ -96,9 +102,11 @@ def plan_tiles(
     tile: the largest tile side (rounded down to the multiple); None = one tile unless the image
     is over max_pixels (then DEFAULT_TILE, or sqrt(max_pixels) if smaller) or a side is over
     max_side (what the backend can take). Tiles are spread evenly: the fewest that fit, all of
-    one size (often a little under `tile`), so little work is spent on overlap. fixed: a backend that only runs one (h, w) (Core ML enumerated shapes): every tile is
-    that size and smaller canvases are padded up to it. min_side: the smallest input the backend
-    takes (a TensorRT profile): smaller canvases are padded up to it.
+    one size (often a little under `tile`), so little work is spent on overlap. fixed: a backend that
+    only runs one (h, w) (a `--fixed-shape` ONNX/ORT artifact, Core ML enumerated shapes): every
+    tile is that size, `tile` and `max_pixels` are ignored, and smaller canvases are padded up to
+    it. min_side: the smallest input the backend takes (a TensorRT profile): smaller canvases are
+    padded up to it.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image must be at least 1x1, got {width}x{height}")

@@ -82,6 +82,16 @@ def size_multiple(manifest: dict[str, Any]) -> int:
     return int((manifest.get("constraints") or {}).get("multiple_of", 8))
 
 
+def fixed_size(manifest: dict[str, Any], dims: list[int | None]) -> tuple[int, int] | None:
+    """The one (H, W) a fixed-shape artifact takes (`--fixed-shape`): the graph's own static H and W
+    (`dims` = its input dims, None where dynamic), else the manifest's `constraints.fixed_hw`;
+    None for dynamic H/W. The tiler then pads every tile, and any smaller image, up to it."""
+    if len(dims) == 4 and isinstance(dims[2], int) and isinstance(dims[3], int):
+        return dims[2], dims[3]
+    fixed = (manifest.get("constraints") or {}).get("fixed_hw")
+    return (int(fixed[0]), int(fixed[1])) if fixed else None
+
+
 def check_image_input(path: Path, name: str, dims: list[int | None], dtype: str) -> None:
     """Refuse, at load time, a model whose input is not (N, 3, H, W) float32 (None = dynamic dim).
 

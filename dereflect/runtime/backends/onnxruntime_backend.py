@@ -2,7 +2,8 @@
 
 Execution providers are taken in order of speed from what this onnxruntime build offers:
 CUDA, then Core ML (macOS), then the CPU, which is always there. Session options an artifact
-needs (an .ort file saved with runtime optimisations) come from its manifest.
+needs (an .ort file saved with runtime optimisations) come from its manifest. A fixed-shape
+artifact (`--fixed-shape`) declares its one (H, W) as `fixed`: the tiler feeds it tiles of that size.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import Backend, check_image_input, io_names, size_multiple
+from dereflect.runtime.backends.base import Backend, check_image_input, fixed_size, io_names, size_multiple
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider")
 
@@ -46,8 +47,10 @@ class OnnxRuntimeBackend(Backend, name="onnxruntime"):
         dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}.get(info.type, info.type)
         check_image_input(path, info.name, [d if isinstance(d, int) else None for d in info.shape], dtype)
         self.multiple = size_multiple(manifest)
+        self.fixed = fixed_size(manifest, [d if isinstance(d, int) else None for d in info.shape])
         self.where = self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
-        self.detail = f"onnxruntime {ort.__version__} [{', '.join(self.session.get_providers())}]"
+        shape = f", fixed input 1x3x{self.fixed[0]}x{self.fixed[1]}" if self.fixed else ""
+        self.detail = f"onnxruntime {ort.__version__} [{', '.join(self.session.get_providers())}]{shape}"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import Backend, check_image_input, io_names, size_multiple
+from dereflect.runtime.backends.base import Backend, check_image_input, fixed_size, io_names, size_multiple
 
 
 def ir_xml(path: Path, manifest: dict[str, Any] | None) -> Path:
@@ -57,6 +57,7 @@ class OpenVinoBackend(Backend, name="openvino", extra="openvino"):
         self.output = self.compiled.output(output_name)
         self.request = self.compiled.create_infer_request()
         self.multiple = size_multiple(manifest)
+        self.fixed = fixed_size(manifest, dims)  # a fixed-shape .onnx compiles static: tiles of that size
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.where = device.lower()
