@@ -223,3 +223,18 @@ def test_manifest_refuses_a_fixed_shape_off_the_multiple():
     data["constraints"]["fixed_hw"] = [520, 512]
     with pytest.raises(DereflectError, match="not a multiple of 'multiple_of' 16"):
         validate_manifest(data)
+
+
+def test_shapes_must_be_multiples_of_the_models_own_multiple():
+    """The MobileNetV2 students need multiples of 16 (the manifest's multiple_of): 504 is refused with the nearest sizes."""
+    from dereflect.errors import UsageError
+    from dereflect.export.onnx import check_fixed_shape, parse_hw
+
+    check_fixed_shape(parse_hw("512x384"), 16, "student-mnv2-hq")
+    with pytest.raises(
+        UsageError,
+        match=r"--fixed-shape 504x512: height and width must be multiples of 16 \(student-mnv2-hq's H/W multiple\); nearest: height 496 or 512, width 512",
+    ):
+        check_fixed_shape(parse_hw("504x512"), 16, "student-mnv2-hq")
+    with pytest.raises(UsageError, match="height and width must be 1..8192 px"):
+        parse_hw("0x512")
