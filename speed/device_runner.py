@@ -6,7 +6,8 @@ Copy this file, the artifact and its manifest (`x.onnx` + `x.onnx.json`, `x.ort`
 or an OpenVINO IR folder + `<folder>.json`) to the device, and optionally a paired set
 (`blended/` + `transmission/`). It reads the manifest (input/output names, the H/W multiple,
 the artifact's sha256), pads to the multiple (reflect at bottom/right, as dereflect's runtime
-does), times the model at each size (end to end from a uint8 photo, and model only), scores
+does; a fixed-shape artifact, `constraints.fixed_hw`, gets tiles of exactly its size, blended as
+dereflect's tiler blends them, and smaller photos padded up to it), times the model at each size (end to end from a uint8 photo, and model only), scores
 the pairs at full resolution, and writes ledger rows in the format of `dereflect bench --json`
 (`{"rows": [...]}`), which `dereflect bench DIR --merge rows.json` folds into its table and
 report. No dereflect import: nothing here needs torch.
@@ -195,6 +196,8 @@ class Model:
         self.input = manifest["inputs"][0]["name"]
         self.output = manifest["outputs"][0]["name"]
         self.multiple = int(manifest["constraints"].get("multiple_of", 8))
+        fixed = manifest["constraints"].get("fixed_hw")  # `dereflect export --fixed-shape`: one (H, W) only
+        self.fixed: tuple[int, int] | None = (int(fixed[0]), int(fixed[1])) if fixed else None
         if backend == "auto":
             backend = "openvino" if manifest.get("format") == "openvino" else "onnxruntime"
         if backend == "onnxruntime":
@@ -230,10 +233,15 @@ class Model:
         self.backend = backend
 
     def prepare(self, photo: np.ndarray) -> np.ndarray:
-        """uint8 HWC -> float32 NCHW padded at the bottom/right to the multiple (reflect; edge if tiny)."""
+        """uint8 HWC -> float32 NCHW padded at the bottom/right to the multiple (reflect; edge if
+        tiny); for a fixed-shape artifact, its top-left tile padded up to the fixed size."""
+        if self.fixed is not None:
+            photo = photo[: self.fixed[0], : self.fixed[1]]
         x = photo.astype(np.float32) * np.float32(1.0 / 255.0)
         h, w = x.shape[:2]
         ph, pw = -h % self.multiple, -w % self.multiple
+        if self.fixed is not None:
+            ph, pw = self.fixed[0] - h, self.fixed[1] - w
         if ph or pw:
             x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
         return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
@@ -241,8 +249,48 @@ class Model:
     def run(self, photo: np.ndarray) -> np.ndarray:
         """uint8 HWC photo -> uint8 HWC transmission (the end-to-end path that gets timed)."""
         h, w = photo.shape[:2]
-        out = self.infer(self.prepare(photo))[0, :, :h, :w].transpose(1, 2, 0)
+        if self.fixed is not None:
+            out = self.run_tiles(photo)
+        else:
+            out = self.infer(self.prepare(photo))[0, :, :h, :w].transpose(1, 2, 0)
         return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+    def run_tiles(self, photo: np.ndarray) -> np.ndarray:
+        """A fixed-shape artifact over any photo, as dereflect.runtime.tiling does it: tiles of the
+        fixed size at a stride of the tile minus the overlap, the last one flush with the (padded)
+        edge, raised-cosine ramps over the shared part, normalised by the summed weights."""
+        th, tw = self.fixed
+        m = self.multiple
+        h, w = photo.shape[:2]
+        canvas_h, canvas_w = max(-(-h // m) * m, th), max(-(-w // m) * m, tw)
+        ov = min(-(-128 // m) * m, (min(th, tw) // 2) // m * m)
+
+        def origins(canvas: int, tile: int) -> list[int]:
+            return [0] if tile >= canvas else [*range(0, canvas - tile, max(tile - ov, m)), canvas - tile]
+
+        def weights(size: int, start: int, canvas: int) -> np.ndarray:
+            wt = np.ones(size, np.float32)
+            if ov and canvas > size:
+                margin = ov // 4
+                core = ov - 2 * margin
+                rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(core) + 0.5) / core)
+                ramp = np.concatenate([np.zeros(margin), rise, np.ones(margin)]).astype(np.float32)
+                if start > 0:
+                    wt[:ov] = ramp
+                if start + size < canvas:
+                    wt[size - ov :] = ramp[::-1]
+            return wt
+
+        acc = np.zeros((h, w, 3), np.float32)
+        total = np.zeros((h, w, 1), np.float32)
+        for y in origins(canvas_h, th):
+            for x in origins(canvas_w, tw):
+                tile = self.infer(self.prepare(photo[y : y + th, x : x + tw]))[0].transpose(1, 2, 0)
+                rows, cols = min(th, h - y), min(tw, w - x)
+                wgt = np.outer(weights(th, y, canvas_h)[:rows], weights(tw, x, canvas_w)[:cols])[..., None]
+                acc[y : y + rows, x : x + cols] += tile[:rows, :cols] * wgt
+                total[y : y + rows, x : x + cols] += wgt
+        return acc / total
 
 
 # ------------------------------------------------------------------ pairs and timing

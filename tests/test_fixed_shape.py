@@ -238,3 +238,28 @@ def test_shapes_must_be_multiples_of_the_models_own_multiple():
         check_fixed_shape(parse_hw("504x512"), 16, "student-mnv2-hq")
     with pytest.raises(UsageError, match="height and width must be 1..8192 px"):
         parse_hw("0x512")
+
+
+def test_device_runner_tiles_a_fixed_shape_artifact_like_the_runtime(fixed):
+    """speed/device_runner.py (standalone, for phone-class boards) reads constraints.fixed_hw and
+    feeds the same tiles, blended the same way, as dereflect's runtime."""
+    import importlib.util
+    import sys
+
+    from skimage import data
+
+    runner_path = Path(__file__).resolve().parents[1] / "speed" / "device_runner.py"
+    spec = importlib.util.spec_from_file_location("device_runner_fixed", runner_path)
+    runner = importlib.util.module_from_spec(spec)
+    sys.modules["device_runner_fixed"] = runner
+    spec.loader.exec_module(runner)
+    out, _ = fixed
+    artifact = out / "student-nano-384x512-fp32.onnx"
+    model = runner.Model(artifact, json.loads((out / f"{artifact.name}.json").read_text()), "onnxruntime", None)
+    assert model.fixed == (384, 512)
+    for name in ("chelsea", "coffee"):  # smaller than the tile; 2x2 tiles
+        photo = np.ascontiguousarray(getattr(data, name)())
+        assert model.prepare(photo).shape == (1, 3, 384, 512)
+        ours = load(artifact, backend="onnxruntime").run(photo)
+        theirs = model.run(photo)
+        assert theirs.shape == photo.shape and np.abs(theirs.astype(int) - ours.astype(int)).max() <= 1
