@@ -138,5 +138,5 @@ def test_every_backend_runs_some_row_and_honours_the_contract() -> None:
 
 def test_checkpoint_row_and_unknown_names() -> None:
     assert format_for_path(Path("x.safetensors")) is CHECKPOINT and runnable_by("checkpoint") == ("torch",)
-    assert format_for_path(Path("x.txt")) is None and runnable_by("pte") == ()
+    assert format_for_path(Path("x.txt")) is None and runnable_by("no-such-format") == ()
     assert format_for_path(Path("student.web.onnx")).name == "onnx"

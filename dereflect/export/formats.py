@@ -136,6 +136,32 @@ FORMATS: list[ExportFormat] = [
         via_onnx=True,
         description="built from the ONNX (int8 from a symmetric s8 QDQ graph) with an optimisation profile and a timing cache",
     ),
+    ExportFormat(
+        "pte",
+        "ExecuTorch (XNNPACK)",
+        ".pte",
+        "executorch",
+        "mobile",
+        ("executorch",),
+        None,
+        ("fp32", "int8"),
+        backends=("executorch",),
+        fixed_shapes=True,
+        description="torch.export lowered to the XNNPACK delegate (one partition), fixed 1x3xHxW (--size, or --fixed-shape); int8 = PT2E XNNPACKQuantizer (s8 per-channel weights, s8 activations)",
+    ),
+    ExportFormat(
+        "tflite",
+        "LiteRT (TFLite)",
+        ".tflite",
+        "litert",
+        "mobile",
+        ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
+        None,
+        ("fp32", "int8"),
+        backends=("litert",),
+        fixed_shapes=True,
+        description="litert-torch, NHWC IO, fixed 1xHxWx3 (--size, or --fixed-shape); int8 = dynamic range (int8 weights; PT2E int8 does not convert: tfl.pad same-scale constraint; full-integer misses the budget)",
+    ),
 ]
 FORMATS_BY_NAME: dict[str, ExportFormat] = {f.name: f for f in FORMATS}
 

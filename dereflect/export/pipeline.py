@@ -563,6 +563,49 @@ class Exporter:
         cache = self.out / "tensorrt.timing.cache"
         return make_plan(src, p, *shapes, timing_cache=cache)
 
+    def _build_pte(self, fmt: ExportFormat) -> list[ExportResult]:
+        """ExecuTorch .pte (XNNPACK delegate) at one fixed shape (see export/pte.py for why)."""
+        from dereflect.export.pte import export_pte, pte_runner
+
+        p, hw = self.opts.precision, self.mobile_shape
+        started = time.perf_counter()
+        artifact = self.out / fmt.artifact_name(self.art_stem, p)
+        info = export_pte(self.model, artifact, p, hw, self.calibration_at(hw) if p == "int8" else None)
+        build_s = time.perf_counter() - started
+        extra = {"executorch": info, "quantization": info.pop("quantization"), **self._quant_extra()}
+        run = lambda: pte_runner(artifact)  # noqa: E731
+        return [self._finish("pte", "executorch", artifact, build_s, run, io=self.fixed_io(hw), **extra)]
+
+    def _build_tflite(self, fmt: ExportFormat) -> list[ExportResult]:
+        """LiteRT .tflite at one fixed shape (litert-torch cannot convert the student with dynamic H/W)."""
+        from dereflect.export.tflite import export_tflite, tflite_runner
+
+        p, hw = self.opts.precision, self.mobile_shape
+        started = time.perf_counter()
+        artifact = self.out / fmt.artifact_name(self.art_stem, p)
+        info = export_tflite(self.model, artifact, p, hw)
+        build_s = time.perf_counter() - started
+        extra = {"litert": info, "quantization": info.pop("quantization")}  # int8 is dynamic range: no calibration set
+        run = lambda: tflite_runner(artifact)  # noqa: E731
+        return [self._finish("tflite", "litert", artifact, build_s, run, io=self.fixed_io(hw), **extra)]
+
+    @property
+    def mobile_shape(self) -> tuple[int, int]:
+        """The one (H, W) of an ExecuTorch/LiteRT artifact: the `--fixed-shape` being built, else
+        --size x --size, the shape the parity gate's images have."""
+        return self.shape or (self.opts.size, self.opts.size)
+
+    def fixed_io(self, hw: tuple[int, int]) -> dict[str, Any]:
+        return io_spec(batch=1, multiple_of=self.size_multiple, fixed_hw=hw)
+
+    def calibration_at(self, hw: tuple[int, int]) -> np.ndarray:
+        """The int8 calibration images (the same photos as every int8 export) at H x W: as loaded
+        at --size, or loaded at max(H, W) and centre-cropped for another fixed shape."""
+        images = self.calibration.images
+        if tuple(images.shape[2:]) == tuple(hw):
+            return images
+        return _crop_set(calib_mod.load_calibration(self.opts.calib, self.opts.calib_count, max(hw), self.opts.seed), *hw).images
+
 
 def _ort_runner(path: Path) -> parity_mod.Runner:
     from dereflect.export.onnx import INPUT_NAME, OUTPUT_NAME

@@ -11,14 +11,19 @@ from dereflect.errors import UsageError
 from dereflect.export.formats import BACKEND_NAMES
 from dereflect.runtime.backends.base import Backend, check_image_input
 from dereflect.runtime.backends.coreml_backend import CoreMLBackend
+from dereflect.runtime.backends.executorch_backend import ExecuTorchBackend
+from dereflect.runtime.backends.litert_backend import LiteRTBackend
 from dereflect.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from dereflect.runtime.backends.openvino_backend import OpenVinoBackend
 from dereflect.runtime.backends.tensorrt_backend import TensorRTBackend
 from dereflect.runtime.backends.torch_backend import TorchBackend
 
-#: name -> class, fastest first (TensorRT on CUDA, Core ML on macOS, OpenVINO, ONNX Runtime, PyTorch).
+#: name -> class, fastest first (TensorRT on CUDA, Core ML on macOS, OpenVINO, ONNX Runtime, then the
+#: phone runtimes ExecuTorch and LiteRT, whose artifacts are for apps: on a desktop they run for the
+#: parity gate and the benchmark, slower than OpenVINO/ONNX Runtime here; PyTorch last).
 REGISTRY: dict[str, type[Backend]] = {
-    cls.name: cls for cls in (TensorRTBackend, CoreMLBackend, OpenVinoBackend, OnnxRuntimeBackend, TorchBackend)
+    cls.name: cls
+    for cls in (TensorRTBackend, CoreMLBackend, OpenVinoBackend, OnnxRuntimeBackend, ExecuTorchBackend, LiteRTBackend, TorchBackend)
 }
 #: What `--backend` takes, in the format table's order.
 BACKENDS: tuple[str, ...] = BACKEND_NAMES
