@@ -263,3 +263,15 @@ def test_device_runner_tiles_a_fixed_shape_artifact_like_the_runtime(fixed):
         ours = load(artifact, backend="onnxruntime").run(photo)
         theirs = model.run(photo)
         assert theirs.shape == photo.shape and np.abs(theirs.astype(int) - ours.astype(int)).max() <= 1
+
+
+@pytest.mark.skipif(format_status("openvino").build_reason != "", reason=format_status("openvino").build_reason or "openvino")
+def test_openvino_runs_the_fixed_onnx_in_fixed_tiles(fixed):
+    from skimage import data
+
+    out, _ = fixed
+    photo = np.ascontiguousarray(data.coffee())
+    via_ov = load(out / "student-nano-384x512-fp32.onnx", backend="openvino")
+    assert via_ov.impl.fixed == (384, 512) and via_ov.plan(*photo.shape[:2]).count == 4
+    ours = load(out / "student-nano-384x512-fp32.onnx", backend="onnxruntime").run(photo)
+    assert np.abs(via_ov.run(photo).astype(int) - ours.astype(int)).max() <= 1
