@@ -83,15 +83,19 @@ def test_runtime_backend_runs_tiles_like_torch(built, ckpt) -> None:
 
 
 def test_bench_has_rows_for_both_precisions(built) -> None:
+    """Pairs of 96 px: the fixed 64x64 artifact runs them as overlapping tiles, and the bench holds
+    it to PyTorch on the same tiles (the conversion's error, not the tiling's)."""
     from dereflect.bench.runner import BenchOptions, run_bench
 
     folder = built["fp32"].artifact.parent
-    result = run_bench(folder, BenchOptions(sizes=(SIZE,), runs=2, warmup=1, time_cap_s=5.0, synth_size=SIZE, thumbs=0), log=lambda _: None)
+    result = run_bench(folder, BenchOptions(sizes=(SIZE,), runs=2, warmup=1, time_cap_s=5.0, synth_size=96, thumbs=0), log=lambda _: None)
     rows = {r["precision"]: r for r in result.rows if r["format"] == "tflite"}
     assert set(rows) == {"fp32", "int8"}
     for row in rows.values():
         assert row["status"] == "passed", row.get("reason")
         assert row["backend"] == "litert/cpu" and row["latency_ms"] > 0
+        assert row["parity_reference"].endswith("on the same 64x64 tiles")
+    assert rows["fp32"]["max_abs_diff"] <= 1e-4
 
 
 def test_corrupt_model_is_one_clear_error(tmp_path) -> None:

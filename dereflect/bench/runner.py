@@ -302,6 +302,25 @@ class Bench:
         )
         return m
 
+    def reference_for(self, session) -> q.Reference | None:
+        """What a target's outputs are compared with: PyTorch on the whole image, or, for an artifact
+        that takes one fixed tile size (ExecuTorch, LiteRT, `--fixed-shape`), PyTorch run through the
+        very same tiles (padding, overlaps, blend). Why: the gate measures the conversion; what tiling
+        does to a photo is the runtime's, the same for every backend (tests/test_runtime.py)."""
+        fixed = getattr(session.impl, "fixed", None)
+        if fixed is None or self.checkpoint is None or self.reference is None:
+            return self.reference
+        if fixed not in self.tiled_refs:
+            from dereflect.runtime import load
+
+            torch_session = load(self.checkpoint, backend="torch")
+            torch_session.impl.fixed = tuple(fixed)
+            store = q.ArrayStore()
+            quality = q.score_model(torch_session.run, self.pairs, keep=store)
+            label = f"{self.reference.label} on the same {fixed[0]}x{fixed[1]} tiles"
+            self.tiled_refs[fixed] = q.Reference(label, quality, store)
+        return self.tiled_refs[fixed]
+
     def run_target(self, t: Target, *, as_reference: bool = False) -> Measured:
         from dereflect.runtime import backend_problem, load
 
@@ -331,9 +350,10 @@ class Bench:
             extra.update(load_s=time.perf_counter() - started, load_rss_mb=rss_mb() - before, backend_detail=session.impl.detail)
             m.backend = session.impl.label
             keep = q.ArrayStore() if as_reference else None
-            m.quality = q.score_model(
-                session.run, self.pairs, reference=None if as_reference else self.reference, keep=keep, thumbs=self.opts.thumbs
-            )
+            reference = None if as_reference else self.reference_for(session)
+            if reference is not None and reference is not self.reference:
+                extra["parity_reference"] = reference.label
+            m.quality = q.score_model(session.run, self.pairs, reference=reference, keep=keep, thumbs=self.opts.thumbs)
             if as_reference:
                 self.reference = q.Reference(f"{t.artifact.name} on {m.backend} (checkpoint not found)", m.quality, keep)
                 mean = m.quality.mean  # held to itself: no drop by definition
@@ -379,9 +399,11 @@ class Bench:
         self.photos = {s: test_photo(self.pairs, s) for s in self.opts.sizes}
         self.identity = q.identity_quality(self.pairs)
         self.reference: q.Reference | None = None
+        self.checkpoint: Path | None = None
+        self.tiled_refs: dict[tuple[int, int], q.Reference] = {}
         measured: list[Measured] = []
         try:
-            checkpoint = next((c for c in (reference_checkpoint(t.manifest, self.folder) for t in targets) if c), None)
+            checkpoint = self.checkpoint = next((c for c in (reference_checkpoint(t.manifest, self.folder) for t in targets) if c), None)
             if checkpoint is not None:
                 measured.append(self.run_reference(checkpoint))
                 self.log(_line(measured[-1]))
@@ -400,6 +422,8 @@ class Bench:
             self.pairs.store.close()
             if self.reference is not None:
                 self.reference.outputs.close()
+            for ref in self.tiled_refs.values():
+                ref.outputs.close()
         rows = [r for m in measured for r in m.rows]
         return BenchResult(rows, measured, self.identity, self.reference, self.pairs.source, inputs, skipped)
 
