@@ -40,12 +40,11 @@ def main() -> None:
     started = time.perf_counter()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(net, example, check_trace=False)
-        try:
+        try:  # torch.export's program (coremltools' newer frontend); the TorchScript trace fails earlier on the shape ops
+            program = torch.export.export(net, (example,)).run_decompositions({})
             ml = ct.convert(
-                traced,
+                program,
                 inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
-                outputs=[ct.TensorType(name="transmission")],
                 convert_to="mlprogram",
                 minimum_deployment_target=ct.target.iOS16,
                 compute_precision=ct.precision.FLOAT16,

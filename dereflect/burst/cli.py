@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from dereflect.errors import DereflectError, os_reason
 
 
@@ -68,11 +70,8 @@ def remove_burst(
     """Run one burst; returns the written output. `say`/`warn` print a line to stdout / stderr."""
     from dereflect.burst import frames as frames_mod
     from dereflect.burst import pipeline
-    from dereflect.runtime.cli import collect_inputs
 
-    paths, missing = collect_inputs(items)
-    if missing:
-        raise missing[0]
+    paths = _expand(items)
     videos = [p for p in paths if frames_mod.is_video(p)]
     source = videos[0] if videos else (paths[len(paths) // 2] if paths else Path(items[0]))
     try:
@@ -105,6 +104,35 @@ def remove_burst(
     return target
 
 
+def _expand(items: list[str]) -> list[Path]:
+    """The burst's files in argument order: a folder's images (sorted), a glob's matches, or the file."""
+    import glob
+
+    from dereflect.images import list_images
+
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise DereflectError(path, "no images in this folder")
+            paths += found
+        elif path.exists() or not set("*?[") & set(item):
+            paths.append(path)  # a missing file is reported when it is read, by name
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(path)) if Path(m).is_file())
+            if not matches:
+                raise DereflectError(item, "no files match this pattern")
+            paths += matches
+    return list(dict.fromkeys(paths))
+
+
+def reflection_layer(image: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """What was removed: input minus output, clipped at zero, in the input's dtype (as `dereflect remove` writes it)."""
+    return np.clip(image.astype(np.int32) - clean.astype(np.int32), 0, None).astype(image.dtype)
+
+
 def _mkdir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -114,7 +142,6 @@ def _mkdir(out: Path) -> None:
 
 def _write(target: Path, reflection: Path | None, reference, clean, image) -> None:
     from dereflect.images import write_image
-    from dereflect.runtime.cli import reflection_layer
 
     icc = image.icc_profile if image is not None else None
     if image is not None:

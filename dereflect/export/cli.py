@@ -17,7 +17,10 @@ MAX_LMSE_RISE = typer.Option(None, "--max-lmse-rise", help="Parity budget: LMSE 
 
 
 def export_command(
-    checkpoint: Path = typer.Argument(..., help="Student checkpoint (.safetensors)."),
+    checkpoint: Optional[Path] = typer.Argument(
+        None, help="Checkpoint (.safetensors) of a student or a burst model, or a shipped model's name (student-nano, burst-base)."
+    ),
+    model: Optional[str] = typer.Option(None, "--model", help="The same as CHECKPOINT: a shipped model's name or a checkpoint path."),
     format: str = typer.Option("onnx", "--format", help="onnx, ort, openvino, coreml, tensorrt (comma-separated) or all."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="INT8 calibration images (default: synthesised middle frames)."),
@@ -66,6 +69,8 @@ def export_command(
     Exit 0 only when everything built passed its parity budget.
 
     Example: dereflect export runs/student/best.safetensors --format all --precision int8 --out artifacts/
+
+    Burst model (5 frames in): dereflect export --model burst-base --format onnx,openvino --out artifacts/burst/
     """
     from rich.console import Console
     from rich.markup import escape
@@ -95,6 +100,7 @@ def export_command(
         raise DereflectError(out, "--out must be a folder, and this is a file")
     for fmt, reason in skipped:
         console.print(f"skip {fmt.name}: {reason}", markup=False)
+    checkpoint = _checkpoint(checkpoint, model)
     exporter = Exporter(checkpoint, out, opts, log=lambda line: console.print(line, markup=False))
     results = exporter.run(formats)
     _print_results(console, results, skipped)
@@ -108,6 +114,19 @@ def export_command(
             for fix in (r.parity or {}).get("fixes", []) if r.status == "failed" else []:
                 console.print(f"  fix ({r.format}): {escape(fix)}")
         raise DereflectError(out, "export did not pass: " + " | ".join(lines) + " (artifacts and manifests kept)")
+
+
+def _checkpoint(checkpoint: Path | None, model: str | None) -> Path:
+    """CHECKPOINT or --model (one of them): a path, or the name of a model shipped in dereflect/weights."""
+    from dereflect.errors import UsageError
+    from dereflect.models import shipped_weights
+
+    if (checkpoint is None) == (model is None):
+        raise UsageError(None, "give the model to export once: a CHECKPOINT argument or --model NAME (e.g. --model burst-base)")
+    text = str(checkpoint if checkpoint is not None else model)
+    if Path(text).expanduser().exists():
+        return Path(text).expanduser()
+    return shipped_weights(text) or Path(text)  # a missing path is reported by name when it is loaded
 
 
 def _print_formats(console, rows) -> None:

@@ -129,7 +129,10 @@ def _export(model, path: Path, opset: int, example_size: int) -> None:
 
     multiple = int(getattr(model, "size_multiple", 8))
     side = max(multiple, example_size - example_size % multiple)
-    example = torch.rand(2, 3, side, side + multiple, generator=torch.Generator().manual_seed(0))
+    frames = getattr(model, "input_frames", None)  # a burst model: (N, T, 3, H, W), T fixed (models/burst.py)
+    lead = (2, 3) if frames is None else (2, int(frames), 3)
+    example = torch.rand(*lead, side, side + multiple, generator=torch.Generator().manual_seed(0))
+    hw = len(lead)  # index of the H axis
     batch = Dim("batch", min=1, max=1024)
     h8 = Dim("h_blocks", min=1, max=MAX_SIDE // multiple)
     w8 = Dim("w_blocks", min=1, max=MAX_SIDE // multiple)
@@ -146,7 +149,7 @@ def _export(model, path: Path, opset: int, example_size: int) -> None:
             output_names=[OUTPUT_NAME],
             optimize=True,
             verbose=False,
-            dynamic_shapes={arg: {0: batch, 2: multiple * h8, 3: multiple * w8}},
+            dynamic_shapes={arg: {0: batch, hw: multiple * h8, hw + 1: multiple * w8}},
         )
     proto = program.model_proto
     _rename_dims(proto, {f"{multiple}*h_blocks": "height", f"{multiple}*w_blocks": "width"})
@@ -155,7 +158,12 @@ def _export(model, path: Path, opset: int, example_size: int) -> None:
         proto = onnxslim.slim(proto)
     _module_node_names(proto)  # nodes the simplifier made get a name in the same style
     proto.producer_name = "dereflect"
-    proto.doc_string = f"dereflect student; input {INPUT_NAME} (N,3,H,W) float32 in [0,1], H and W multiples of {multiple}"
+    what = (
+        "student; input {} (N,3,H,W)"
+        if frames is None
+        else f"burst model; input {{}} (N,{frames},3,H,W), reference frame {int(frames) // 2}"
+    )
+    proto.doc_string = f"dereflect {what.format(INPUT_NAME)} float32 in [0,1], H and W multiples of {multiple}"
     proto = check_onnx(proto, path)
     if proto.ByteSize() > 2**31 - 1024:
         raise DereflectError(path, "model is over 2 GB: it cannot be one ONNX file")

@@ -25,6 +25,10 @@ from dereflect.export import parity as parity_mod
 from dereflect.export.formats import PRECISIONS, ExportFormat, format_status, resolve_formats
 from dereflect.export.manifest import build_manifest, io_spec, sha256_file, write_manifest
 
+#: Formats a burst model (frames in, GridSample inside) is exported to: the table's rows whose converter
+#: and runtime take its 5-D input and grid sampling here (Core ML: tools/burst_coreml.py, docs/DESIGN.md).
+BURST_FORMATS = ("onnx", "ort", "openvino")
+
 
 @dataclass
 class ExportOptions:
@@ -127,13 +131,15 @@ class Exporter:
     ) -> None:
         """`model`: the student already loaded from `checkpoint`; `base_onnx`: an fp32 ONNX this
         stage already exported from it (skips the ~5 s export when building several precisions)."""
-        from dereflect.models import load_checkpoint
+        from dereflect.models import load_deployable
 
         self.checkpoint = Path(checkpoint)
         self.out = Path(out)
         self.opts = opts
         self.log = log
-        self.model = model if model is not None else load_checkpoint(self.checkpoint, expect="student")
+        self.model = model if model is not None else load_deployable(self.checkpoint)
+        #: The model's input contract: None = one image (N,3,H,W); T = a burst model's (N,T,3,H,W) (models/burst.py).
+        self.frames: int | None = getattr(self.model, "input_frames", None)
         info = getattr(self.model, "checkpoint_info", {}) or {}
         self.model_name = getattr(self.model, "model_name", info.get("model", "student"))
         self.stem = opts.name or self.model_name
@@ -176,7 +182,7 @@ class Exporter:
         tiling are the runtime's, tested there)."""
         if self.shape not in self._refs:
             if self.shape is None:
-                data = calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, self.opts.size, self.opts.seed + 1)
+                data = calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, self.opts.size, self.opts.seed + 1, frames=self.frames)
             else:
                 h, w = self.shape
                 data = _crop_set(calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, max(h, w), self.opts.seed + 1), h, w)
@@ -187,7 +193,9 @@ class Exporter:
     @property
     def calibration(self) -> calib_mod.ImageSet:
         if self._calib is None:
-            self._calib = calib_mod.load_calibration(self.opts.calib, self.opts.calib_count, self.opts.size, self.opts.seed)
+            self._calib = calib_mod.load_calibration(
+                self.opts.calib, self.opts.calib_count, self.opts.size, self.opts.seed, frames=self.frames
+            )
             self.log(f"calibration: {self._calib.source}")
         return self._calib
 
@@ -271,6 +279,17 @@ class Exporter:
             self.close()
             raise DereflectError(self.out, f"cannot create the output folder ({os_reason(exc)})") from None
         results: list[ExportResult] = []
+        if self.frames is not None:  # a burst model: (N,T,3,H,W) graphs on the formats that take them
+            if self.opts.fixed_shapes:
+                self.close()
+                raise UsageError(
+                    None, f"--fixed-shape takes single-image models; {self.model_name} takes {self.frames} frames (dynamic H/W)"
+                )
+            for fmt in [f for f in formats if f.name not in BURST_FORMATS]:
+                why = f"{self.model_name} takes {self.frames} frames; its export covers {', '.join(BURST_FORMATS)} (docs/DESIGN.md, burst mode)"
+                results.append(ExportResult(fmt.name, self.opts.precision, "skipped", message=why))
+                self.log(f"{fmt.name}: skipped ({why})")
+            formats = [f for f in formats if f.name in BURST_FORMATS]
         try:
             if any(f.via_onnx for f in formats) and self.opts.precision == "int8":
                 _ = self.calibration  # bad calibration images: one error up front, not one per format
@@ -342,7 +361,7 @@ class Exporter:
                     self.log(f"{fmt_name}: per-layer report failed ({type(exc).__name__}: {exc})")
             parity["worst_layers"] = layers
             parity["fixes"] = self._int8_fixes(layers)
-        io = io or io_spec(batch=1 if self.shape else "batch", multiple_of=self.size_multiple, fixed_hw=self.shape)
+        io = io or io_spec(batch=1 if self.shape else "batch", multiple_of=self.size_multiple, fixed_hw=self.shape, frames=self.frames)
         data = build_manifest(
             fmt=fmt_name,
             precision=self.opts.precision,

@@ -167,13 +167,10 @@ def load_deployable(path: str | os.PathLike[str]) -> nn.Module:
 
     A training teacher is refused: its forward returns a dict (layers, flows, D), not one image; its
     weights ship as the burst model (burst-base loads a teacher-base's weights unchanged)."""
-    model = load_checkpoint(path)
-    name = getattr(model, "model_name", "")
-    if name.startswith("student-") or hasattr(model, "input_frames"):
-        return model
-    raise DereflectError(
-        path, f"'{name}' is a training teacher (it returns layers, flows and D, not one image): export a student or a burst model (burst-base)"
-    )
+    name = read_checkpoint_info(path).get("model", "")
+    if name in PRESETS and hasattr(PRESETS[name][0], "input_frames"):
+        return load_checkpoint(path)
+    return load_checkpoint(path, expect="student")  # refuses a training teacher by name, before reading its weights
 
 
 def count_params(model: nn.Module) -> int:

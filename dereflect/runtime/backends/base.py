@@ -48,6 +48,8 @@ class Backend:
     where: str | None = None
     #: One line for people: library version and device.
     detail: str = ""
+    #: Frames per sample of a burst model ((N, T, 3, H, W) input, dereflect/burst); None: one image.
+    frames: int | None = None
 
     def __init__(self, path: Path | Any, manifest: dict[str, Any] | None = None, device: str | None = None) -> None:
         raise NotImplementedError
@@ -82,6 +84,16 @@ def size_multiple(manifest: dict[str, Any]) -> int:
     return int((manifest.get("constraints") or {}).get("multiple_of", 8))
 
 
+def input_frames(manifest: dict[str, Any]) -> int | None:
+    """Frames per sample of a burst model, from the manifest's input shape (N, T, 3, H, W); None for
+    an image model (N, 3, H, W). The model's input contract lives in the manifest, not in code."""
+    inputs = manifest.get("inputs") or []
+    shape = inputs[0].get("shape") if inputs and isinstance(inputs[0], dict) else None
+    if isinstance(shape, list) and len(shape) == 5 and isinstance(shape[1], int):
+        return int(shape[1])
+    return None
+
+
 def fixed_size(manifest: dict[str, Any], dims: list[int | None]) -> tuple[int, int] | None:
     """The one (H, W) a fixed-shape artifact takes (`--fixed-shape`): the graph's own static H and W
     (`dims` = its input dims, None where dynamic), else the manifest's `constraints.fixed_hw`;
@@ -92,12 +104,15 @@ def fixed_size(manifest: dict[str, Any], dims: list[int | None]) -> tuple[int, i
     return (int(fixed[0]), int(fixed[1])) if fixed else None
 
 
-def check_image_input(path: Path, name: str, dims: list[int | None], dtype: str) -> None:
-    """Refuse, at load time, a model whose input is not (N, 3, H, W) float32 (None = dynamic dim).
+def check_image_input(path: Path, name: str, dims: list[int | None], dtype: str, frames: int | None = None) -> None:
+    """Refuse, at load time, a model whose input is not (N, 3, H, W) float32 (None = dynamic dim),
+    or (N, frames, 3, H, W) for a burst model whose manifest says `frames`.
 
     Why here: otherwise a valid artifact of some other network loads fine and then every photo
     fails with the runtime's own shape message, once per file.
     """
+    if frames is not None and len(dims) == 5 and dims[1] in (frames, None) and dims[2] in (3, None) and dtype == "float32":
+        return
     if len(dims) != 4 or dims[1] not in (3, None) or dtype != "float32":
         shape = ", ".join("?" if d is None else str(d) for d in dims)
         raise DereflectError(

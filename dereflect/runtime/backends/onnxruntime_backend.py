@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import Backend, check_image_input, fixed_size, io_names, size_multiple
+from dereflect.runtime.backends.base import Backend, check_image_input, fixed_size, input_frames, io_names, size_multiple
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider")
 
@@ -45,7 +45,8 @@ class OnnxRuntimeBackend(Backend, name="onnxruntime"):
         self.input_name, self.output_name = io_names(manifest, self.session.get_inputs()[0].name, self.session.get_outputs()[0].name)
         info = next((i for i in self.session.get_inputs() if i.name == self.input_name), self.session.get_inputs()[0])
         dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}.get(info.type, info.type)
-        check_image_input(path, info.name, [d if isinstance(d, int) else None for d in info.shape], dtype)
+        self.frames = input_frames(manifest)
+        check_image_input(path, info.name, [d if isinstance(d, int) else None for d in info.shape], dtype, self.frames)
         self.multiple = size_multiple(manifest)
         self.fixed = fixed_size(manifest, [d if isinstance(d, int) else None for d in info.shape])
         self.where = self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
