@@ -108,7 +108,9 @@ def tool_versions(packages: tuple[str, ...] = TOOL_PACKAGES) -> dict[str, str]:
     return versions
 
 
-def io_spec(batch: int | str = "batch", multiple_of: int = 8, fixed_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+def io_spec(
+    batch: int | str = "batch", multiple_of: int = 8, fixed_hw: tuple[int, int] | None = None, frames: int | None = None
+) -> dict[str, Any]:
     """The graph contract of docs/DESIGN.md: `input` (N,3,H,W) float32 [0,1] -> `transmission` same shape.
 
     fixed_hw: a fixed-shape artifact (`--fixed-shape`): the input is exactly (1,3,H,W), recorded
@@ -117,12 +119,18 @@ def io_spec(batch: int | str = "batch", multiple_of: int = 8, fixed_hw: tuple[in
     shape: list[int | str] = [batch, 3, "height", "width"] if fixed_hw is None else [1, 3, *fixed_hw]
     tensor = {"shape": shape, "dtype": "float32", "layout": "NCHW", "range": [0.0, 1.0], "color": "RGB"}
     dynamic = {str(i): n for i, n in enumerate(shape) if isinstance(n, str)}
+    # frames: a burst model (dereflect/models/burst.py) takes T frames per sample, (N,T,3,H,W), the
+    # reference in the middle, and returns the reference's transmission (N,3,H,W).
+    in_tensor = tensor if frames is None else {**tensor, "shape": [shape[0], frames, *shape[1:]], "layout": "NTCHW"}
+    in_dynamic = {str(i): n for i, n in enumerate(in_tensor["shape"]) if isinstance(n, str)}
     constraints: dict[str, Any] = {
         "multiple_of": multiple_of,
         "min_side": multiple_of,
-        "dynamic_axes": {"input": dynamic, "transmission": dynamic},
+        "dynamic_axes": {"input": in_dynamic, "transmission": dynamic},
         "note": f"H and W must be multiples of {multiple_of} (the network's strides): pad, run, crop",
     }
+    if frames is not None:
+        constraints.update(frames=frames, reference_frame=frames // 2)
     if fixed_hw is not None:
         h, w = fixed_hw
         constraints.update(
@@ -130,7 +138,7 @@ def io_spec(batch: int | str = "batch", multiple_of: int = 8, fixed_hw: tuple[in
             note=f"fixed input 1x3x{h}x{w} (batch 1): smaller images are padded up to it, larger ones cut into {h}x{w} tiles",
         )
     return {
-        "inputs": [{"name": "input", **tensor}],
+        "inputs": [{"name": "input", **in_tensor}],
         "outputs": [{"name": "transmission", **tensor}],
         "constraints": constraints,
         "value_range": [0.0, 1.0],

@@ -146,6 +146,12 @@ def remove_command(
     suffix: str = typer.Option("", "--suffix", help="Appended to output names: photo.jpg -> photo<SUFFIX>.jpg."),
     precision: Optional[str] = typer.Option(None, "--precision", help="In an export folder, use only fp32, fp16 or int8 artifacts."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Run an artifact even if its sha256 does not match its manifest."),
+    burst: bool = typer.Option(
+        False,
+        "--burst",
+        help="The inputs are one burst: 3-7 frames of one scene (the middle one is cleaned) or one short video clip; "
+        "--model then names a burst model (default burst-base).",
+    ),
 ) -> None:
     """Remove the reflection from photos.
 
@@ -153,6 +159,8 @@ def remove_command(
     overwritten. A file that fails is reported and skipped (exit status 1 at the end).
 
     Example: dereflect remove photo.jpg holiday/ -o clean/ --save-reflection
+
+    Burst: dereflect remove --burst f1.jpg f2.jpg f3.jpg f4.jpg f5.jpg -o clean/ (or --burst clip.mp4)
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -161,6 +169,23 @@ def remove_command(
 
     stdout = Console(highlight=False, soft_wrap=True)
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+    if burst:  # dereflect/burst/cli.py: frames or a clip -> one output
+        from dereflect.burst.cli import remove_burst
+
+        say, warn = (lambda line: stdout.print(line, markup=False)), (lambda line: stderr.print(line, markup=False))
+        remove_burst(
+            inputs,
+            out,
+            model=model,
+            backend=backend,
+            precision=precision,
+            save_reflection=save_reflection,
+            suffix=suffix,
+            verify=not no_verify,
+            say=say,
+            warn=warn,
+        )
+        return
 
     files, failures = collect_inputs(inputs)
     jobs, refused = plan_outputs(files, out, suffix, save_reflection)

@@ -82,6 +82,9 @@ class Session:
             raise UsageError(None, f"tile size must be at least 16 pixels, got {tile}")
         if overlap < 0:
             raise UsageError(None, f"tile overlap must be >= 0, got {overlap}")
+        if getattr(impl, "frames", None):  # its manifest says (N, T, 3, H, W): not a photo model
+            where = ref.path if ref is not None else None
+            raise DereflectError(where, f"a burst model ({impl.frames} frames in): run it with dereflect remove --burst (dereflect.burst)")
         self.impl = impl
         self.model = ref
         self.backend: str = impl.name

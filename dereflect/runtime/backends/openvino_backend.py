@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import Backend, check_image_input, fixed_size, io_names, size_multiple
+from dereflect.runtime.backends.base import Backend, check_image_input, fixed_size, input_frames, io_names, size_multiple
 
 
 def ir_xml(path: Path, manifest: dict[str, Any] | None) -> Path:
@@ -53,7 +53,8 @@ class OpenVinoBackend(Backend, name="openvino", extra="openvino"):
         dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
         element = port.get_element_type().get_type_name()
         dtype = {"f32": "float32", "f16": "float16", "u8": "uint8"}.get(element, element)
-        check_image_input(path, self.input_name, dims, dtype)
+        self.frames = input_frames(manifest)
+        check_image_input(path, self.input_name, dims, dtype, self.frames)
         self.output = self.compiled.output(output_name)
         self.request = self.compiled.create_infer_request()
         self.multiple = size_multiple(manifest)
