@@ -74,7 +74,30 @@ def chromium_version(exe: str | None = None) -> str:
 
 def write_y4m(path: str | os.PathLike[str], rgb: np.ndarray, frames: int = 2) -> Path:
     """A YUV4MPEG2 file (4:2:0, BT.601 limited range, as Chromium's capture path assumes) showing
-    the HxWx3 uint8 `rgb`; Chromium's fake camera loops it. H and W must be even."""
+    the HxWx3 uint8 `rgb` for `frames` frames; Chromium's fake camera loops it. H and W must be even."""
+    return write_y4m_sequence(path, [rgb], hold=frames)
+
+
+def write_y4m_sequence(path: str | os.PathLike[str], sequence: list[np.ndarray], hold: int = 1, fps: int = 30) -> Path:
+    """A YUV4MPEG2 file playing the HxWx3 uint8 frames of `sequence` in order, each for `hold`
+    video frames at `fps` (a moving scene for the burst shutter); the fake camera loops it."""
+    if not sequence:
+        raise ValueError("no frames")
+    planes_per_frame = [_yuv420(rgb) for rgb in sequence]
+    h, w = np.asarray(sequence[0]).shape[:2]
+    path = Path(path)
+    with open(path, "wb") as fh:
+        fh.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for planes in planes_per_frame:
+            for _ in range(hold):
+                fh.write(b"FRAME\n")
+                for plane in planes:
+                    fh.write(plane.tobytes())
+    return path
+
+
+def _yuv420(rgb: np.ndarray) -> list[np.ndarray]:
+    """Y, U, V planes (BT.601 limited range, centred 2x2 chroma) of an even-sized HxWx3 uint8 frame."""
     rgb = np.asarray(rgb)
     h, w = rgb.shape[:2]
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or h % 2 or w % 2:
@@ -85,15 +108,7 @@ def write_y4m(path: str | os.PathLike[str], rgb: np.ndarray, frames: int = 2) ->
     u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
     v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
     sub = lambda c: c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))  # noqa: E731 - centred 2x2 chroma
-    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, sub(u), sub(v))]
-    path = Path(path)
-    with open(path, "wb") as fh:
-        fh.write(f"YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg\n".encode())
-        for _ in range(frames):
-            fh.write(b"FRAME\n")
-            for p in planes:
-                fh.write(p.tobytes())
-    return path
+    return [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, sub(u), sub(v))]
 
 
 @contextmanager

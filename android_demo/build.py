@@ -45,6 +45,11 @@ DEFAULT_CHECKPOINT = REPO / "dereflect" / "weights" / "student-nano.safetensors"
 #: Which exported precision each backend loads (see app/engine.js): WASM runs INT8 QDQ with integer
 #: kernels; WebGPU runs fp16 where the GPU has shader-f16, else fp32 (no int8 conv path on GPUs).
 BACKEND_PRECISION = {"wasm": "int8", "webgpu": "fp16", "webgpu_fp32": "fp32"}
+#: The burst model (dereflect/models/burst.py: 5 frames in, the middle frame's transmission out) for
+#: the Burst shutter, exported when its checkpoint is shipped and `dereflect export` takes it; a build
+#: without it has no Burst button. Run on WASM in fp32 (GridSample: no int8 path to gain from).
+BURST_CHECKPOINT = REPO / "dereflect" / "weights" / "burst-base.safetensors"
+BURST_PRECISION = "fp32"
 #: onnxruntime-web files per backend (from node_modules/onnxruntime-web/dist).
 ORT_FILES = {
     "wasm": ["ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"],
@@ -86,13 +91,15 @@ def ensure_node_modules() -> Path:
 
 
 # ------------------------------------------------------------------ 2. the models
-def export_model(checkpoint: Path, precision: str) -> tuple[Path, dict]:
-    """The `.web.onnx` artifact + manifest for `precision`, exported once per checkpoint content."""
+def export_model(checkpoint: Path, precision: str, fmt: str = "ort") -> tuple[Path, dict]:
+    """The artifact + manifest for `precision`, exported once per checkpoint content: `--format ort`'s
+    `.web.onnx` (onnxruntime-web), or with fmt="onnx" the plain `.onnx` (which onnxruntime-web runs too)."""
     from dereflect.export import load_manifest_for
 
     ckpt_sha = sha256_file(checkpoint)
-    folder = CACHE / "models" / f"{checkpoint.stem}-{ckpt_sha[:12]}-{precision}"
-    found = sorted(folder.glob("*.web.onnx")) if folder.is_dir() else []
+    folder = CACHE / "models" / (f"{checkpoint.stem}-{ckpt_sha[:12]}-{precision}" + ("" if fmt == "ort" else f"-{fmt}"))
+    pattern = "*.web.onnx" if fmt == "ort" else "*.onnx"
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
     if found:
         try:
             manifest = load_manifest_for(found[0])
@@ -102,10 +109,10 @@ def export_model(checkpoint: Path, precision: str) -> tuple[Path, dict]:
             log(f"cached model unusable ({exc}); exporting again")
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    log(f"dereflect export {checkpoint.name} --format ort --precision {precision}")
+    log(f"dereflect export {checkpoint.name} --format {fmt} --precision {precision}")
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "dereflect", "export", str(checkpoint), "--format", "ort", "--precision", precision, "--out", str(tmp)],
+        [sys.executable, "-m", "dereflect", "export", str(checkpoint), "--format", fmt, "--precision", precision, "--out", str(tmp)],
         capture_output=True,
         text=True,
     )
@@ -113,11 +120,11 @@ def export_model(checkpoint: Path, precision: str) -> tuple[Path, dict]:
         raise BuildError(
             f"dereflect export --precision {precision} failed (exit {proc.returncode}):\n" + (proc.stderr or proc.stdout)[-2000:]
         )
-    webs = sorted(tmp.glob("*.web.onnx"))
+    webs = sorted(tmp.glob(pattern))
     if not webs:
-        raise BuildError(f"dereflect export wrote no .web.onnx into {tmp}")
+        raise BuildError(f"dereflect export wrote no {pattern} into {tmp}")
     manifest = load_manifest_for(webs[0])
-    if manifest.get("runtime") != "onnxruntime-web":
+    if fmt == "ort" and manifest.get("runtime") != "onnxruntime-web":
         raise BuildError(f"{webs[0].name}: manifest runtime is {manifest.get('runtime')!r}, expected onnxruntime-web")
     if manifest["parity"].get("status") != "passed":
         raise BuildError(f"{webs[0].name}: export parity {manifest['parity'].get('status')}: not shipping it")
@@ -238,6 +245,7 @@ def assemble(dist: Path, models: dict[str, tuple[Path, dict]], checkpoint: Path,
             "sha256": manifest["artifact_sha256"],
             "bytes": manifest.get("artifact_bytes"),
             "multiple_of": manifest["constraints"]["multiple_of"],
+            **({"frames": manifest["constraints"]["frames"]} if "frames" in manifest["constraints"] else {}),
             "parity": {
                 "status": parity.get("status"),
                 "reference": parity.get("reference"),
@@ -268,11 +276,19 @@ def assemble(dist: Path, models: dict[str, tuple[Path, dict]], checkpoint: Path,
     return build
 
 
-def build(checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = OUT) -> dict:
+def build(checkpoint: Path = DEFAULT_CHECKPOINT, out: Path = OUT, burst: Path | None = BURST_CHECKPOINT) -> dict:
+    if burst is not None and not burst.is_file():
+        log(f"{burst}: not there, no burst model in this build")
+        burst = None
     if not checkpoint.is_file():
         raise BuildError(f"{checkpoint}: no such checkpoint")
     dist = ensure_node_modules()
     models = {backend: export_model(checkpoint, p) for backend, p in BACKEND_PRECISION.items()}
+    if burst is not None:
+        try:
+            models["burst"] = export_model(burst, BURST_PRECISION, fmt="onnx")
+        except BuildError as exc:  # the single-image app is still complete
+            log(f"no burst model in this build (no Burst button): {str(exc).splitlines()[0]}")
     result = assemble(dist, models, checkpoint, out)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and not p.name.endswith(".gz"))
     log(f"built {out} (build {result['build_id']}, {size / 1e6:.1f} MB); serve it with: dereflect demo serve")

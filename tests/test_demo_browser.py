@@ -414,3 +414,78 @@ def test_webgpu_path_matches_onnxruntime(app_root, harness, playwright, frame, t
     )
     tol = 1e-4 if info["model"]["precision"] == "fp32" else 5e-3
     assert diff.max() < tol
+
+
+@pytest.mark.slow
+def test_burst_shutter_matches_onnxruntime(app_root, harness, playwright, tmp_path):
+    """The Burst shutter on a moving scene: the fake camera plays a synthetic through-glass
+    sequence (dereflect.data.synth: the background and the reflection move differently, as when
+    the phone moves sideways), the app grabs 5 frames over about a second, runs the burst model in
+    its worker and shows the result; the output equals onnxruntime (Python) on the app's frames."""
+    import onnxruntime as ort
+    from PIL import Image
+    from skimage import data
+
+    from dereflect.data.synth import synthesize_sequence
+
+    build = json.loads((app_root / "build.json").read_text())
+    if "burst" not in build["models"]:
+        pytest.skip("this build has no burst model (android_demo/build.py could not export burst-base)")
+    seq = synthesize_sequence(data.coffee(), data.astronaut(), n_frames=5, size=FRAME_W, rng=np.random.default_rng(3))
+    top = (FRAME_W - FRAME_H) // 2
+    scene = [np.rint(f[top : top + FRAME_H] * 255).astype(np.uint8) for f in seq.frames]
+    video = harness.write_y4m_sequence(tmp_path / "burst.y4m", scene, hold=6)  # 5 views x 200 ms, looped
+    with harness.serving(app_root) as server, harness.chromium(video=video, playwright=playwright) as context:
+        page = harness.open_app(context, f"http://127.0.0.1:{server.port}/?backend=wasm")
+        button = page.locator("#burst")
+        page.wait_for_function("() => { const b = document.getElementById('burst'); return !b.hidden && !b.disabled; }", timeout=30_000)
+        button.tap()
+        hint = page.locator("#hint")
+        hint.wait_for(state="visible", timeout=5_000)
+        assert "sideways" in hint.text_content()
+        page.wait_for_function("() => window.__dereflect.burstRuns > 0 || window.__dereflect.error", timeout=300_000)
+        assert page.evaluate("window.__dereflect.error") is None
+        assert hint.is_hidden()
+        result = page.evaluate("window.__dereflect.lastBurst()")
+        assert page.evaluate("document.getElementById('stage').dataset.mode") == "result"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "phone-burst.png"))
+    frames = [_rgb(f) for f in result["frames"]]
+    assert len(frames) == 5 and result["reference"] == 2
+    h, w = frames[0].shape[:2]
+    assert (w, h) == (512, 339)
+    # 1. the moving scene reached the model: each frame is one of the sequence's views (Pillow-resized,
+    # through the camera's 4:2:0 YUV), and the burst saw more than one view
+    views = [np.asarray(Image.fromarray(v).resize((w, h), Image.BILINEAR)).astype(np.int16) for v in scene]
+    dist = np.array([[np.abs(f.astype(np.int16) - v).mean() for v in views] for f in frames])
+    assert dist.min(axis=1).max() < 4.0, f"a burst frame is none of the scene's views: {dist.min(axis=1)}"
+    seen = sorted(set(dist.argmin(axis=1).tolist()))
+    assert len(seen) >= 2, f"the burst saw one view only ({seen}): no motion"
+    # 2. the burst model in the browser vs onnxruntime (Python) on the same frames, padded as the app pads
+    multiple = build["models"]["burst"]["multiple_of"]
+    ph, pw = -h % multiple, -w % multiple
+    x = np.stack([np.pad(f, ((0, ph), (0, pw), (0, 0)), mode="reflect").transpose(2, 0, 1) for f in frames])
+    x = np.ascontiguousarray(x[None], np.float32) / np.float32(255)
+    sess = ort.InferenceSession(str(app_root / "model" / build["models"]["burst"]["file"]), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0][0, :, :h, :w]
+    got = np.frombuffer(base64.b64decode(result["outputFloat"]), np.float32).reshape(3, h, w)
+    diff = np.abs(got - ref)
+    out = _rgb(result["output"])
+    byte_diff = np.abs(np.rint(np.clip(ref, 0, 1) * 255).transpose(1, 2, 0) - out)
+    _record(
+        "burst",
+        {
+            "model": build["models"]["burst"]["file"],
+            "frames": 5,
+            "size": [w, h],
+            "views_seen": seen,
+            "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()),
+            "output_max_abs_levels": int(byte_diff.max()),
+            "latency_ms": result["latencyMs"],
+            "total_ms": result["totalMs"],
+        },
+    )
+    assert diff.max() < 0.01 and diff.mean() < 1e-4, f"wasm vs onnxruntime: max {diff.max():.4g}, mean {diff.mean():.4g}"
+    assert byte_diff.max() <= 3
+    assert np.abs(got - frames[2].transpose(2, 0, 1) / 255.0).mean() > 0.003  # the model changed the middle frame

@@ -57,7 +57,7 @@ export async function createEngine({ backend = 'auto', threads = 0, build }) {
         executionProviders: [ep],
         graphOptimizationLevel: 'all',
       });
-      return makeEngine(ort, session, ep, model);
+      return makeEngine(ort, session, ep, model, { threads: ep === 'wasm' ? ort.env.wasm.numThreads : 0 });
     } catch (err) {
       lastError = err;
       console.warn(`dereflect: ${ep} backend failed, trying the next`, err);
@@ -66,26 +66,36 @@ export async function createEngine({ backend = 'auto', threads = 0, build }) {
   throw lastError;
 }
 
-function makeEngine(ort, session, ep, model) {
+function makeEngine(ort, session, ep, model, { threads }) {
   const input = session.inputNames[0];
   const output = session.outputNames[0];
   let busy = Promise.resolve();
+  /** float32 data of shape `dims` -> the output's Float32Array; calls are serialised. */
+  const runShaped = (tensorData, dims) => {
+    const job = busy.then(async () => {
+      const feeds = { [input]: new ort.Tensor('float32', tensorData, dims) };
+      const results = await session.run(feeds);
+      const out = results[output];
+      const data = out.location === 'gpu-buffer' ? await out.getData(true) : out.data;
+      return new Float32Array(data);
+    });
+    busy = job.catch(() => {});
+    return job;
+  };
   return {
     backend: ep,
-    threads: ep === 'wasm' ? ort.env.wasm.numThreads : 0,
+    threads,
     model,
     inputName: input,
-    /** (1,3,h,w) float32 planar -> same-shaped Float32Array; calls are serialised. */
-    run(tensorData, width, height) {
-      const job = busy.then(async () => {
-        const feeds = { [input]: new ort.Tensor('float32', tensorData, [1, 3, height, width]) };
-        const results = await session.run(feeds);
-        const out = results[output];
-        const data = out.location === 'gpu-buffer' ? await out.getData(true) : out.data;
-        return new Float32Array(data);
-      });
-      busy = job.catch(() => {});
-      return job;
+    /** (1,3,h,w) float32 planar -> same-shaped Float32Array. */
+    run: (tensorData, width, height) => runShaped(tensorData, [1, 3, height, width]),
+    runShaped,
+    /** Another model of this build (build.json's entry, e.g. the burst model) on the WASM backend
+     * of the same onnxruntime-web: its own session, loaded when first needed. */
+    async loadModel(other) {
+      const bytes = await fetchModel(`./model/${other.file}`);
+      const s = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+      return makeEngine(ort, s, 'wasm', other, { threads: ort.env.wasm.numThreads });
     },
   };
 }

@@ -17,6 +17,10 @@ const PREVIEW_LONG_SIDE = clampInt(params.get('size'), 64, 2048, 512);
 // 512 px tiles would be 63 tiles and 1.29x, ~25 % slower here); memory stays at one band + one tile.
 const FULL_TILE = clampInt(params.get('tile'), 64, 2048, 1024);
 const FULL_OVERLAP = clampInt(params.get('overlap'), 0, 256, 64);
+// Burst: 5 frames over about a second while the person moves the phone sideways a little; the
+// burst model (the teacher, frames only) recovers the middle frame from how the layers move.
+const BURST_FRAMES = 5;
+const BURST_SPAN_MS = 1000;
 const MAX_SOURCE_PIXELS = 24e6; // bigger gallery photos are scaled down to this on decode
 
 const $ = (id) => document.getElementById(id);
@@ -24,6 +28,7 @@ const ui = {
   stage: $('stage'), status: $('status'), metrics: $('metrics'), video: $('camera'), cameraNote: $('camera-note'),
   compare: $('compare'), before: $('before'), after: $('after'), divider: $('divider'), slider: $('slider'),
   progress: $('progress'), capture: $('capture'), file: $('file'), retake: $('retake'), full: $('full'), share: $('share'),
+  burst: $('burst'), hint: $('hint'),
   rowCamera: document.querySelector('[data-for="camera"]'), rowResult: document.querySelector('[data-for="result"]'),
 };
 
@@ -33,9 +38,11 @@ const state = {
   source: null, // full-resolution RGBA of the captured frame / picked photo (lent to the worker while it runs)
   last: null, // the preview run: {source, input, output, outputFloat, latencyMs, totalMs, backend, threads}
   full: null, // the full-resolution run: {output, ms, modelMs, tiles, plan}
+  burst: null, // the last burst: {frames, reference, output, outputFloat, latencyMs, totalMs, model}
   shareBlob: null, shareName: '',
 };
 let runs = 0; // finished preview runs (api.runs)
+let burstRuns = 0; // finished bursts (api.burstRuns)
 
 function clampInt(text, lo, hi, fallback) {
   const n = Number.parseInt(text ?? '', 10);
@@ -118,6 +125,8 @@ async function start() {
     setStatus(`${describeBackend(e)} · ${e.model.precision} · ready`);
     setMetrics(`model loaded in ${loadMs.toFixed(0)} ms`);
     ui.capture.disabled = !state.stream;
+    ui.burst.hidden = !state.build.models.burst;
+    ui.burst.disabled = !state.stream;
     cacheRuntimeFiles(e.backend);
     resolveReady(api.info());
   } catch (err) {
@@ -165,6 +174,7 @@ async function startCamera() {
     ui.video.srcObject = state.stream;
     await ui.video.play().catch(() => {});
     ui.capture.disabled = !state.engine;
+    ui.burst.disabled = !state.engine;
   } catch (err) {
     showCameraNote(`No camera (${err.name || err}): pick a photo from the gallery.`);
   }
@@ -324,6 +334,49 @@ function showProgress(done, total) {
   setMetrics(`full resolution: tile ${done} / ${total}`);
 }
 
+const sleep = (ms) => new Promise((res) => setTimeout(res, Math.max(0, ms)));
+
+/** Burst shutter: 5 frames over ~1 s (each handed to the worker, which keeps it at preview size),
+ * then the burst model on them; the result is shown like a single capture (middle frame before). */
+async function runBurst() {
+  if (state.busy || !state.stream) return;
+  state.busy = true;
+  ui.capture.disabled = true;
+  ui.burst.disabled = true;
+  ui.hint.hidden = false;
+  try {
+    const loading = worker.call('burstLoad'); // the burst model loads while the frames come in
+    const added = [];
+    const t0 = performance.now();
+    for (let i = 0; i < BURST_FRAMES; i++) {
+      await sleep(t0 + (i * BURST_SPAN_MS) / (BURST_FRAMES - 1) - performance.now());
+      const frame = await grabFrame();
+      added.push(worker.call('burstFrame', { source: lend(frame), index: i, longSide: PREVIEW_LONG_SIDE }, { transfer: [frame.data.buffer] }));
+      setMetrics(`burst: frame ${i + 1} / ${BURST_FRAMES}`);
+    }
+    ui.hint.hidden = true;
+    const { model } = await loading;
+    await Promise.all(added);
+    setMetrics('burst: removing reflections…');
+    const r = await worker.call('burst', { count: BURST_FRAMES });
+    state.burst = { ...r, model };
+    state.source = null; // full-size burst frames are not kept: no Full resolution for a burst
+    state.full = null;
+    burstRuns += 1;
+    showResult(r.frames[r.reference], r.output);
+    ui.full.disabled = true;
+    setMetrics(`burst of ${BURST_FRAMES} · ${r.output.width}×${r.output.height} · ${r.latencyMs.toFixed(0)} ms (total ${r.totalMs.toFixed(0)} ms)`);
+  } catch (err) {
+    api.error = String(err?.message || err);
+    setMetrics(`burst failed: ${api.error}`);
+  } finally {
+    ui.hint.hidden = true;
+    state.busy = false;
+    ui.capture.disabled = !(state.engine && state.stream);
+    ui.burst.disabled = ui.capture.disabled;
+  }
+}
+
 async function runFullResolution() {
   if (state.busy || !state.source) return;
   state.busy = true;
@@ -350,6 +403,7 @@ async function runFullResolution() {
 }
 
 ui.capture.addEventListener('click', () => runOn(grabFrame));
+ui.burst.addEventListener('click', runBurst);
 ui.file.addEventListener('change', () => {
   const file = ui.file.files?.[0];
   ui.file.value = '';
@@ -382,6 +436,17 @@ const api = {
   }),
   /** Count of preview runs so far (a test waits for it to grow after tapping capture). */
   get runs() { return runs; },
+  /** Count of finished bursts (a test waits for it after tapping Burst). */
+  get burstRuns() { return burstRuns; },
+  /** The last burst: the model's input frames, the output (RGBA base64), the float output, timings. */
+  lastBurst() {
+    const b = state.burst;
+    if (!b) return null;
+    return {
+      frames: b.frames.map(imagePayload), reference: b.reference, output: imagePayload(b.output),
+      outputFloat: toBase64(new Uint8Array(b.outputFloat.buffer)), latencyMs: b.latencyMs, totalMs: b.totalMs, model: b.model,
+    };
+  },
   /** The last preview run: source frame, model input and output as RGBA base64, the float output, timings. */
   lastResult() {
     const l = state.last;

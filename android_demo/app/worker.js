@@ -12,17 +12,24 @@
 //   preview {source, longSide}                  -> {source, input, output, outputFloat, latencyMs, totalMs}
 //   full    {source, tile, overlap}             -> {source, output, ms, modelMs, tiles, plan}   (+ progress)
 //   bench   {size, runs, warmup}                -> [ms per run]
+//   burstLoad   {}                              -> {model}            (the burst model's session, once)
+//   burstFrame  {source, index, longSide}       -> {width, height}    (resized and kept; the frame is dropped)
+//   burst       {count}                         -> {frames, reference, output, outputFloat, latencyMs, totalMs}
 
 import { createEngine } from './engine.js';
 import { cropToTensor, fitLongSide, planTiles, resizeBilinear, roundUp, runTiled, tensorToImage } from './imageops.js';
 
 let engine = null;
 let multiple = 8; // the network's H/W multiple (build.json's multiple_of for the loaded model)
+let build = null; // build.json
+let burstEngine = null; // the burst model's session (loaded on the first burst)
+let burstFrames = []; // a burst being collected: frames resized to the preview size
 
 const buffersOf = (...images) => images.map((img) => img.data.buffer);
 
 const ops = {
-  async init({ backend, threads, build }) {
+  async init({ backend, threads, build: b }) {
+    build = b;
     engine = await createEngine({ backend, threads, build });
     multiple = engine.model.multiple_of || 8;
     return [{ backend: engine.backend, threads: engine.threads, model: engine.model }, []];
@@ -78,6 +85,44 @@ const ops = {
     return [times, []];
   },
 };
+
+Object.assign(ops, {
+  async burstLoad() {
+    if (!build.models.burst) throw new Error('this build has no burst model');
+    burstEngine ??= await engine.loadModel(build.models.burst);
+    return [{ model: burstEngine.model }, []];
+  },
+
+  /** One frame of a burst: resized like a preview (the full-size frame is dropped here). */
+  async burstFrame({ source, index, longSide }) {
+    const size = fitLongSide(source.width, source.height, longSide);
+    if (index === 0) burstFrames = []; // a new burst
+    burstFrames[index] = resizeBilinear(source, size.width, size.height);
+    return [size, []];
+  },
+
+  /** The burst model on the collected frames (reference = the middle one): pad, run, crop. */
+  async burst({ count }) {
+    if (!burstEngine) throw new Error('the burst model is not loaded');
+    const frames = Array.from({ length: count }, (_, i) => burstFrames[i]);
+    burstFrames = [];
+    if (frames.some((f) => !f)) throw new Error(`a burst needs ${count} frames`);
+    const { width: w, height: h } = frames[0];
+    if (frames.some((f) => f.width !== w || f.height !== h)) throw new Error('the burst frames differ in size');
+    const t0 = performance.now();
+    const m = burstEngine.model.multiple_of || multiple;
+    const tw = roundUp(w, m), th = roundUp(h, m), plane = 3 * tw * th;
+    const tensor = new Float32Array(count * plane);
+    frames.forEach((f, i) => tensor.set(cropToTensor(f, 0, 0, w, h, tw, th), i * plane));
+    const t1 = performance.now();
+    const out = await burstEngine.runShaped(tensor, [1, count, 3, th, tw]);
+    const latencyMs = performance.now() - t1;
+    const output = tensorToImage(out, tw, th, w, h);
+    const outputFloat = cropPlanar(out, tw, th, w, h);
+    const result = { frames, reference: count >> 1, output, outputFloat, latencyMs, totalMs: performance.now() - t0 };
+    return [result, [...buffersOf(...frames, output), outputFloat.buffer]];
+  },
+});
 
 /** The top-left h x w of a planar (3,th,tw) float tensor, still planar float. */
 function cropPlanar(t, tw, th, w, h) {
