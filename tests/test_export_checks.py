@@ -52,13 +52,14 @@ def _colour(seed: int, size: int = 64) -> np.ndarray:
 
 
 def test_table_is_one_list_driving_everything():
-    assert [f.name for f in FORMATS] == ["onnx", "ort", "openvino", "coreml", "tensorrt"]
+    assert [f.name for f in FORMATS] == ["onnx", "ort", "openvino", "coreml", "tensorrt", "pte", "tflite"]
     assert FORMATS_BY_NAME["openvino"].extra == "openvino" and FORMATS_BY_NAME["openvino"].is_dir
     assert FORMATS_BY_NAME["coreml"].needs == "macos" and FORMATS_BY_NAME["tensorrt"].needs == "cuda"
     assert FORMATS_BY_NAME["onnx"].artifact_name("student-nano", "int8") == "student-nano-int8.onnx"
     rows = table_rows()
     assert [r["name"] for r in rows] == [f.name for f in FORMATS]
-    assert all(set(r["precisions"]) == {"fp32", "fp16", "int8"} for r in rows)
+    assert all(set(r["precisions"]) == {"fp32", "fp16", "int8"} for r in rows if r["name"] not in ("pte", "tflite"))
+    assert all(r["precisions"] == ["fp32", "int8"] and r["extra"] == "mobile" for r in rows if r["name"] in ("pte", "tflite"))
 
 
 def test_all_builds_what_it_can_and_says_why_not():
@@ -75,8 +76,10 @@ def test_all_builds_what_it_can_and_says_why_not():
 def test_unsupported_requests_are_usage_errors():
     with pytest.raises(UsageError, match="unknown precision 'bf16'.*fp32, fp16, int8"):
         resolve_formats("onnx", "bf16")
-    with pytest.raises(UsageError, match="unknown format 'tflite'"):
-        resolve_formats("tflite", "fp32")
+    with pytest.raises(UsageError, match="unknown format 'tfjs'"):
+        resolve_formats("tfjs", "fp32")
+    with pytest.raises(UsageError, match="LiteRT.*does not support fp16"):
+        resolve_formats("tflite", "fp16")
     with pytest.raises(UsageError, match="cannot be combined"):
         resolve_formats("all,onnx", "fp32")
     if not format_status("tensorrt").can_build:
