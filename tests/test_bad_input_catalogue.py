@@ -388,9 +388,9 @@ ROWS: list[Row] = [
     Row(
         "export-unknown-format",
         "argument",
-        "--format tflite",
-        ("export", "{ck}/student.safetensors", "--format", "tflite", "--out", "{out}"),
-        ("error: unknown format 'tflite'; choose one of onnx, ort, openvino, coreml, tensorrt or all",),
+        "--format tfjs",
+        ("export", "{ck}/student.safetensors", "--format", "tfjs", "--out", "{out}"),
+        ("error: unknown format 'tfjs'; choose one of onnx, ort, openvino, coreml, tensorrt, pte, tflite or all",),
         2,
         subprocess=True,
     ),
