@@ -415,7 +415,7 @@ ROWS: list[Row] = [
         "argument",
         "--backend quantum",
         _remove("good.png", "--backend", "quantum"),
-        ("error: unknown backend 'quantum'; choose auto or one of torch, onnxruntime, openvino, coreml, tensorrt",),
+        ("error: unknown backend 'quantum'; choose auto or one of torch, onnxruntime, openvino, coreml, tensorrt, executorch, litert",),
         2,
     ),
     Row(
