@@ -21,7 +21,7 @@ def export_command(
         None, help="Checkpoint (.safetensors) of a student or a burst model, or a shipped model's name (student-nano, burst-base)."
     ),
     model: Optional[str] = typer.Option(None, "--model", help="The same as CHECKPOINT: a shipped model's name or a checkpoint path."),
-    format: str = typer.Option("onnx", "--format", help="onnx, ort, openvino, coreml, tensorrt (comma-separated) or all."),
+    format: str = typer.Option("onnx", "--format", help="onnx, ort, openvino, coreml, tensorrt, pte, tflite (comma-separated) or all."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="INT8 calibration images (default: synthesised middle frames)."),
     out: Path = typer.Option(..., "--out", help="Folder for artifacts and manifests."),
