@@ -355,6 +355,7 @@ async function runBurst() {
       setMetrics(`burst: frame ${i + 1} / ${BURST_FRAMES}`);
     }
     ui.hint.hidden = true;
+    showBusy();
     const { model } = await loading;
     await Promise.all(added);
     setMetrics('burst: removing reflections…');
@@ -370,11 +371,19 @@ async function runBurst() {
     api.error = String(err?.message || err);
     setMetrics(`burst failed: ${api.error}`);
   } finally {
+    ui.progress.hidden = true;
     ui.hint.hidden = true;
     state.busy = false;
     ui.capture.disabled = !(state.engine && state.stream);
     ui.burst.disabled = ui.capture.disabled;
   }
+}
+
+/** The progress bar as "working, no estimate" (indeterminate: no value, no aria-valuenow). */
+function showBusy() {
+  ui.progress.removeAttribute('value');
+  for (const a of ['aria-valuenow', 'aria-valuemax', 'aria-valuetext']) ui.progress.removeAttribute(a);
+  ui.progress.hidden = false;
 }
 
 async function runFullResolution() {
