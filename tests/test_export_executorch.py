@@ -106,3 +106,13 @@ def test_corrupt_program_is_one_clear_error(tmp_path) -> None:
     with pytest.raises(DereflectError, match="ExecuTorch cannot load this program") as info:
         ExecuTorchBackend(bad)
     assert "broken.pte" in str(info.value)
+
+
+def test_int8_calibration_at_another_fixed_shape(ckpt, tmp_path) -> None:
+    """ExecuTorch int8 at a fixed shape other than --size calibrates on the same photos at that shape."""
+    opts = ExportOptions(precision="int8", size=SIZE, calib_count=4)
+    with Exporter(ckpt, tmp_path, opts, log=lambda _: None) as exporter:
+        assert exporter.calibration_at((SIZE, SIZE)) is exporter.calibration.images
+        other = exporter.calibration_at((64, 96))
+        assert other.shape == (4, 3, 64, 96) and other.dtype == np.float32
+        assert 0.0 <= other.min() and other.max() <= 1.0

@@ -106,3 +106,13 @@ def test_corrupt_model_is_one_clear_error(tmp_path) -> None:
     with pytest.raises(DereflectError, match="LiteRT cannot load this model") as info:
         LiteRTBackend(bad)
     assert "broken.tflite" in str(info.value)
+
+
+def test_fixed_shape_option_names_and_records_the_shape(ckpt, tmp_path) -> None:
+    """`--fixed-shape 64x96` (a non-square tile): the artifact carries the shape in its name and
+    manifest, the file takes (1, 64, 96, 3), and the gate compares at that shape."""
+    opts = ExportOptions(precision="fp32", size=SIZE, val_count=2, fixed_shapes=((64, 96),))
+    [r] = Exporter(ckpt, tmp_path, opts, log=lambda _: None).run([FORMATS_BY_NAME["tflite"]])
+    assert r.status == "passed" and r.artifact.name == "student-nano-64x96-fp32.tflite"
+    m = load_manifest_for(r.artifact)
+    assert m["constraints"]["fixed_hw"] == [64, 96] and m["litert"]["io"]["input"]["shape"] == [1, 64, 96, 3]
