@@ -116,3 +116,18 @@ def test_fixed_shape_option_names_and_records_the_shape(ckpt, tmp_path) -> None:
     assert r.status == "passed" and r.artifact.name == "student-nano-64x96-fp32.tflite"
     m = load_manifest_for(r.artifact)
     assert m["constraints"]["fixed_hw"] == [64, 96] and m["litert"]["io"]["input"]["shape"] == [1, 64, 96, 3]
+
+
+def test_running_a_tflite_imports_no_torch(built) -> None:
+    """The LiteRT backend needs only ai-edge-litert: a phone-style artifact runs on the slim install."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\nfrom dereflect.runtime import load\n"
+        f"load({str(built['int8'].artifact)!r}).run(np.zeros((80, 80, 3), np.uint8))\n"
+        "print(sorted(m for m in ('torch', 'litert_torch', 'tensorflow', 'jax') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
