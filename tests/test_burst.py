@@ -225,3 +225,18 @@ def test_burst_export_parity_onnxruntime(tmp_path):
     # A single-image `dereflect remove` refuses it at load, naming what to do.
     with pytest.raises(Exception, match="burst"):
         load(res.artifact).run(np.zeros((16, 16, 3), np.uint8))
+
+
+def test_export_by_name_lists_formats_a_burst_model_skips(tmp_path, capsys):
+    """`dereflect export --model burst-base` finds the shipped model by name; a format outside the burst
+    model's export (Core ML here) is listed as skipped with the reason, and nothing is written for it."""
+    pytest.importorskip("coremltools", reason="the coreml row is refused up front where coremltools is missing")
+    out = tmp_path / "art"
+    code, stdout, err = run_cli(
+        ["export", "--model", "burst-base", "--format", "coreml", "--out", str(out), "--val-count", "1", "--size", "32"], capsys
+    )
+    assert code == 0, err
+    assert "coreml: skipped (burst-base takes 5 frames; its export covers onnx, ort, openvino" in stdout
+    assert not list(out.glob("*.mlpackage"))
+    code, _, err = run_cli(["export", "burst-base", "--model", "burst-base", "--out", str(out)], capsys)
+    assert code == 2 and "give the model to export once" in err
