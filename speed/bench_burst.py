@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--artifacts", type=Path, required=True, help="folder a `dereflect export --model burst-base` wrote")
     ap.add_argument("--model", default="burst-base", help="checkpoint for the PyTorch row")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch eager row")
+    ap.add_argument("--only", default="", help="artifacts to time as format:precision[:backend], comma-separated (default: all)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument(
@@ -66,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.export:
         export(args.model, args.artifacts, args.size)
-    targets: list[tuple[str, str, str, dict]] = [("pytorch", "fp32", args.model, {})]
+    targets: list[tuple[str, str, str, dict]] = [] if args.no_torch else [("pytorch", "fp32", args.model, {})]
     for path, manifest in find_artifacts(args.artifacts):
         if pipeline.input_frames(manifest) and manifest["format"] in ("onnx", "openvino") and manifest.get("target") != "web":
             targets.append((manifest["format"], manifest["precision"], str(path), manifest))
@@ -74,6 +76,14 @@ def main() -> None:
     rows = []
     for fmt, precision, model, manifest in targets:
         backends = ["torch"] if fmt == "pytorch" else (["onnxruntime", "openvino"] if fmt == "onnx" else ["openvino"])
+        wanted = [tuple(item.split(":")) for item in args.only.split(",") if item]
+        if fmt != "pytorch" and wanted and not any(w[:2] == (fmt, precision) for w in wanted):
+            continue
+        backends = [
+            b
+            for b in backends
+            if not wanted or fmt == "pytorch" or any(w[:2] == (fmt, precision) and (len(w) < 3 or w[2] == b) for w in wanted)
+        ]
         for backend in backends:
             net = pipeline.load_model(model, backend)
             for label, (h, w) in SIZES.items():
