@@ -240,3 +240,20 @@ def test_export_by_name_lists_formats_a_burst_model_skips(tmp_path, capsys):
     assert not list(out.glob("*.mlpackage"))
     code, _, err = run_cli(["export", "burst-base", "--model", "burst-base", "--out", str(out)], capsys)
     assert code == 2 and "give the model to export once" in err
+
+
+def test_working_resolution_keeps_the_photo_where_nothing_is_removed():
+    """Above the working resolution only the correction is upsampled: a model that removes nothing
+    (a fresh burst model is the identity: its residual head starts at zero) returns the full-size
+    reference unchanged, and a frame moved beyond the motion range is pre-aligned."""
+    from dereflect.runtime.backends.torch_backend import TorchBackend
+
+    frames = _sequence(12, size=200)
+    big = [np.asarray(Image.fromarray(f).resize((400, 400), Image.Resampling.BICUBIC)) for f in frames]
+    big[0] = np.roll(big[0], 40, axis=1)  # far beyond 5.5 % of the 128-px working side
+    burst = frames_mod.from_arrays(big, [Path(f"f{i}.png") for i in range(5)], 2)
+    model = pipeline.BurstModel(TorchBackend(create_model("burst-base").eval()), 5, "fresh")
+    out = pipeline.remove(burst, model, side=128)
+    assert out.work_hw == (128, 128) and out.clean.shape == big[2].shape
+    assert np.array_equal(out.clean, big[2])
+    assert any(n.startswith("f0.png pre-aligned by (") for n in out.notes)

@@ -143,12 +143,21 @@ def phase_shift(ref: np.ndarray, other: np.ndarray) -> tuple[float, float, float
     return float(dx), float(dy), float(psr)
 
 
+def _blur(a: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """Separable Gaussian blur with mirrored edges, in numpy (the slim install has no scipy)."""
+    r = int(3 * sigma)
+    taps = np.exp(-(np.arange(-r, r + 1) ** 2) / (2 * sigma**2))
+    taps /= taps.sum()
+    h, w = a.shape
+    p = np.pad(a, r, mode="symmetric")
+    rows = sum(k * p[:, i : i + w] for i, k in enumerate(taps))
+    return sum(k * rows[i : i + h] for i, k in enumerate(taps)).astype(np.float32)
+
+
 def aligned_ncc(ref: np.ndarray, other: np.ndarray, dx: float, dy: float) -> float:
     """Normalised cross-correlation of the overlap of two blurred thumbnails once `other` is moved
     back by (dx, dy) (rounded): near 1 for one scene, near 0 for two (a cut)."""
-    from scipy.ndimage import gaussian_filter
-
-    a, b = gaussian_filter(ref, 2.0), gaussian_filter(other, 2.0)
+    a, b = _blur(ref), _blur(other)
     ix, iy = int(round(dx)), int(round(dy))
     h, w = a.shape
     ys, xs = slice(max(0, -iy), min(h, h - iy)), slice(max(0, -ix), min(w, w - ix))

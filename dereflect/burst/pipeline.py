@@ -120,15 +120,23 @@ def load_model(
 # ------------------------------------------------------------------------------ running
 
 
+def _resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 HWC -> (h, w), bilinear per channel with Pillow (antialiased when shrinking; no torch:
+    an exported burst model runs in the slim install)."""
+    from PIL import Image
+
+    h, w = size
+    planes = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(values[..., c], dtype=np.float32)).resize((w, h), Image.Resampling.BILINEAR))
+        for c in range(values.shape[2])
+    ]
+    return np.stack(planes, axis=-1)
+
+
 def _shrink(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """HWC uint8/uint16 -> float32 HWC [0,1] at (h, w), antialiased."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(to_float(pixels)).permute(2, 0, 1)[None]
-    if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return x[0].permute(1, 2, 0).numpy()
+    values = to_float(pixels)
+    return values if values.shape[:2] == size else _resize(values, size)
 
 
 def _translate(frame: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -201,17 +209,14 @@ class BurstOutput:
 
 def remove(burst: Burst, model: BurstModel, side: int = WORK_SIDE) -> BurstOutput:
     """The reference frame of `burst` with the reflection removed, at full resolution."""
-    import torch
-    import torch.nn.functional as F
-
     started = time.perf_counter()
     x, (h, w), notes = model_input(burst, model.frames, side, model.multiple)
     y = np.asarray(model.impl.infer(x), dtype=np.float32)[0, :, :h, :w]  # (3,h,w)
     ref_work = x[0, model.frames // 2, :, :h, :w]
-    correction = torch.from_numpy(np.ascontiguousarray(y - ref_work))[None]
+    correction = np.ascontiguousarray((y - ref_work).transpose(1, 2, 0))
     full = burst.reference
     if (h, w) != full.shape[:2]:
-        correction = F.interpolate(correction, size=full.shape[:2], mode="bilinear", align_corners=False)
-    clean = np.clip(to_float(full) + correction[0].permute(1, 2, 0).numpy(), 0.0, 1.0)
+        correction = _resize(correction, full.shape[:2])
+    clean = np.clip(to_float(full) + correction, 0.0, 1.0)
     out = from_float(clean, full.dtype)
     return BurstOutput(out, time.perf_counter() - started, (h, w), notes)
