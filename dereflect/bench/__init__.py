@@ -10,7 +10,29 @@ speed-ups, what to ship, the browser's rows), report (self-contained HTML with i
 dereflect.export.pipeline.export_all.
 """
 
-from dereflect.bench.ledger import LEDGER_SCHEMA, load_ledger, merge_rows, summarize
-from dereflect.bench.runner import BenchOptions, BenchResult, bench_folder, run_bench
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: The package's API, imported on first use (PEP 562): `dereflect --help` and `dereflect remove`
+#: import bench.cli to register the command, and should not pay for the runner and its imports.
+_API = {
+    "LEDGER_SCHEMA": "ledger",
+    "load_ledger": "ledger",
+    "merge_rows": "ledger",
+    "summarize": "ledger",
+    "BenchOptions": "runner",
+    "BenchResult": "runner",
+    "bench_folder": "runner",
+    "run_bench": "runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(f"dereflect.bench.{_API[name]}"), name)
+    raise AttributeError(f"module 'dereflect.bench' has no attribute {name!r}")
+
 
 __all__ = ["LEDGER_SCHEMA", "BenchOptions", "BenchResult", "bench_folder", "load_ledger", "merge_rows", "run_bench", "summarize"]

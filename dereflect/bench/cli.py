@@ -15,7 +15,6 @@ from typing import Optional
 import typer
 
 from dereflect.bench.ledger import BROWSER_LEDGER
-from dereflect.bench.runner import parse_sizes
 from dereflect.errors import DereflectError, UsageError
 from dereflect.export.cli import MAX_DIFF, MAX_LMSE_RISE, MAX_SSIM_DROP
 
@@ -52,7 +51,7 @@ def bench_command(
     """
     from rich.console import Console
 
-    from dereflect.bench.runner import BenchOptions
+    from dereflect.bench.runner import BenchOptions, parse_sizes
 
     console = Console(highlight=False)
     if not console.is_terminal:

@@ -68,7 +68,7 @@ FORMATS: list[ExportFormat] = [
         "ONNX",
         ".onnx",
         "onnxruntime",
-        None,
+        "export",  # building needs torch + the ONNX tools; running needs only onnxruntime (core)
         ("onnx", "onnxruntime", "onnxslim", "onnxconverter_common"),
         None,
         PRECISIONS,
@@ -82,7 +82,7 @@ FORMATS: list[ExportFormat] = [
         "ONNX Runtime (mobile + web)",
         ".ort",
         "onnxruntime",
-        None,
+        "export",
         ("onnx", "onnxruntime"),
         None,
         PRECISIONS,

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +98,8 @@ def artifact_size(path: str | os.PathLike[str]) -> int:
 
 def tool_versions(packages: tuple[str, ...] = TOOL_PACKAGES) -> dict[str, str]:
     """Installed versions of the tools that can touch an artifact (absent ones left out)."""
+    from importlib import metadata  # here, not at the top: the runtime reads manifests and never needs it (~30 ms)
+
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for name in packages:
         try:

@@ -1,9 +1,13 @@
 """Runtime: one Session API over every backend, any resolution.
 
     from dereflect.runtime import load
-    session = load("artifacts/student-nano-fp32.onnx")   # or "default", a checkpoint, an export folder
-    clean = session.run(photo)                           # HxWx3 uint8 -> uint8 (uint16, float32 too)
-    print(session.backend, session.describe())
+    session = load("default")      # the shipped student's fastest verified artifact here (OpenVINO / ONNX Runtime INT8)
+    clean = session.run(photo)     # HxWx3 uint8 -> uint8 (uint16, float32 too)
+    print(session.summary())       # "openvino int8 (student-nano, parity passed)"; describe(): the whole line
+    load("artifacts/student-nano-fp32.onnx"), load("default", backend="torch")   # an artifact, the checkpoint, an export folder
+
+Nothing here imports torch unless the torch backend runs: the slim install (`pip install
+dereflect`) has none.
 
 Modules: session (load, Session), resolve (what a model path is, which backend runs it: read from
 the export format table), tiling (padding, tiles, feathered blending, bounded memory), backends/

@@ -144,7 +144,7 @@ def remove_command(
         False, "--save-reflection", help="Also write the removed layer (input - output) as NAME_reflection.png."
     ),
     suffix: str = typer.Option("", "--suffix", help="Appended to output names: photo.jpg -> photo<SUFFIX>.jpg."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="In an export folder, use only fp32, fp16 or int8 artifacts."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Use only fp32, fp16 or int8 artifacts (shipped or exported)"),
     no_verify: bool = typer.Option(False, "--no-verify", help="Run an artifact even if its sha256 does not match its manifest."),
     burst: bool = typer.Option(
         False,
@@ -200,7 +200,7 @@ def remove_command(
         raise DereflectError(out, f"cannot create the output folder ({os_reason(exc)})") from None
 
     session = load(model, backend, verify=not no_verify, precision=precision, tile=tile)
-    stdout.print(f"backend {session.describe()}", markup=False)
+    stdout.print(f"backend: {session.describe()}", markup=False)
 
     done, pixels, busy = 0, 0, 0.0
     progress = Progress(

@@ -134,9 +134,13 @@ class Session:
 
     __call__ = run
 
+    def summary(self) -> str:
+        """'openvino int8 (student-nano, parity passed)': backend, precision, network, parity verdict."""
+        return self.model.summary(self.backend) if self.model is not None else f"{self.backend} fp32 (in-memory model)"
+
     def describe(self) -> str:
-        """One line for people: backend (and where it runs), model, tiling policy."""
-        model = self.model.label if self.model is not None else "in-memory model"
+        """One line for people: the summary, the backend's version and device, the model file, the tiling policy."""
+        model = self.model.path.name if self.model is not None else "in-memory model"  # format, precision, parity: in the summary
         if self.model is not None and self.model.kind == "checkpoint":
             info = checkpoint_info(self.model.path)
             if info.get("model"):
@@ -149,7 +153,7 @@ class Session:
             policy = f"tiles of {tiling.DEFAULT_TILE} px above {self.max_pixels / 1e6:.1f} MP"
         detail = self.impl.detail or self.backend
         notes = "".join(f"; {n}" for n in (self.model.notes if self.model is not None else []))
-        return f"{self.backend}: {detail} | model {model}{notes} | {policy}, overlap {self.overlap} px"
+        return f"{self.summary()} | {detail} | model {model}{notes} | {policy}, overlap {self.overlap} px"
 
     def __repr__(self) -> str:
         return f"<Session {self.describe()}>"

@@ -4,10 +4,17 @@ fp32 artifacts are compiled with INFERENCE_PRECISION_HINT=f32: on CPUs with AVX-
 the plugin would otherwise compute in bf16 and an "fp32" model would not give fp32 numbers.
 fp16/int8 artifacts keep the plugin's own choice (they already traded precision for speed).
 The model is compiled once with dynamic H/W; one infer request is reused for every tile.
+The shipped artifacts (dereflect/weights/, what `dereflect remove` runs by default) are compiled
+through OpenVINO's model cache (`compile_cache_dir`): a later run loads the compiled blob instead
+of compiling again (0.18 -> 0.03 s CPU for student-nano INT8 here). Other models are not cached, so
+the cache holds only the few shipped models. DEREFLECT_NO_CACHE=1 turns it off.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,32 @@ def ir_xml(path: Path, manifest: dict[str, Any] | None) -> Path:
     return xmls[0]
 
 
+def compile_cache_dir(model_file: Path) -> Path | None:
+    """Where OpenVINO caches the compiled model, for a shipped artifact; None otherwise (or when off).
+
+    $DEREFLECT_CACHE_DIR, else the user's cache folder ($XDG_CACHE_HOME or ~/.cache; macOS
+    ~/Library/Caches; Windows %LOCALAPPDATA%), then dereflect/openvino. None when it cannot be made.
+    """
+    shipped = Path(str(resources.files("dereflect") / "weights"))  # resolve.WEIGHTS_DIR (not imported: resolve imports the backends)
+    if os.environ.get("DEREFLECT_NO_CACHE") or not model_file.resolve().is_relative_to(shipped.resolve()):
+        return None
+    root = os.environ.get("DEREFLECT_CACHE_DIR")
+    if not root:
+        if sys.platform == "darwin":
+            base = Path.home() / "Library" / "Caches"
+        elif sys.platform == "win32":
+            base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        else:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        root = str(base / "dereflect")
+    folder = Path(root) / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
 class OpenVinoBackend(Backend, name="openvino", extra="openvino"):
     """A compiled model and its infer request."""
 
@@ -43,6 +76,9 @@ class OpenVinoBackend(Backend, name="openvino", extra="openvino"):
         if precision == "fp32":
             config["INFERENCE_PRECISION_HINT"] = "f32"
         model_file = ir_xml(path, manifest)
+        cache = compile_cache_dir(model_file)
+        if cache is not None:
+            config["CACHE_DIR"] = str(cache)
         try:
             self.compiled = ov.Core().compile_model(str(model_file), device, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text

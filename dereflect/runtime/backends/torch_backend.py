@@ -10,7 +10,7 @@ import numpy as np
 from dereflect.runtime.backends.base import Backend
 
 
-class TorchBackend(Backend, name="torch"):
+class TorchBackend(Backend, name="torch", extra="torch"):
     """A loaded student on one device; `infer` is a forward pass under inference mode."""
 
     def __init__(self, path: Path | Any, manifest: dict[str, Any] | None = None, device: str | None = None) -> None:
