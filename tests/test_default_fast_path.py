@@ -217,3 +217,48 @@ def test_a_student_without_artifacts_runs_its_checkpoint(weights):
     assert load("default").backend == "torch"
     with pytest.raises(UsageError, match="no exported artifacts are shipped"):
         load("default", precision="int8")
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'dereflect[openvino]')")
+def test_openvino_runs_tiles_in_flight_with_the_same_result_as_one_by_one():
+    """OpenVINO's infer_stream (THROUGHPUT streams, several tiles at once) gives every tile's result in
+    input order, identical to running the tiles one by one, and a photo through it equals the tile-by-tile run."""
+    from skimage import data
+
+    from dereflect.runtime import tiling
+
+    session = load("default", "openvino")
+    rng = np.random.default_rng(0)
+    tiles = [rng.random((1, 3, 64 + 8 * k, 96), dtype=np.float32) for k in range(5)]
+    streamed = list(session.impl.infer_stream(iter(tiles)))
+    assert [s.shape for s in streamed] == [t.shape for t in tiles]
+    for tile, result in zip(tiles, streamed):
+        np.testing.assert_array_equal(result, session.impl.infer(tile))
+    photo = data.astronaut()  # 512x512 in 3x3 tiles of 192
+    plan = tiling.plan_tiles(512, 512, tile=192, overlap=64)
+    assert plan.count > 4
+    one_by_one = tiling.run_tiled(session.impl.infer, photo, plan)
+    np.testing.assert_array_equal(tiling.run_tiled(session.impl.infer, photo, plan, stream=session.impl.infer_stream), one_by_one)
+    np.testing.assert_array_equal(session.run(photo, tile=192), tiling.run_tiled(session.impl.infer, photo, session.plan(512, 512, 192)))
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install 'dereflect[openvino]')")
+def test_running_openvino_skips_its_converter_and_the_exporter_still_gets_it():
+    """The runtime imports openvino without its model converter (and the converter's telemetry client),
+    in a fresh interpreter; afterwards `openvino.convert_model` still works for the exporter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from dereflect.runtime import load\n"
+        "session = load('default', 'openvino')\n"
+        "assert session.backend == 'openvino'\n"
+        "print(sorted(m for m in ('openvino.tools.ovc', 'openvino_telemetry', 'http.client') if m in sys.modules))\n"
+        "import openvino\n"
+        "from openvino.tools.ovc import convert_model\n"
+        "print(openvino.convert_model is convert_model)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]", out
+    assert out[1] == "True", out

@@ -130,7 +130,7 @@ class Session:
         ):
             release_free_memory()  # a new size: the last image's big buffers no longer fit anything
         self._last_size = arr.shape[:2]
-        return tiling.run_tiled(self.impl.infer, arr, plan, on_tile)
+        return tiling.run_tiled(self.impl.infer, arr, plan, on_tile, stream=getattr(self.impl, "infer_stream", None))
 
     __call__ = run
 

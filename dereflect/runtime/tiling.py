@@ -24,7 +24,7 @@ moves up. Peak extra memory is one band (tile x width x 4 channels of float32) p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,7 @@ import numpy as np
 from dereflect.images import from_float, from_float_chw_into, to_float
 
 Infer = Callable[[np.ndarray], np.ndarray]  # (1,3,h,w) float32 [0,1] -> same shape
+Stream = Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]]  # many tiles -> their results, in order
 
 #: Images up to this many pixels run in one piece (the canvas is one tile).
 DEFAULT_MAX_PIXELS = 2048 * 2048
@@ -182,30 +183,42 @@ def network_input(crop: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(_pad_to(to_float(crop), h, w).transpose(2, 0, 1)[None])
 
 
-def _infer_tile(infer: Infer, image: np.ndarray, y: int, x: int, th: int, tw: int) -> np.ndarray:
-    """The canvas tile at (y, x): cut from the caller's array, made float, padded, run."""
-    nchw = network_input(image[y : y + th, x : x + tw], th, tw)
-    result = np.asarray(infer(nchw))
-    if result.shape != nchw.shape:
-        raise ValueError(f"backend returned shape {result.shape} for input {nchw.shape}")
-    return result
+def _checked(results: Iterator[np.ndarray], shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """The backend's results, each checked against the shape of the tiles it was given."""
+    for result in results:
+        result = np.asarray(result)
+        if result.shape != shape:
+            raise ValueError(f"backend returned shape {result.shape} for input {shape}")
+        yield result
 
 
-def run_tiled(infer: Infer, image: np.ndarray, plan: TilePlan, on_tile: Callable[[], None] | None = None) -> np.ndarray:
+def run_tiled(
+    infer: Infer,
+    image: np.ndarray,
+    plan: TilePlan,
+    on_tile: Callable[[], None] | None = None,
+    stream: Stream | None = None,
+) -> np.ndarray:
     """Run `infer` over `image` (HxWx3 uint8, uint16 or float) tile by tile; same shape and dtype out.
 
     Tiles are read from the caller's array and padded on the fly, so no float copy of the whole
-    image is made; output rows are finished band by band (see the module docstring).
+    image is made; output rows are finished band by band (see the module docstring). `stream`
+    (a backend's `infer_stream`) runs the tiles instead of `infer` one by one: it may have several
+    in flight while the next is cut and the finished ones are blended; results come back in order.
     """
     h, w = image.shape[:2]
     out_dtype = image.dtype if image.dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
+    th, tw = plan.tile_h, plan.tile_w
+    origins = [(y, x) for y in plan.ys for x in plan.xs]
+    shape = (1, 3, th, tw)
+    tiles = (network_input(image[y : y + th, x : x + tw], th, tw) for y, x in origins)
+    results = _checked(stream(tiles) if stream is not None else map(infer, tiles), shape)
     if plan.count == 1:  # one piece: no accumulator, no weights
-        result = _infer_tile(infer, image, 0, 0, plan.tile_h, plan.tile_w)
+        result = next(results)
         if on_tile is not None:
             on_tile()
         return np.ascontiguousarray(from_float(result[0, :, :h, :w].transpose(1, 2, 0), out_dtype))
     out = np.empty((h, w, 3), out_dtype)
-    th, tw = plan.tile_h, plan.tile_w
     canvas_h = max(plan.ys) + th
     canvas_w = max(plan.xs) + tw
     # The band is channels-first, like the network's output: a tile is weighted into a scratch
@@ -220,7 +233,7 @@ def run_tiled(infer: Infer, image: np.ndarray, plan: TilePlan, on_tile: Callable
         rows = min(th, h - y)  # canvas rows below the image are padding: never kept
         for x, wxx in zip(plan.xs, wx):
             cols = min(tw, w - x)
-            result = _infer_tile(infer, image, y, x, th, tw)
+            result = next(results)
             weight = np.outer(wy[:rows], wxx[:cols])
             weighted = scratch[:, :rows, :cols]
             np.multiply(result[0, :, :rows, :cols], weight, out=weighted)

@@ -10,6 +10,7 @@ cannot run on this machine. OpenVINO's model_api declares its InferenceAdapter t
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -70,6 +71,16 @@ class Backend:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N,3,H,W) float32 in [0,1] -> the transmission, same shape and dtype."""
         raise NotImplementedError
+
+    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """`infer` over many inputs (the tiles of one photo), results in input order.
+
+        One at a time here; a backend that can run several requests at once overrides it (OpenVINO:
+        one stream per core, and the next tile is cut and converted while the previous ones run).
+        The iterable is read lazily, one input ahead of the results at most per request in flight.
+        """
+        for batch in batches:
+            yield self.infer(batch)
 
 
 def io_names(manifest: dict[str, Any], default_in: str = "input", default_out: str = "transmission") -> tuple[str, str]:
