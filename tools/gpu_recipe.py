@@ -10,6 +10,21 @@ pyyaml, rich, h5py and scikit-image are needed on the GPU machine. Data: `tools/
     python tools/gpu_recipe.py --data .data --runs /tmp/runs --out /tmp/o --tiny   # CPU rehearsal
     python tools/gpu_recipe.py compare --runs results/h200-round1 --extra results/cpu-round3 --out results/cpu-round3
     python tools/gpu_recipe.py --round3 --data .data --runs /tmp/runs --out $OUT   # privileged teacher + MobileNetV2 students
+
+Round 3 on a lent GPU reads the compact pack (issue 13, item 5b): the repository (~48.5 MiB) plus `.gpu`
+(10.9 MiB: photos and pairs as WebP, HED VGG16 and MobileNetV2 trimmed to the layers used) stays under the
+device's 64 MiB. `use_pack` points $DEREFLECT_HED_WEIGHTS / $DEREFLECT_MOBILENET_V2_WEIGHTS at the pack's
+trimmed files (no wheels needed there) and links its pairs back into blended/ + transmission/ under --runs.
+
+    .venv/bin/python tools/pack_gpu_data.py --shared ../shared/data --out .gpu --budget-mib 11
+    OMP_NUM_THREADS=1 .venv/bin/python tools/gpu_recipe.py --round3 --tiny --data .gpu --runs /tmp/r3tiny --out /tmp/r3out --teacher-s 20 --student-s 20
+
+(the second line is the CPU rehearsal: about 2 minutes on 2 busy cores). What comes back is at most 8
+files of 16 MiB each: recipe.log, compare_synthetic.json, logs.tar.gz and one checkpoints-<run>.tar.gz per run.
+
+The device `run` (carry: [".gpu"], timeout_s: 560; ~3 min teacher + 3 min students + scoring):
+
+    set -o pipefail; export PYTHONUNBUFFERED=1; nvidia-smi -L; python3 tools/gpu_recipe.py --round3 --data .gpu --runs /tmp/runs --out $OUT --teacher-s 180 --student-s 180 2>&1 | tee $OUT/recipe.log
 """
 
 from __future__ import annotations
@@ -46,12 +61,46 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def use_pack(args) -> None:
+    """Point the loaders at the pretrained weights in --data (the device machine has none of our wheels)
+    and, for the compact pack (`pack.json`), link its real pairs back into PairedFolder layout under
+    --runs/_pairs (a scene's transmission is stored once there; blended/NAME and transmission/NAME are
+    links to the pack's files). Sets args.pairs_train / args.pairs_val."""
+    args.pairs_train, args.pairs_val = args.data / "pairs_train", args.data / "pairs_val"
+    manifest_path = args.data / "pack.json"
+    if not manifest_path.is_file():  # the full pack (.data): original weight files, plain pairs
+        if args.data.joinpath("hed_fp16.weights.h5").is_file():
+            os.environ.setdefault("DEREFLECT_HED_WEIGHTS", str(args.data / "hed_fp16.weights.h5"))
+        if args.data.joinpath("mobilenet_v2-b0353104.pth").is_file():
+            os.environ.setdefault("DEREFLECT_MOBILENET_V2_WEIGHTS", str(args.data / "mobilenet_v2-b0353104.pth"))
+        return
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["weights"].values():  # the trimmed files; the loaders check what they hold
+        os.environ.setdefault(entry["env"], str((args.data / entry["file"]).resolve()))
+    for split in ("pairs_train", "pairs_val"):
+        if args.stage == "compare":  # scores synthetic sequences only; leaves --runs as it is
+            break
+        dst = args.runs / "_pairs" / split
+        if not dst.is_dir():  # the parent makes it before the students start; they find it made
+            tmp = dst.with_name(f".{split}.{os.getpid()}")
+            for sub in ("blended", "transmission"):
+                (tmp / sub).mkdir(parents=True, exist_ok=True)
+            src = (args.data / split).resolve()
+            for name, shared in manifest[split].items():
+                (tmp / "blended" / f"{name}.webp").symlink_to(src / "blended" / f"{name}.webp")
+                (tmp / "transmission" / f"{name}.webp").symlink_to(src / "transmission_shared" / f"{shared}.webp")
+            tmp.rename(dst)
+        setattr(args, split, dst)
+    log(f"compact pack {args.data}: {manifest['photos']} photos, {len(manifest['pairs_train'])} + {len(manifest['pairs_val'])} pairs")
+
+
 def train_teacher(args) -> Path:
     from dereflect.train.config import load_config
     from dereflect.train.teacher import TeacherTrainer
 
     tiny = TINY | (dict(batch=2) if args.round3 else dict(model="teacher-small")) if args.tiny else {}
-    over = dict(time_budget_s=args.teacher_s, **tiny)
+    # Round 3: L_P to relu3_2 like the students (the compact pack's HED file holds conv1_1-conv4_3 only)
+    over = dict(time_budget_s=args.teacher_s, **(dict(perceptual_layers=3) if args.round3 else {}), **tiny)
     cfg = load_config("teacher", CONFIGS["teacher"], over)
     trainer = TeacherTrainer(cfg, args.runs / "teacher", data_dirs=[args.data / "photos"], progress=False)
     log(f"teacher on {trainer.device}: {trainer.data_description()}")
@@ -70,8 +119,8 @@ def train_student(args, name: str) -> None:
         cfg,
         args.runs / name,
         teacher=args.runs / "teacher" / "best.safetensors",
-        data_dirs=[args.data / "photos", args.data / "pairs_train"],
-        val_pairs=args.data / "pairs_val",
+        data_dirs=[args.data / "photos", args.pairs_train],
+        val_pairs=args.pairs_val,
         progress=False,
     )
     log(f"{name} on {trainer.device}: {trainer.data_description()}")
@@ -124,10 +173,13 @@ def compare(args) -> dict:
 def pack(args, table: dict) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare_synthetic.json").write_text(json.dumps(table, indent=2))
-    with tarfile.open(args.out / "checkpoints.tar.gz", "w:gz") as tar:
-        for run in ["teacher", *STUDENTS]:
-            for f in ("best.safetensors", "best.json"):
-                if (args.runs / run / f).is_file():
+    # One archive per run: the device returns files of at most 16 MiB (8 at most), and round 3's four
+    # checkpoints together are 16.9 MiB gzipped (the privileged teacher alone 9 MB).
+    for run in ["teacher", *STUDENTS]:
+        files = [f for f in ("best.safetensors", "best.json") if (args.runs / run / f).is_file()]
+        if files:
+            with tarfile.open(args.out / f"checkpoints-{run}.tar.gz", "w:gz") as tar:
+                for f in files:
                     tar.add(args.runs / run / f, arcname=f"{run}/{f}")
     with tarfile.open(args.out / "logs.tar.gz", "w:gz") as tar:
         for run in ["teacher", *STUDENTS]:
@@ -165,10 +217,7 @@ def main() -> None:
             init = args.init_from / name / "best.safetensors" if args.init_from else None
             if init is not None and init.is_file():
                 STUDENTS[name] = {**STUDENTS[name], "init": str(init)}
-    if args.data.joinpath("hed_fp16.weights.h5").is_file():
-        os.environ.setdefault("DEREFLECT_HED_WEIGHTS", str(args.data / "hed_fp16.weights.h5"))
-    if args.data.joinpath("mobilenet_v2-b0353104.pth").is_file():  # the device machine has no wheels of ours
-        os.environ.setdefault("DEREFLECT_MOBILENET_V2_WEIGHTS", str(args.data / "mobilenet_v2-b0353104.pth"))
+    use_pack(args)  # the device machine has no wheels of ours: weights come with the data
     if args.round2:
         # Round 2: continue the students from round 1 (frozen teacher from round 1) on full 256 px real pairs.
         STUDENTS.pop("student-small")

