@@ -262,3 +262,22 @@ def test_running_openvino_skips_its_converter_and_the_exporter_still_gets_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]", out
     assert out[1] == "True", out
+
+
+def test_default_tiles_with_the_overlap_measured_for_the_shipped_student():
+    """ship.json records the tile overlap tools/ship_artifacts.py measured; the default session tiles with
+    it, its tiled output still matches the whole-image run within the recorded seam budget (on the fast
+    artifact, not just the fp32 one it was measured on), and an explicit overlap wins."""
+    from PIL import Image
+    from skimage import data
+
+    index = json.loads((FOLDER / "ship.json").read_text())
+    overlap, check = index["tile_overlap"], index["tile_overlap_check"]
+    assert overlap in (64, 96, 128) and check["by_overlap"][str(overlap)]["max_levels"] <= check["max_levels_allowed"]
+    session = load("default")
+    assert session.overlap == overlap
+    assert load("default", overlap=128).overlap == 128
+    photo = np.asarray(Image.fromarray(data.coffee()).resize((1024, 768), Image.BICUBIC))
+    tiled = load("default", tile=256).run(photo).astype(int)
+    whole = load("default", max_pixels=1024 * 768).run(photo).astype(int)
+    assert np.abs(tiled - whole).max() <= check["max_levels_allowed"] + 1  # INT8 rounding may add a level at a seam

@@ -54,6 +54,8 @@ class ModelRef:
     path: Path
     manifest: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: Tile overlap this model needs (a shipped student's ship.json, measured by tools/ship_artifacts.py); None: the runtime's default.
+    tile_overlap: int | None = None
 
     @property
     def label(self) -> str:
@@ -320,7 +322,17 @@ def shipped_choice(name: str, backend: str = "auto", precision: str | None = Non
 
         verify_artifact(ref.path, ref.manifest)
     ref.notes[-1] = f"the fastest verified of {len(refs)} shipped artifact(s)"
+    ref.tile_overlap = shipped_tile_overlap(folder)
     return ref, chosen
+
+
+def shipped_tile_overlap(folder: Path) -> int | None:
+    """The tile overlap ship.json records for these artifacts (a positive int), else None."""
+    try:
+        value = json.loads((folder / "ship.json").read_text()).get("tile_overlap")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def checkpoint_info(path: Path) -> dict[str, Any]:

@@ -166,7 +166,7 @@ def load(
     verify: bool = True,
     precision: str | None = None,
     tile: int | None = None,
-    overlap: int = tiling.DEFAULT_OVERLAP,
+    overlap: int | None = None,
     max_pixels: int = tiling.DEFAULT_MAX_PIXELS,
     device: str | None = None,
 ) -> Session:
@@ -178,13 +178,18 @@ def load(
     Session.backend says which) or torch / onnxruntime / openvino / coreml / tensorrt.
     verify=False is the explicit override that runs an artifact whose sha256 does not match its
     manifest (or that has none). precision: in an export folder, use only fp32 / fp16 / int8.
-    tile: always tile with this side; otherwise images over max_pixels are tiled.
+    tile: always tile with this side; otherwise images over max_pixels are tiled. overlap: pixels
+    neighbouring tiles share; None: what the model needs (a shipped student's measured overlap), else
+    tiling.DEFAULT_OVERLAP.
     device: torch device ("cpu", "cuda") or OpenVINO device ("CPU").
     """
     if not isinstance(model, (str, os.PathLike)):
         if backend not in ("auto", "torch"):
             raise UsageError(None, f"an in-memory model runs on the torch backend, not '{backend}'")
+        overlap = tiling.DEFAULT_OVERLAP if overlap is None else overlap
         return Session(TorchBackend(model, device=device), None, tile=tile, overlap=overlap, max_pixels=max_pixels)
     ref, name = resolve(Path(model) if str(model) != "default" else "default", backend, precision, verify)
     impl = get_backend(name)(ref.path, ref.manifest, device=device)
+    if overlap is None:
+        overlap = ref.tile_overlap or tiling.DEFAULT_OVERLAP
     return Session(impl, ref, tile=tile, overlap=overlap, max_pixels=max_pixels)
