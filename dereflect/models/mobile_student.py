@@ -132,7 +132,19 @@ class MobileStudent(nn.Module):
         fold_batchnorm(self.encoder)
         return self
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
+    def photo_colour(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The image-level colour transform (B, 12, 1, 1) of a whole photo, or None without a global path.
+
+        A photo cut into tiles should get one estimate, not one per tile (a tile of sky and a tile of
+        wall would be corrected differently: seams in colour). The runtime computes this once on a
+        downscaled copy of the photo (runtime/backends/torch_backend.py) and passes it to every tile.
+        """
+        if self.colour is None:
+            return None
+        return self.colour.params(self.encoder(x)[3])
+
+    def forward_features(self, x: torch.Tensor, colour: torch.Tensor | None = None) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
+        """colour: the photo's image-level transform (`photo_colour`) to use instead of this input's own."""
         taps = self.encoder(x)
         d_hat = self.hallucination(taps) if self.hallucination is not None else None
         extra = d_hat if d_hat is not None else [None, None, None]
@@ -142,14 +154,16 @@ class MobileStudent(nn.Module):
         y = self.dec1(_cat(upsample2(y), taps[0], extra[0]))
         y = self.dec0(torch.cat([upsample2(y), self.stem(x)], 1))
         base = x
-        colour = None
-        if self.colour is not None:
-            colour = self.colour.params(taps[3])
+        if self.colour is None:
+            colour = None
+        else:
+            if colour is None:
+                colour = self.colour.params(taps[3])
             base = GlobalColour.apply(x, colour)
         return {"transmission": torch.clamp(base + self.head(y), 0.0, 1.0), "d_hat": d_hat, "colour": colour}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)["transmission"]
+    def forward(self, x: torch.Tensor, colour: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_features(x, colour)["transmission"]
 
 
 def _cat(*parts: torch.Tensor | None) -> torch.Tensor:

@@ -14,6 +14,7 @@ import ctypes
 import os
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,9 @@ class Session:
         ):
             release_free_memory()  # a new size: the last image's big buffers no longer fit anything
         self._last_size = arr.shape[:2]
-        return tiling.run_tiled(self.impl.infer, arr, plan, on_tile, stream=getattr(self.impl, "infer_stream", None))
+        photo = getattr(self.impl, "photo_context", None)
+        with photo(arr) if photo is not None and plan.count > 1 else nullcontext():  # one image-level estimate for all tiles
+            return tiling.run_tiled(self.impl.infer, arr, plan, on_tile, stream=getattr(self.impl, "infer_stream", None))
 
     __call__ = run
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -71,6 +72,14 @@ class Backend:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N,3,H,W) float32 in [0,1] -> the transmission, same shape and dtype."""
         raise NotImplementedError
+
+    def photo_context(self, image: np.ndarray) -> AbstractContextManager[None]:
+        """While a photo's tiles run: whatever the model estimates once per photo (HxWx3 `image`).
+
+        Nothing here. A model with an image-level path (the MobileNetV2 students' global colour
+        transform) overrides it where the backend can feed that estimate to every tile (torch).
+        """
+        return nullcontext()
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """`infer` over many inputs (the tiles of one photo), results in input order.
