@@ -36,6 +36,12 @@ def export_command(
     int8_exclude: list[str] = typer.Option(
         [], "--int8-exclude", help="Layers kept in float (module path like decoder.head, or node name); repeat or comma-separate."
     ),
+    int8_recover: bool = typer.Option(
+        True,
+        "--int8-recover/--no-int8-recover",
+        help="When an INT8 build misses its SSIM budget, rebuild it: ONNX Runtime keeps the few layers that measurably cost the most "
+        "in float (and tries Percentile calibration), OpenVINO uses NNCF's accuracy-aware quantization; the manifest says what stayed float.",
+    ),
     max_diff: Optional[float] = MAX_DIFF,
     max_ssim_drop: Optional[float] = MAX_SSIM_DROP,
     max_lmse_rise: Optional[float] = MAX_LMSE_RISE,
@@ -93,7 +99,9 @@ def export_command(
         opset=opset, coreml_shapes=coreml_shapes, palettize=palettize, trt_shapes=(trt_min, trt_opt, trt_max), fixed_shapes=fixed
     )
     int8 = tuple(p for item in int8_exclude for p in item.split(",") if p.strip())
-    data = dict(calib=calib, calib_count=calib_count, size=size, pairs=pairs, val_count=val_count, int8_exclude=int8)
+    data = dict(
+        calib=calib, calib_count=calib_count, size=size, pairs=pairs, val_count=val_count, int8_exclude=int8, int8_recover=int8_recover
+    )
     opts = ExportOptions(precision=precision, name=name, seed=seed, **data, **budget, **targets)
     check_options(formats, opts)
     if out.exists() and not out.is_dir():

@@ -6,6 +6,11 @@ of the OpenVINO model (MIXED preset: symmetric weights, asymmetric activations, 
 image-to-image net whose activations are mostly non-negative) on the same calibration images
 as ONNX Runtime's. OpenVINO op names come from the ONNX node names (`decoder.head/Conv`, plus
 suffixes like `/WithoutBiases`), so `--int8-exclude` works the same here (NNCF IgnoredScope).
+When the first INT8 build misses its SSIM budget, the exporter rebuilds it with NNCF's
+accuracy-aware quantization (`nncf.quantize_with_accuracy_control`): `accuracy` gives it the
+parity gate's validation images and a score (mean SSIM against ground truth, per image too) and
+the drop allowed; NNCF ranks the quantizer groups by how much they cost that score and reverts
+the worst to float until the drop is met. Which ops it reverted goes into the manifest.
 
 Parity runs compile with INFERENCE_PRECISION_HINT=f32: on CPUs with AVX-512 BF16 the plugin
 would otherwise run bf16 and the fp32 check would measure bf16 rounding.
@@ -13,8 +18,10 @@ would otherwise run bf16 and the fp32 check would measure bf16 rounding.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +47,82 @@ def _ignored_names(model, exclude_nodes: Sequence[str]) -> list[str]:
     return [op.get_friendly_name() for op in model.get_ordered_ops() if pattern.match(op.get_friendly_name())]
 
 
+@dataclass
+class AccuracyControl:
+    """What `nncf.quantize_with_accuracy_control` measures: images, their ground truth, a per-image
+    score (truth CHW, output CHW) -> float, higher better, and the absolute drop allowed."""
+
+    images: np.ndarray
+    truth: np.ndarray
+    score: Callable[[np.ndarray, np.ndarray], float]
+    max_drop: float
+    max_iterations: int = 5
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _reverted(lines: Sequence[str]) -> list[str]:
+    """Op names from NNCF's report "N out of M were reverted back to the floating-point precision:\n\tname..."."""
+    for line in lines:
+        if "reverted back to the floating-point precision" in line:
+            return [x.strip() for x in line.split("\n")[1:] if x.strip()]
+    return []
+
+
+def _quantize_with_accuracy_control(model, calibration: np.ndarray, accuracy: AccuracyControl, ignored: list[str]):
+    """NNCF's accuracy-aware PTQ; returns (model, what it reverted, NNCF's report lines)."""
+    import nncf
+    from nncf.common.logging import nncf_logger
+
+    def validate(compiled, items) -> tuple[float, list[float]]:
+        port = compiled.output(OUTPUT_NAME)
+        per = [float(accuracy.score(truth, np.asarray(compiled(image)[port])[0])) for image, truth in items]
+        return float(np.mean(per)), per
+
+    validation = nncf.Dataset([(accuracy.images[i : i + 1], accuracy.truth[i]) for i in range(len(accuracy.images))])
+    capture, handlers, level = _Capture(), list(nncf_logger.handlers), nncf_logger.level
+    for h in handlers:  # NNCF's own handler holds the real stdout: quiet() cannot redirect it
+        nncf_logger.removeHandler(h)
+    nncf_logger.addHandler(capture)
+    try:
+        with quiet(stderr=True):
+            nncf_logger.setLevel(logging.INFO)
+            quantized = nncf.quantize_with_accuracy_control(
+                model,
+                nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
+                validation,
+                validate,
+                max_drop=accuracy.max_drop,
+                drop_type=nncf.DropType.ABSOLUTE,
+                preset=nncf.QuantizationPreset.MIXED,
+                subset_size=len(calibration),
+                ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
+                    max_num_iterations=accuracy.max_iterations, num_ranking_workers=1
+                ),
+            )
+    finally:
+        nncf_logger.removeHandler(capture)
+        for h in handlers:
+            nncf_logger.addHandler(h)
+        nncf_logger.setLevel(level)
+    return quantized, _reverted(capture.lines), capture.lines
+
+
 def export_openvino(
-    onnx_fp32: str | Path, folder: str | Path, precision: str, calibration: np.ndarray | None = None, exclude_nodes: Sequence[str] = ()
+    onnx_fp32: str | Path,
+    folder: str | Path,
+    precision: str,
+    calibration: np.ndarray | None = None,
+    exclude_nodes: Sequence[str] = (),
+    accuracy: AccuracyControl | None = None,
 ) -> dict[str, object]:
     """Write the IR folder; returns what the manifest records about the conversion."""
     import openvino as ov
@@ -57,23 +138,42 @@ def export_openvino(
         import nncf
 
         ignored = _ignored_names(model, exclude_nodes)
-        with quiet(stderr=True):
-            nncf.set_log_level(40)  # ERROR: NNCF otherwise logs every skipped quantizer
-            model = nncf.quantize(
-                model,
-                nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
-                preset=nncf.QuantizationPreset.MIXED,
-                subset_size=len(calibration),
-                ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-            )
+        control: dict[str, object] | None = None
+        if accuracy is None:
+            with quiet(stderr=True):
+                nncf.set_log_level(40)  # ERROR: NNCF otherwise logs every skipped quantizer
+                model = nncf.quantize(
+                    model,
+                    nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
+                    preset=nncf.QuantizationPreset.MIXED,
+                    subset_size=len(calibration),
+                    ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                )
+        else:
+            from dereflect.export.quantize import layer_of
+
+            model, reverted, lines = _quantize_with_accuracy_control(model, calibration, accuracy, ignored)
+            control = {
+                "tool": "nncf.quantize_with_accuracy_control",
+                "max_drop": accuracy.max_drop,
+                "drop_type": "ABSOLUTE",
+                "metric": "mean SSIM against ground truth on the parity gate's validation images",
+                "validation_images": len(accuracy.images),
+                "max_iterations": accuracy.max_iterations,
+                "reverted_to_float": reverted,
+                "float_layers": list(dict.fromkeys(layer_of(n) for n in reverted)),
+                "why": "NNCF ranked the quantizer groups by the SSIM they cost and reverted the worst until the drop was met",
+                "report": [ln for ln in lines if "drop" in ln.lower() or "reverted" in ln.lower() or "completed" in ln.lower()][:8],
+            }
         info.update(
             {
                 "quantization": {
-                    "tool": "nncf.quantize",
+                    "tool": "nncf.quantize" if control is None else "nncf.quantize_with_accuracy_control",
                     "preset": "MIXED",
                     "subset_size": len(calibration),
                     "ignored_scope": ignored,
                     "fake_quantize_ops": sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops()),
+                    **({"accuracy_control": control} if control is not None else {}),
                 }
             }
         )

@@ -66,6 +66,13 @@ class Reference:
     lmse: np.ndarray | None
 
 
+def ssim_score(truth: np.ndarray, output: np.ndarray) -> float:
+    """SSIM of one CHW output against its CHW ground truth, as the gate scores it (0-255, clipped)."""
+    from dereflect import metrics
+
+    return float(metrics.ssim(_hwc255(truth), _hwc255(output)))
+
+
 def make_reference(model, data: ImageSet) -> Reference:
     import torch
 

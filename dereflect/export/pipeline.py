@@ -39,6 +39,7 @@ class ExportOptions:
     pairs: Path | None = None
     val_count: int = calib_mod.DEFAULT_VAL_COUNT
     int8_exclude: tuple[str, ...] = ()
+    int8_recover: bool = True  # an INT8 build over its SSIM budget is rebuilt (layers kept in float, NNCF accuracy control)
     max_abs_diff: float | None = None
     max_ssim_drop: float | None = None
     max_lmse_rise: float | None = None
@@ -159,6 +160,7 @@ class Exporter:
         self._calib: calib_mod.ImageSet | None = None
         self._refs: dict[tuple[int, int] | None, parity_mod.Reference] = {}
         self._int8_nodes: list[str] | None = None
+        self._int8_settings = None  # quantize.Int8Settings of the ONNX INT8 graph, once built
         self._mobile: dict[str, dict[str, Any]] = {}
         #: The fixed (H, W) being built (`--fixed-shape`), None for dynamic H/W; `tag` goes into file names.
         self.shape: tuple[int, int] | None = None
@@ -229,11 +231,80 @@ class Exporter:
         elif precision == "fp16":
             quantize.to_fp16(self._dynamic_onnx("fp32"), path)
         elif precision == "int8":
-            quantize.quantize_int8(self._dynamic_onnx("fp32"), path, self.calibration.images, self.int8_nodes())
-        elif precision == "int8-s8sym":  # TensorRT's explicit-quantization graph
-            quantize.quantize_int8(self._dynamic_onnx("fp32"), path, self.calibration.images, self.int8_nodes(), symmetric=True)
+            self._int8_settings = self._onnx_int8(self._dynamic_onnx("fp32"), path)
+        elif precision == "int8-s8sym":  # TensorRT's explicit-quantization graph (the layers recovery kept float stay float)
+            kept = self._int8_settings.excluded if self._int8_settings is not None else self.int8_nodes()
+            quantize.quantize_int8(self._dynamic_onnx("fp32"), path, self.calibration.images, kept, symmetric=True)
         self._onnx[precision] = path
         return path
+
+    # ---------------------------------------------------------------- INT8 recovery
+    @property
+    def dynamic_reference(self) -> parity_mod.Reference:
+        """The reference at --size (dynamic H/W), whatever shape is being built: INT8 graphs are
+        built (and recovered) once, dynamic, and fixed afterwards."""
+        saved, self.shape = self.shape, None
+        try:
+            return self.reference
+        finally:
+            self.shape = saved
+
+    def _over_ssim_budget(self, numbers: dict[str, float]) -> bool:
+        """Recovery's trigger: the first INT8 build misses the SSIM budget (what recovery can mend)."""
+        limit = self.budget.max_ssim_drop
+        return self.opts.int8_recover and limit is not None and numbers.get("ssim_drop", 0.0) > limit
+
+    @property
+    def recovery_target(self) -> float:
+        from dereflect.export.quantize import RECOVERY_MARGIN
+
+        return float(self.budget.max_ssim_drop or 0.0) * (1.0 - RECOVERY_MARGIN)
+
+    def _recovered_line(self, what: str, first: float, final: float, kept: list[str], method: str = "") -> None:
+        limit = float(self.budget.max_ssim_drop or 0.0)
+        verdict = "recovered to" if final <= limit else "recovery reached only"
+        extra = f", {method} calibration" if method else ""
+        self.log(
+            f"{what} int8: SSIM drop {first:.4f} > {limit:g} on the first attempt; {verdict} {final:.4f} "
+            f"with {', '.join(kept) or 'no layer'} in float{extra} (--no-int8-recover turns this off)"
+        )
+
+    def _onnx_int8(self, fp32: Path, path: Path):
+        """Static QDQ INT8; if it misses the SSIM budget, `quantize.recover_int8` (unless --no-int8-recover)."""
+        from dereflect.export import quantize
+
+        settings = quantize.quantize_int8(fp32, path, self.calibration.images, self.int8_nodes())
+        if not self.opts.int8_recover or self.budget.max_ssim_drop is None:
+            return settings
+        ref = self.dynamic_reference
+        first = parity_mod.measure(_ort_runner(path), ref)
+        if not self._over_ssim_budget(first):
+            return settings
+        import onnx
+
+        names = [n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node]
+        settings = quantize.recover_int8(
+            fp32,
+            path,
+            self.calibration.images,
+            lambda p: parity_mod.measure(_ort_runner(p), ref).get("ssim_drop", float("inf")),
+            first["ssim_drop"],
+            self.recovery_target,
+            names,
+            ref.data.images[:4],
+            exclude=self.int8_nodes(),
+            log=self.log,
+        )
+        rec = settings.recovery or {}
+        self._recovered_line("onnx (ONNX Runtime)", first["ssim_drop"], float(rec["ssim_drop"]), list(rec["float_layers"]), settings.method)
+        return settings
+
+    def int8_settings(self) -> dict[str, Any]:
+        """The ONNX INT8 graph's quantization record (manifest), built if need be."""
+        from dereflect.export import quantize
+
+        self._dynamic_onnx("int8")
+        return (self._int8_settings or quantize.Int8Settings(excluded=tuple(self.int8_nodes()))).as_dict()
 
     @property
     def art_stem(self) -> str:
@@ -393,6 +464,8 @@ class Exporter:
             already = ",".join(self.opts.int8_exclude)
             fixes.append(f"keep the layers that add the most error in float: --int8-exclude {','.join(filter(None, [already, *worst]))}")
         fixes.append(f"calibrate on more, representative photos: --calib DIR --calib-count {max(2 * self.opts.calib_count, 32)}")
+        if not self.opts.int8_recover:
+            fixes.append("or let export recover it (keeps the worst layers in float): leave out --no-int8-recover")
         fixes.append("or ship --precision fp16 for this target")
         return fixes
 
@@ -426,7 +499,7 @@ class Exporter:
         if self.shape is not None:
             extra["mobile_usability"] = self.mobile_usability(p)
         if p == "int8":
-            extra["quantization"] = quantize.Int8Settings(excluded=tuple(self.int8_nodes())).as_dict()
+            extra["quantization"] = self.int8_settings()
             extra["_layers"] = lambda: quantize.layer_report(self.onnx_path("fp32"), artifact, self.reference.data.images[:4])
         if p == "fp16":
             extra["quantization"] = {"tool": "onnxconverter-common float16", "keep_io_types": True}
@@ -446,6 +519,8 @@ class Exporter:
         web = self._place(src, self.out / f"{self.art_stem}-{p}.web.onnx")
         build_s = time.perf_counter() - started
         extra = self._quant_extra()
+        if p == "int8":
+            extra["quantization"] = self.int8_settings()
         checked: dict[str, Any] = {}
         if self.shape is not None:
             from dereflect.export.mobile_check import ort_graph
@@ -497,6 +572,8 @@ class Exporter:
         info = export_openvino(
             self.onnx_path("fp32"), folder, p, self.calibration.images if p == "int8" else None, self.int8_nodes() if p == "int8" else ()
         )
+        if p == "int8" and self.opts.int8_recover and self.budget.max_ssim_drop is not None:
+            info = self._openvino_recover(folder, info)
         build_s = time.perf_counter() - started
         layers = lambda: openvino_layer_report(self.onnx_path("fp32"), folder, self.reference.data.images[:4])  # noqa: E731
         return [
@@ -511,6 +588,33 @@ class Exporter:
                 **self._quant_extra(),
             )
         ]
+
+    def _openvino_recover(self, folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+        """An NNCF INT8 IR over the SSIM budget: rebuilt with NNCF's accuracy-aware quantization,
+        the parity gate's images as its validation set, and the budget less the margin as its max drop."""
+        from dereflect.export.openvino import AccuracyControl, export_openvino, openvino_runner
+
+        ref = self.dynamic_reference
+        first = parity_mod.measure(openvino_runner(folder, precision_hint="f32"), ref)
+        if not self._over_ssim_budget(first) or ref.data.truth is None:
+            return info
+        accuracy = AccuracyControl(ref.data.images, ref.data.truth, parity_mod.ssim_score, self.recovery_target)
+        trial = self.work / folder.name  # same IR file names; it replaces the first build only if it does better
+        if trial.exists():
+            shutil.rmtree(trial)
+        tried = export_openvino(self.onnx_path("fp32"), trial, "int8", self.calibration.images, self.int8_nodes(), accuracy=accuracy)
+        final = parity_mod.measure(openvino_runner(trial, precision_hint="f32"), ref)
+        control = tried["quantization"]["accuracy_control"]
+        control["first_attempt"] = {"tool": "nncf.quantize", "ssim_drop": round(first["ssim_drop"], 5)}
+        control["ssim_drop"] = round(final["ssim_drop"], 5)
+        if final["ssim_drop"] >= first["ssim_drop"]:
+            self.log(f"openvino (NNCF) int8: accuracy control did not lower the SSIM drop ({final['ssim_drop']:.4f}); first build kept")
+            info["quantization"]["accuracy_control"] = control | {"kept": False}
+            return info
+        shutil.rmtree(folder)
+        shutil.move(str(trial), folder)
+        self._recovered_line("openvino (NNCF)", first["ssim_drop"], final["ssim_drop"], list(control["reverted_to_float"]))
+        return tried
 
     @property
     def size_multiple(self) -> int:

@@ -11,6 +11,19 @@
   in both models (QDQ keeps the fp32 tensor names) and compared on the same images; the layers
   that *add* the most error (error of the output minus the worst error of its inputs) are the
   ones to exclude (Polygraphy's layer-wise comparison, done with ONNX Runtime alone).
+- Recovery (`recover_int8`, on by default when the first INT8 build misses its SSIM budget): a
+  greedy loop over *layers* (`layer_of`: a module's Conv and its activation, `colour.mlp`, or the
+  graph's top-level ops `model`). The layers are ranked once by what quantizing only their
+  output tensors does to the network's output (`rank_by_output`: every op counts, not only Conv;
+  the colour path's per-photo matrix and the full-resolution arithmetic that applies it are not
+  convolutions, and an error the rest of the network absorbs ranks low). Each round rebuilds
+  with each of the few worst kept in float (alone, and with the layers that read its outputs,
+  since ORT quantizes a tensor when any of its ends is quantized), measures the real SSIM drop
+  and the float work of each (Conv MACs, other ops' elements: deterministic, unlike a timing on
+  a loaded CPU), and keeps the cheapest build within the target (the budget less a margin) or
+  else the one removing the most drop per unit of float work; it stops within the target, at
+  a few layers, or when no candidate helps; then, if still short, it tries Percentile calibration
+  (ORT's histogram calibrator) on what it kept. Every trial is in the manifest.
 """
 
 from __future__ import annotations
@@ -99,9 +112,10 @@ class Int8Settings:
     symmetric: bool = False
     method: str = "MinMax"
     excluded: tuple[str, ...] = ()
+    recovery: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "format": "QDQ",
             "activations": self.activations,
             "weights": self.weights,
@@ -109,20 +123,39 @@ class Int8Settings:
             "calibration_method": self.method,
             "excluded_nodes": list(self.excluded),
         }
+        if self.recovery is not None:
+            out["recovery"] = self.recovery
+        return out
+
+
+#: ORT calibration methods `quantize_int8` takes; Percentile keeps the 99.999th percentile of |x|.
+CALIBRATION_METHODS = ("MinMax", "Percentile")
+PERCENTILE = 99.999
 
 
 def quantize_int8(
-    src: str | Path, dst: str | Path, calibration: np.ndarray, exclude: Iterable[str] = (), symmetric: bool = False
+    src: str | Path,
+    dst: str | Path,
+    calibration: np.ndarray,
+    exclude: Iterable[str] = (),
+    symmetric: bool = False,
+    method: str = "MinMax",
 ) -> Int8Settings:
     """Static QDQ INT8 of an fp32 ONNX, calibrated on `calibration` (N,3,H,W float32 [0,1]).
 
     symmetric=False: u8 asymmetric activations (CPU/mobile). True: s8 symmetric activations and
     weights, the explicit-quantization graph TensorRT builds INT8 engines from.
+    method: "MinMax" (the default) or "Percentile" (ranges at the 99.999th percentile).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     excluded = tuple(exclude)
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(None, f"INT8 calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
+    extra: dict[str, object] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+    if method == "Percentile":
+        extra["CalibPercentile"] = PERCENTILE
     with tempfile.TemporaryDirectory(prefix="dereflect-q-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         with quiet():
@@ -135,12 +168,15 @@ def quantize_int8(
                 per_channel=True,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=CalibrationMethod[method],
                 nodes_to_exclude=list(excluded),
-                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+                extra_options=extra,
             )
     check_onnx(onnx.load(str(dst)), Path(dst))
-    return Int8Settings(activations="QInt8 symmetric" if symmetric else "QUInt8", symmetric=symmetric, excluded=excluded)
+    method_name = f"Percentile {PERCENTILE}" if method == "Percentile" else method
+    return Int8Settings(
+        activations="QInt8 symmetric" if symmetric else "QUInt8", symmetric=symmetric, method=method_name, excluded=excluded
+    )
 
 
 def _with_outputs(path: Path, names: Sequence[str], dst: Path) -> tuple[Path, list[str]]:
@@ -246,3 +282,277 @@ def to_ort_format(src: str | Path, dst: str | Path, target_platform: str = "arm"
         if cfg is not None:
             shutil.move(str(cfg), config)
     return dst, config
+
+
+# ---------------------------------------------------------------------------------------------- recovery
+#: The recovery aims this far under the SSIM budget (a fraction of it), so a pass is not a coin toss.
+RECOVERY_MARGIN = 0.2
+#: At most this many layers kept in float, and this many candidates measured per round.
+RECOVERY_MAX_LAYERS = 3
+RECOVERY_CANDIDATES = 4
+
+
+#: Ops whose trailing Sequential index `layer_of` drops: a Conv and its activation are one layer.
+_LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "LeakyRelu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "PRelu"}
+
+
+def layer_of(node_name: str) -> str:
+    """The layer a graph node belongs to: its module path (the node name before '/'); for a Conv or
+    an activation without a trailing Sequential index, so a Conv and its activation are one layer
+    (`dec0.0/Conv` and `dec0.1/LeakyRelu` -> `dec0`; `colour.mlp.2/Conv` -> `colour.mlp`), while a
+    block's residual `encoder.features.13/Add` stays its own. Top-level ops -> `model`. OpenVINO op
+    names (ONNX name + `/WithoutBiases` ...) map to the same layer."""
+    scope, _, rest = node_name.partition("/")
+    op = rest.split("/")[0].rstrip("0123456789").rstrip("_")
+    head, _, last = scope.rpartition(".")
+    return head if head and last.isdigit() and op in _LAYER_OPS else scope
+
+
+def layer_nodes(node_names: Sequence[str], layers: Iterable[str]) -> list[str]:
+    """The nodes of `layers` (exact `layer_of` matches, in graph order)."""
+    wanted = set(layers)
+    return [n for n in node_names if layer_of(n) in wanted]
+
+
+def rank_by_output(fp32: str | Path, qdq: str | Path, images: np.ndarray) -> list[dict[str, object]]:
+    """Layers (`layer_of`) ranked by what their INT8 activations alone do to the *output*: for each
+    layer, the fp32 graph with only that layer's activation tensors quantized (QuantizeLinear +
+    DequantizeLinear with the scale and zero point the QDQ build calibrated) is run on `images`,
+    and its output compared with fp32 (relative L2 error). An error that the rest of the network
+    shrugs off ranks low; one on the full-resolution image path (the colour matrix, the residual
+    add) ranks high though its tensors' own relative error is small. Worst first. `consumers`:
+    the other layers reading those tensors (ONNX Runtime quantizes a tensor when its producer *or*
+    a reader is quantized, so a tensor stays float only with all of them excluded)."""
+    from onnx import helper, numpy_helper
+
+    qmodel = onnx.load(str(qdq), load_external_data=False)
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    params = {
+        n.input[0].removesuffix("_QuantizeLinear_Input"): (inits[n.input[1]], inits[n.input[2]])  # a graph output's is renamed so
+        for n in qmodel.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits and n.input[1] in inits and len(n.input) > 2 and n.input[2] in inits
+    }
+    fmodel = onnx.load(str(fp32))
+    producer = {o: n.name for n in fmodel.graph.node for o in n.output}
+    readers: dict[str, set[str]] = {}
+    for n in fmodel.graph.node:
+        for x in n.input:
+            readers.setdefault(x, set()).add(layer_of(n.name))
+    groups: dict[str, list[str]] = {}
+    for tensor in params:
+        if tensor in producer:
+            groups.setdefault(layer_of(producer[tensor]), []).append(tensor)
+    batches = [np.ascontiguousarray(images[i : i + 1]) for i in range(len(images))]
+    base = session(fp32)
+    result = fmodel.graph.output[0].name
+    ref = [base.run([result], {INPUT_NAME: b})[0].astype(np.float64) for b in batches]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dereflect-sens-") as tmp:
+        for layer, tensors in groups.items():
+            model = onnx.ModelProto()
+            model.CopyFrom(fmodel)
+            read = result
+            for t in tensors:
+                scale, zero = params[t]
+                sim = f"{t}__int8"
+                for node in model.graph.node:
+                    node.input[:] = [sim if x == t else x for x in node.input]
+                if t == result:  # the graph output itself is quantized: read the dequantized copy
+                    read = sim
+                    model.graph.output.append(helper.make_empty_tensor_value_info(sim))
+                model.graph.initializer.extend(
+                    [
+                        numpy_helper.from_array(numpy_helper.to_array(scale), f"{t}__s"),
+                        numpy_helper.from_array(numpy_helper.to_array(zero), f"{t}__z"),
+                    ]
+                )
+                model.graph.node.extend(
+                    [
+                        helper.make_node("QuantizeLinear", [t, f"{t}__s", f"{t}__z"], [f"{t}__q"], name=f"{t}__Q"),
+                        helper.make_node("DequantizeLinear", [f"{t}__q", f"{t}__s", f"{t}__z"], [sim], name=f"{t}__DQ"),
+                    ]
+                )
+            path = Path(tmp) / "sens.onnx"
+            onnx.save_model(_toposorted(model), str(path))
+            sess = session(path)
+            num = den = 0.0
+            for b, r in zip(batches, ref):
+                o = sess.run([read], {INPUT_NAME: b})[0].astype(np.float64)
+                num, den = num + float(((o - r) ** 2).sum()), den + float((r**2).sum())
+            consumers = sorted(set().union(*(readers.get(t, set()) for t in tensors)) - {layer})
+            rows.append(
+                {
+                    "layer": layer,
+                    "output_error": round((num / den) ** 0.5 if den else 0.0, 6),
+                    "tensors": len(tensors),
+                    "consumers": consumers,
+                }
+            )
+    return sorted(rows, key=lambda r: float(r["output_error"]), reverse=True)  # type: ignore[arg-type]
+
+
+def _toposorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Nodes in an order where every input is produced before it is read (ONNX requires it)."""
+    graph = model.graph
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        left = []
+        for node in pending:
+            if all(x in ready for x in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                left.append(node)
+        if len(left) == len(pending):
+            raise DereflectError(None, "quantization sensitivity graph has a cycle")
+        pending = left
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.node[:]
+    copy.graph.node.extend(ordered)
+    return copy
+
+
+@dataclass
+class _Trial:
+    layers: list[str]
+    method: str
+    drop: float
+    path: Path
+    cost: int = 0
+
+
+def float_costs(fp32: str | Path, image: np.ndarray) -> dict[str, int]:
+    """What each node costs if it runs in float, at `image`'s size, deterministically (a timing on a
+    loaded CPU would pick a different set of layers run to run): a Conv its multiply-accumulates,
+    any other op the elements it writes. Shapes come from one fp32 run with every tensor exposed."""
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    inits = {i.name: tuple(i.dims) for i in graph.initializer}
+    names = [o for n in graph.node for o in n.output if o]
+    with tempfile.TemporaryDirectory(prefix="dereflect-cost-") as tmp:
+        path, exposed = _with_outputs(Path(fp32), names, Path(tmp) / "f.onnx")
+        shapes = {n: a.shape for n, a in zip(exposed, session(path).run(exposed, {INPUT_NAME: np.ascontiguousarray(image[None])}))}
+    costs = {}
+    for node in graph.node:
+        out = shapes.get(node.output[0]) if node.output else None
+        if out is None:
+            continue
+        elements = int(np.prod(out))
+        weight = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        costs[node.name] = elements * int(np.prod(weight[1:])) if weight else elements
+    return costs
+
+
+def recover_int8(
+    src: str | Path,
+    dst: str | Path,
+    calibration: np.ndarray,
+    ssim_drop: Callable[[Path], float],
+    first_drop: float,
+    target: float,
+    node_names: Sequence[str],
+    diag_images: np.ndarray,
+    exclude: Sequence[str] = (),
+    max_layers: int = RECOVERY_MAX_LAYERS,
+    candidates: int = RECOVERY_CANDIDATES,
+    log: Callable[[str], None] | None = None,
+) -> Int8Settings:
+    """Turn an INT8 build that misses its SSIM budget into one within `target` (see the module doc).
+
+    `dst` holds the first attempt (MinMax, `exclude` kept in float) whose measured drop is
+    `first_drop`; `ssim_drop(path)` measures a candidate on the parity gate's images. `dst` ends
+    up holding the best build found (the first, if nothing helped); the returned settings record
+    every trial.
+
+    Per round, the few layers whose INT8 activations alone move the output most are each kept in
+    float on top of what earlier rounds kept (alone, and with the layers that read its outputs);
+    when some reach `target`, the one with the least float work wins (`float_costs`: a
+    full-resolution Conv in float can cost most of INT8's speed-up), else the one that removes the
+    most drop per unit of float work goes on to the next round."""
+    dst = Path(dst)
+    trials: list[dict[str, object]] = []
+    costs = float_costs(src, diag_images[0])
+    total = sum(costs.values())
+
+    def cost_of(layers: list[str]) -> int:
+        return sum(costs.get(n, 0) for n in layer_nodes(node_names, layers))
+
+    best = _Trial([], "MinMax", first_drop, dst)
+    ranking: list[dict[str, object]] | None = None
+    with tempfile.TemporaryDirectory(prefix="dereflect-recover-") as tmp:
+
+        def trial(layers: list[str], method: str, tag: str, **why: object) -> _Trial:
+            path = Path(tmp) / f"{tag}.onnx"
+            quantize_int8(src, path, calibration, list(dict.fromkeys([*exclude, *layer_nodes(node_names, layers)])), method=method)
+            done = _Trial(layers, method, float(ssim_drop(path)), path, cost_of(layers))
+            trials.append(
+                {
+                    "float_layers": layers,
+                    "calibration_method": method,
+                    "ssim_drop": round(done.drop, 5),
+                    "float_cost": _share(done.cost, total),
+                    **why,
+                }
+            )
+            if log:
+                log(
+                    f"  int8 recovery: float {','.join(layers) or '-'}, {method}: SSIM drop {done.drop:.4f}, float cost {_share(done.cost, total)}"
+                )
+            return done
+
+        for round_no in range(max_layers):
+            if best.drop <= target or len(best.layers) >= max_layers:
+                break
+            if ranking is None:  # once, on the first build (NNCF's accuracy control ranks once too)
+                ranking = [r for r in rank_by_output(src, dst, diag_images) if float(r["output_error"]) > 0]  # type: ignore[arg-type]
+            ranked = [r for r in ranking if r["layer"] not in best.layers][:candidates]
+            options: list[tuple[list[str], object]] = []
+            for r in ranked:  # the layer alone, and the layer with its readers (its output tensors then stay float)
+                alone = [*best.layers, str(r["layer"])]
+                joint = list(dict.fromkeys([*alone, *r["consumers"]]))  # type: ignore[misc]
+                for layers in (alone, joint):
+                    if len(layers) <= max_layers and all(layers != o[0] for o in options):
+                        options.append((layers, r["output_error"]))
+            tried = [trial(layers, "MinMax", f"r{round_no}-{i}", output_error_alone=e) for i, (layers, e) in enumerate(options)]
+            within = [t for t in tried if t.drop <= target]
+            helped = [t for t in tried if t.drop < best.drop]
+            if within:  # the cheapest in float, then the fewest layers
+                best = min(within, key=lambda t: (t.cost, len(t.layers), t.drop))
+            elif helped:  # the most drop removed per float cost; under 2 % of the network's counts as 2 %
+                floor, before = 0.02 * total, best.drop
+                best = max(helped, key=lambda t: (before - t.drop) / max(t.cost, floor))
+            else:
+                break  # no candidate helps: more layers in float would only cost speed
+        if best.drop > target:
+            pct = trial(list(best.layers), "Percentile", "percentile")
+            if pct.drop < best.drop:
+                best = pct
+        if best.path != dst:
+            shutil.copyfile(best.path, dst)
+    nodes = tuple(dict.fromkeys([*exclude, *layer_nodes(node_names, best.layers)]))
+    settings = Int8Settings(method=f"Percentile {PERCENTILE}" if best.method == "Percentile" else best.method, excluded=nodes)
+    settings.recovery = {
+        "first_attempt": {
+            "ssim_drop": round(first_drop, 5),
+            "calibration_method": "MinMax",
+            "excluded_nodes": list(exclude),
+        },
+        "float_cost": "share of the network's work the float layers do: Conv multiply-accumulates, other ops' output elements",
+        "target_ssim_drop": round(target, 5),
+        "selected_on": "the parity gate's validation images",
+        "float_layers": best.layers,
+        "why": "kept in float: per greedy round, of the layers whose INT8 activations alone move the output most (each alone "
+        "and with its readers), the build with the least float work that reached the target, else the most drop removed "
+        "per unit of float work; "
+        "Percentile calibration only where the target was still missed and it lowered the drop",
+        "ssim_drop": round(best.drop, 5),
+        "float_share": _share(best.cost, total),
+        "within_target": best.drop <= target,
+        "trials": trials,
+    }
+    return settings
+
+
+def _share(cost: int, total: int) -> str:
+    return f"{100.0 * cost / total:.1f} %" if total else "0 %"
