@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -88,9 +87,15 @@ def main() -> None:
             start(*waiting.pop(0))
         time.sleep(5)
         for name, (proc, run) in list(procs.items()):
-            if checkpoint_step(run) >= args.until_step:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=120)
+            if checkpoint_step(run) >= args.until_step and proc.poll() is None:
+                # SIGTERM, not SIGINT: a job started in the background of a non-interactive shell ignores
+                # SIGINT (so Python never raises KeyboardInterrupt). Safe: the checkpoint is on disk.
+                proc.terminate()
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
             if proc.poll() is not None:
                 print(
                     f"{name}: stopped at checkpoint step {checkpoint_step(run)} after {time.time() - t0:.0f} s (exit {proc.returncode})",
