@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -254,6 +255,34 @@ def check_budget(out: Path, budget_mib: float) -> int:
     return status
 
 
+#: Tracked files the GPU recipe never reads that can step out of the tree for a device call: the CPU
+#: runs' optimizer states (tools/carry_run.py shards, ~8-11 MB per run), which only `--resume` on
+#: this machine needs. `--offload` moves them into the ignored OFFLOAD folder, `--restore` back.
+OFFLOAD_GLOB = "results/*/state-*.safetensors"
+OFFLOAD = ROOT / ".offload"
+
+
+def offload(restore: bool) -> int:
+    """Move the CPU runs' states out of the tree that travels (or back); prints what travels then."""
+    moved = 0
+    if restore:
+        for src in sorted(OFFLOAD.rglob("*.safetensors")) if OFFLOAD.is_dir() else []:
+            dst = ROOT / src.relative_to(OFFLOAD)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            moved += 1
+    else:
+        for src in sorted(ROOT.glob(OFFLOAD_GLOB)):
+            dst = OFFLOAD / src.relative_to(ROOT)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            moved += 1
+    repo = repo_travel_bytes(ROOT)
+    where = "back into the tree" if restore else f"to {OFFLOAD.relative_to(ROOT)}/ (ignored; --restore puts them back)"
+    print(f"moved {moved} run state file(s) {where}; the tree that travels: {(repo or 0) / 2**20:.2f} MiB")
+    return 0
+
+
 def _inside_travel(out: Path) -> bool:
     """True when git does not ignore `out`, so repo_travel_bytes already counted it."""
     try:
@@ -279,7 +308,11 @@ def main() -> None:
         default="pal4",
         help="compact: HED layers only the privileged teacher uses (conv3_3-conv4_3): 4-bit palettes or float16",
     )
+    ap.add_argument("--offload", action="store_true", help=f"move {OFFLOAD_GLOB} out of the tree for a device call")
+    ap.add_argument("--restore", action="store_true", help="put them back after it")
     args = ap.parse_args()
+    if args.offload or args.restore:
+        raise SystemExit(offload(restore=args.restore))
     if args.budget_mib is not None:
         args.photo_side = args.photo_side or 208
         args.pair_side = args.pair_side or 208
