@@ -62,12 +62,14 @@ MNV2_TRIMMED = "mobilenet_v2_trimmed.safetensors"
 
 
 def save_small(src: Path, dst: Path, max_side: int, quality: int) -> None:
+    """`src` with its long side at most `max_side`, saved as `dst`'s suffix says (JPEG, or WebP at its
+    slowest, smallest setting for the compact pack)."""
     img = Image.open(src).convert("RGB")
     scale = max_side / max(img.size)
     if scale < 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    img.save(dst, quality=quality)
+    img.save(dst, quality=quality, **({"method": 6} if dst.suffix == ".webp" else {}))
 
 
 def photo_sources(shared: Path) -> list[tuple[str, Path]]:
@@ -92,15 +94,6 @@ def pair_split(pairs: Path, val_fraction: float, shots_per_scene: int) -> tuple[
         if per_scene[scene] <= shots_per_scene:
             capped.append(name)
     return capped, val
-
-
-def save_webp(src: Path, dst: Path, max_side: int, quality: int) -> None:
-    img = Image.open(src).convert("RGB")
-    scale = max_side / max(img.size)
-    if scale < 1:
-        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    img.save(dst, "WEBP", quality=quality, method=6)
 
 
 def tree_bytes(folder: Path) -> int:
@@ -199,7 +192,7 @@ def compact(args) -> int:
     manifest: dict = {"format": PACK_FORMAT, "photo_side": args.photo_side, "pair_side": args.pair_side, "quality": args.quality}
     photos = photo_sources(args.shared)
     for folder, src in photos:
-        save_webp(src, out / "photos" / f"{folder}_{src.stem}.webp", args.photo_side, args.quality)
+        save_small(src, out / "photos" / f"{folder}_{src.stem}.webp", args.photo_side, args.quality)
     manifest["photos"] = len(photos)
     pairs = args.shared / "real_pairs_saggy361"
     train, val = pair_split(pairs, args.val_fraction, args.shots_per_scene)
@@ -207,12 +200,12 @@ def compact(args) -> int:
         shared: dict[str, str] = {}  # sha256 of a source transmission -> the stem it is stored under
         mapping: dict[str, str] = {}
         for name in chosen:
-            save_webp(next((pairs / "blended").glob(f"{name}.*")), out / split / "blended" / f"{name}.webp", args.pair_side, args.quality)
+            save_small(next((pairs / "blended").glob(f"{name}.*")), out / split / "blended" / f"{name}.webp", args.pair_side, args.quality)
             src = next((pairs / "transmission").glob(f"{name}.*"))
             digest = hashlib.sha256(src.read_bytes()).hexdigest()
             if digest not in shared:
                 shared[digest] = name
-                save_webp(src, out / split / "transmission_shared" / f"{name}.webp", args.pair_side, args.quality)
+                save_small(src, out / split / "transmission_shared" / f"{name}.webp", args.pair_side, args.quality)
             mapping[name] = shared[digest]
         manifest[split] = mapping
     manifest["weights"] = trimmed_weights(out, args.teacher_vgg_encoding)
@@ -233,7 +226,8 @@ def compact(args) -> int:
 
 def check_budget(out: Path, budget_mib: float) -> int:
     """Print the pack's size against `budget_mib` and the whole that travels against 64 MiB; 1 when
-    either is over (with an error line saying which), else 0."""
+    either is over (with an error line saying which), else 0. A tree that fits once `--offload` has moved
+    the CPU run states out passes, with a line saying so (the device call is made after --offload)."""
     total = tree_bytes(out)
     print(f"pack {out}: {total / 2**20:.2f} MiB (budget {budget_mib:g} MiB)")
     status = 0
@@ -250,8 +244,17 @@ def check_budget(out: Path, budget_mib: float) -> int:
     whole = repo + (total if not _inside_travel(out) else 0)
     print(f"travels: tree {repo / 2**20:.2f} MiB + pack {total / 2**20:.2f} MiB = {whole / 2**20:.2f} MiB of {DEVICE_LIMIT_MIB:g} MiB")
     if whole > DEVICE_LIMIT_MIB * 2**20:
-        print(f"error: {whole / 2**20:.2f} MiB would not travel (limit {DEVICE_LIMIT_MIB:g} MiB)", file=sys.stderr)
-        status = 1
+        states = sum(f.stat().st_size for f in ROOT.glob(OFFLOAD_GLOB))
+        if whole - states <= DEVICE_LIMIT_MIB * 2**20:
+            print(
+                f"fits after `--offload` (moves {states / 2**20:.2f} MiB of CPU run states out of the tree): {(whole - states) / 2**20:.2f} MiB"
+            )
+        else:
+            print(
+                f"error: {whole / 2**20:.2f} MiB would not travel (limit {DEVICE_LIMIT_MIB:g} MiB), {(whole - states) / 2**20:.2f} MiB even after --offload",
+                file=sys.stderr,
+            )
+            status = 1
     return status
 
 
