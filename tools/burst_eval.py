@@ -9,7 +9,7 @@ frame's); the students see the middle frame through `runtime.load` as `dereflect
 Two labels: `glass` (the synthesis default, the label keeps the glass' tint, as the teacher was
 trained) and `scene` (glass_in_label off, as real ground truth is shot and the students train).
 
-    .venv/bin/python tools/burst_eval.py --count 48 --size 256 --json docs/burst_eval.json
+    .venv/bin/python tools/burst_eval.py --count 48 --size 256 --model burst-base --model burst-mnv2 --json docs/burst_eval.json
 """
 
 from __future__ import annotations
@@ -46,17 +46,20 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=48)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=31337)
-    ap.add_argument("--model", default="default", help="burst model (dereflect remove --burst --model)")
+    ap.add_argument(
+        "--model", action="append", help="burst model (dereflect remove --burst --model); repeat for several (default: the default one)"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     photos = load_photos(None, max_side=512)
-    burst_model = pipeline.load_model(args.model)
-    students = {"student-nano (default)": runtime.load("default"), "student-mnv2-hq": runtime.load("student-mnv2-hq")}
+    bursts = {name: pipeline.load_model(name) for name in args.model or ["default"]}
+    students = {name: runtime.load(name) for name in ("student-nano", "student-mnv2-rt", "student-mnv2-hq")}
+    default_student = students["student-nano"]  # what the CLI falls back to (runtime.load("default"))
     table: dict[str, dict] = {}
     for label, cfg in (("glass", SynthConfig()), ("scene", SynthConfig(glass_in_label=False))):
         rng = np.random.default_rng(args.seed)
-        rows: dict[str, list[tuple[float, float]]] = {"identity": [], "burst": [], **{k: [] for k in students}}
-        fallbacks, seconds = 0, []
+        rows: dict[str, list[tuple[float, float]]] = {"identity": [], **{k: [] for k in students}, **{f"burst {k}": [] for k in bursts}}
+        fallbacks, seconds = dict.fromkeys(bursts, 0), {k: [] for k in bursts}
         for i in range(args.count):
             t_idx, r_idx = rng.choice(len(photos), size=2, replace=False)
             seq = synthesize_sequence(photos[t_idx], photos[r_idx], n_frames=5, size=args.size, rng=rng, config=cfg)
@@ -66,26 +69,29 @@ def main() -> None:
             rows["identity"].append(score(gt, mid))
             for name, session in students.items():
                 rows[name].append(score(gt, session.run(mid)))
-            try:
-                burst = frames_mod.from_arrays(frames, [Path(f"seq{i}_f{k}") for k in range(5)], seq.middle)
-                started = time.perf_counter()
-                out = pipeline.remove(burst, burst_model).clean
-                seconds.append(time.perf_counter() - started)
-            except frames_mod.BurstProblem as exc:  # the CLI falls back to the default student: so does the score
-                print(f"fallback: {exc}")
-                fallbacks += 1
-                out = students["student-nano (default)"].run(mid)
-            rows["burst"].append(score(gt, out))
+            for name, model in bursts.items():
+                try:
+                    burst = frames_mod.from_arrays(frames, [Path(f"seq{i}_f{k}") for k in range(5)], seq.middle)
+                    started = time.perf_counter()
+                    out = pipeline.remove(burst, model).clean
+                    seconds[name].append(time.perf_counter() - started)
+                except frames_mod.BurstProblem as exc:  # the CLI falls back to the default student: so does the score
+                    print(f"fallback: {exc}")
+                    fallbacks[name] += 1
+                    out = default_student.run(mid)
+                rows[f"burst {name}"].append(score(gt, out))
         table[label] = {
             name: {"psnr": round(float(np.mean([r[0] for r in v])), 3), "ssim": round(float(np.mean([r[1] for r in v])), 4)}
             for name, v in rows.items()
         }
-        table[label]["burst"]["fallbacks"] = fallbacks
-        table[label]["burst"]["median_s"] = round(float(np.median(seconds)), 3) if seconds else None
+        for name in bursts:
+            table[label][f"burst {name}"]["fallbacks"] = fallbacks[name]
+            table[label][f"burst {name}"]["median_s"] = round(float(np.median(seconds[name])), 3) if seconds[name] else None
         print(label, json.dumps(table[label]))
     result = {
         "sequences": f"{args.count} x 5 frames at {args.size} px from scikit-image's photos (held out of every shipped model's training), seed {args.seed}",
-        "burst_model": burst_model.label,
+        "burst_models": {name: model.label for name, model in bursts.items()},
+        "default_student": "student-nano",
         "labels": {
             "glass": "label keeps the glass tint (synthesis default, teacher's training)",
             "scene": "label without the glass (as real ground truth; students' training)",

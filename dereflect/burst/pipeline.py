@@ -57,6 +57,7 @@ class BurstModel:
     impl: Any
     frames: int
     label: str
+    registered: bool = False  # the model wants frames moved onto the reference first (models/burst_student.py)
 
     @property
     def backend(self) -> str:
@@ -85,7 +86,8 @@ def _from_checkpoint(path: Path, device: str | None) -> BurstModel:
             raise DereflectError(
                 path, f"'{name}' takes one photo, not a burst: give a burst model ({', '.join(shipped_burst_models())}) or drop --burst"
             )
-    return BurstModel(TorchBackend(net, device=device), int(net.input_frames), f"{path.name} ({name})")
+    registered = bool(getattr(net, "registered_input", False))
+    return BurstModel(TorchBackend(net, device=device), int(net.input_frames), f"{path.name} ({name})", registered)
 
 
 def load_model(
@@ -114,7 +116,8 @@ def load_model(
     if frames is None:
         raise DereflectError(ref.path, "not a burst model (its input is one image): give a burst export or drop --burst")
     impl = get_backend(backend_name)(ref.path, ref.manifest, device=device)
-    return BurstModel(impl, frames, ref.label)
+    registered = (ref.manifest.get("constraints") or {}).get("frame_alignment") == "translation"
+    return BurstModel(impl, frames, ref.label, registered)
 
 
 # ------------------------------------------------------------------------------ running
@@ -174,9 +177,34 @@ def fill_frames(order: list[int], ref: int, frames: int) -> list[int]:
     return [*filled[:half], ref, *filled[half:]]
 
 
-def model_input(burst: Burst, frames: int, side: int = WORK_SIDE, multiple: int = 8) -> tuple[np.ndarray, tuple[int, int], list[str]]:
+def register_frames(frames: np.ndarray, ref: int) -> np.ndarray:
+    """(T, H, W, 3) float [0,1] -> the same with every frame moved onto `frames[ref]` by its global
+    translation (phase correlation as `burst/frames.py` measures it, rounded to whole pixels), as
+    `model_input(align="full")` does. A frame that does not register is replaced by the reference
+    (it then adds nothing to the cues). Used to train and calibrate the burst student on what the
+    runtime will feed it."""
+    from dereflect.burst.frames import register, thumbnail
+
+    thumbs = [thumbnail((np.clip(f, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)) for f in frames]
+    out = []
+    for i, frame in enumerate(frames):
+        if i != ref:
+            dx, dy, problem = register(thumbs[ref][0], thumbs[i][0])
+            scale = thumbs[ref][1]
+            frame = frames[ref] if problem else _translate(frame, int(round(dx / scale)), int(round(dy / scale)))
+        out.append(frame)
+    return np.stack(out)
+
+
+def model_input(
+    burst: Burst, frames: int, side: int = WORK_SIDE, multiple: int = 8, align: str = "excess"
+) -> tuple[np.ndarray, tuple[int, int], list[str]]:
     """(1, frames, 3, H, W) float32 at the working resolution (padded to `multiple`), the unpadded
-    (h, w), and notes on what was done (pre-alignment)."""
+    (h, w), and notes on what was done (pre-alignment).
+
+    align: "excess" moves a frame back only by the part of its shift beyond the synthesis' range (the
+    teacher's flows do the rest); "full" moves every frame onto the reference (a model with
+    `registered_input`, models/burst_student.py)."""
     h_full, w_full = burst.reference.shape[:2]
     h, w = work_size(h_full, w_full, side)
     scale = h / h_full
@@ -186,11 +214,13 @@ def model_input(burst: Burst, frames: int, side: int = WORK_SIDE, multiple: int 
     work = []
     for i, frame in enumerate(burst.frames):
         small = _shrink(frame, (h, w))
-        dx, dy = excess_shift(burst.shifts[i][0] * scale, burst.shifts[i][1] * scale, limit)
-        if (dx, dy) != (0, 0):
-            small = _translate(small, dx, dy)
+        if align == "full":
+            dx, dy = int(round(burst.shifts[i][0] * scale)), int(round(burst.shifts[i][1] * scale))
+        else:
+            dx, dy = excess_shift(burst.shifts[i][0] * scale, burst.shifts[i][1] * scale, limit)
+        if align == "excess" and (dx, dy) != (0, 0):
             notes.append(f"{burst.labels[i]} pre-aligned by ({dx:+d},{dy:+d}) px at {w}x{h}")
-        work.append(small)
+        work.append(_translate(small, dx, dy))
     stack = np.stack([work[i] for i in fill_frames(list(range(len(work))), ref, frames)])  # (T,h,w,3)
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
@@ -210,7 +240,9 @@ class BurstOutput:
 def remove(burst: Burst, model: BurstModel, side: int = WORK_SIDE) -> BurstOutput:
     """The reference frame of `burst` with the reflection removed, at full resolution."""
     started = time.perf_counter()
-    x, (h, w), notes = model_input(burst, model.frames, side, model.multiple)
+    x, (h, w), notes = model_input(burst, model.frames, side, model.multiple, "full" if model.registered else "excess")
+    if model.registered:
+        notes.append(f"frames registered to the reference by global translation at {w}x{h}")
     y = np.asarray(model.impl.infer(x), dtype=np.float32)[0, :, :h, :w]  # (3,h,w)
     ref_work = x[0, model.frames // 2, :, :h, :w]
     correction = np.ascontiguousarray((y - ref_work).transpose(1, 2, 0))

@@ -110,7 +110,11 @@ def tool_versions(packages: tuple[str, ...] = TOOL_PACKAGES) -> dict[str, str]:
 
 
 def io_spec(
-    batch: int | str = "batch", multiple_of: int = 8, fixed_hw: tuple[int, int] | None = None, frames: int | None = None
+    batch: int | str = "batch",
+    multiple_of: int = 8,
+    fixed_hw: tuple[int, int] | None = None,
+    frames: int | None = None,
+    frame_alignment: str | None = None,
 ) -> dict[str, Any]:
     """The graph contract of docs/DESIGN.md: `input` (N,3,H,W) float32 [0,1] -> `transmission` same shape.
 
@@ -132,6 +136,8 @@ def io_spec(
     }
     if frames is not None:
         constraints.update(frames=frames, reference_frame=frames // 2)
+    if frame_alignment is not None:  # "translation": frames moved onto the reference before the graph (burst-mnv2)
+        constraints["frame_alignment"] = frame_alignment
     if fixed_hw is not None:
         h, w = fixed_hw
         constraints.update(

@@ -9,6 +9,7 @@ says so at the end); a built artifact always gets its manifest, failed parity in
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -141,6 +142,8 @@ class Exporter:
         self.model = model if model is not None else load_deployable(self.checkpoint)
         #: The model's input contract: None = one image (N,3,H,W); T = a burst model's (N,T,3,H,W) (models/burst.py).
         self.frames: int | None = getattr(self.model, "input_frames", None)
+        #: "translation": the runtime registers the frames before the graph (models/burst_student.py).
+        self.frame_alignment = "translation" if getattr(self.model, "registered_input", False) else None
         info = getattr(self.model, "checkpoint_info", {}) or {}
         self.model_name = getattr(self.model, "model_name", info.get("model", "student"))
         self.stem = opts.name or self.model_name
@@ -188,18 +191,29 @@ class Exporter:
             else:
                 h, w = self.shape
                 data = _crop_set(calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, max(h, w), self.opts.seed + 1), h, w)
-            self._refs[self.shape] = parity_mod.make_reference(self.model, data)
+            self._refs[self.shape] = parity_mod.make_reference(self.model, self._aligned(data))
             self.log(f"validation: {data.source}")
         return self._refs[self.shape]
 
     @property
     def calibration(self) -> calib_mod.ImageSet:
         if self._calib is None:
-            self._calib = calib_mod.load_calibration(
-                self.opts.calib, self.opts.calib_count, self.opts.size, self.opts.seed, frames=self.frames
+            self._calib = self._aligned(
+                calib_mod.load_calibration(self.opts.calib, self.opts.calib_count, self.opts.size, self.opts.seed, frames=self.frames)
             )
             self.log(f"calibration: {self._calib.source}")
         return self._calib
+
+    def _aligned(self, data: calib_mod.ImageSet) -> calib_mod.ImageSet:
+        """Sequences as the runtime feeds this model: registered to their reference frame when the
+        model asks for it (`frame_alignment` "translation"), unchanged otherwise."""
+        if self.frame_alignment != "translation" or data.images.ndim != 5:
+            return data
+        from dereflect.burst.pipeline import register_frames
+
+        ref = self.frames // 2
+        images = np.stack([register_frames(seq.transpose(0, 2, 3, 1), ref).transpose(0, 3, 1, 2) for seq in data.images])
+        return dataclasses.replace(data, images=np.ascontiguousarray(images, dtype=np.float32), source=f"{data.source}, registered")
 
     def calib_record(self) -> dict[str, Any]:
         c = self.calibration
@@ -432,7 +446,13 @@ class Exporter:
                     self.log(f"{fmt_name}: per-layer report failed ({type(exc).__name__}: {exc})")
             parity["worst_layers"] = layers
             parity["fixes"] = self._int8_fixes(layers)
-        io = io or io_spec(batch=1 if self.shape else "batch", multiple_of=self.size_multiple, fixed_hw=self.shape, frames=self.frames)
+        io = io or io_spec(
+            batch=1 if self.shape else "batch",
+            multiple_of=self.size_multiple,
+            fixed_hw=self.shape,
+            frames=self.frames,
+            frame_alignment=self.frame_alignment,
+        )
         data = build_manifest(
             fmt=fmt_name,
             precision=self.opts.precision,

@@ -91,8 +91,12 @@ class MobileNetV2Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("inv_std", 1.0 / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """extra: more input channels after the normalised RGB (the burst student's cues; its first
+        conv is widened for them, models/burst_student.py)."""
         x = (x - self.mean) * self.inv_std
+        if extra is not None:
+            x = torch.cat([x, extra], 1)
         taps = []
         for i, block in enumerate(self.features):
             x = block(x)

@@ -143,16 +143,20 @@ class MobileStudent(nn.Module):
             return None
         return self.colour.params(self.encoder(x)[3])
 
-    def forward_features(self, x: torch.Tensor, colour: torch.Tensor | None = None) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
-        """colour: the photo's image-level transform (`photo_colour`) to use instead of this input's own."""
-        taps = self.encoder(x)
+    def forward_features(
+        self, x: torch.Tensor, colour: torch.Tensor | None = None, cue: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
+        """colour: the photo's image-level transform (`photo_colour`) to use instead of this input's own.
+        cue: extra channels beside the photo for the encoder and the stem (the burst student's
+        multi-frame cues, models/burst_student.py); None for a single-image student."""
+        taps = self.encoder(x, cue)
         d_hat = self.hallucination(taps) if self.hallucination is not None else None
         extra = d_hat if d_hat is not None else [None, None, None]
         y = self.dec4(taps[3])
         y = self.dec3(_cat(upsample2(y), taps[2], extra[2]))
         y = self.dec2(_cat(upsample2(y), taps[1], extra[1]))
         y = self.dec1(_cat(upsample2(y), taps[0], extra[0]))
-        y = self.dec0(torch.cat([upsample2(y), self.stem(x)], 1))
+        y = self.dec0(torch.cat([upsample2(y), self.stem(_cat(x, cue))], 1))
         base = x
         if self.colour is None:
             colour = None

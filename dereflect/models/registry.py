@@ -22,6 +22,7 @@ from torch import nn
 from dereflect.errors import DereflectError, os_reason
 from dereflect.files import atomic_output
 from dereflect.models.burst import BurstTeacher
+from dereflect.models.burst_student import BurstStudent, BurstStudentConfig
 from dereflect.models.mobile_student import MobileStudent, MobileStudentConfig
 from dereflect.models.student import Student, StudentConfig
 from dereflect.models.teacher import Teacher, TeacherConfig
@@ -48,6 +49,9 @@ PRESETS: dict[str, tuple[type[nn.Module], type, dict[str, Any]]] = {
     "teacher-small": (Teacher, TeacherConfig, dict(widths=(16, 32, 48, 64), blocks=(1, 1, 1), dyn_channels=(16, 32, 48))),
     # The teacher as a shipped burst model (models/burst.py): frames in, clean middle frame out; same weights as teacher-base.
     "burst-base": (BurstTeacher, TeacherConfig, dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64))),
+    # The phone-sized burst model (models/burst_student.py): student-mnv2-rt's widths, registered frames in,
+    # multi-frame cues (reference - min, reference - mean) beside the reference; no flows, no grid sampling.
+    "burst-mnv2": (BurstStudent, BurstStudentConfig, dict(stem_width=8, dec_widths=(16, 24, 32, 48), dyn_channels=(8, 12, 16))),
 }
 
 

@@ -214,6 +214,26 @@ class StepData(Dataset):
         return self.synthetic[i]
 
 
+class RegisteredSequences(Dataset):
+    """Sequence items with their `frames` moved onto the middle frame by a global translation, as the
+    runtime feeds a burst student (`burst/pipeline.register_frames`, on 8-bit thumbnails as for photos)."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        from dereflect.burst.pipeline import register_frames
+
+        item = dict(self.base[i])
+        frames = item["frames"].permute(0, 2, 3, 1).numpy()
+        aligned = register_frames(frames, frames.shape[0] // 2)
+        item["frames"] = torch.from_numpy(np.ascontiguousarray(aligned.transpose(0, 3, 1, 2)))
+        return item
+
+
 class StepSampler(Sampler[int]):
     """Indices of steps [start, stop) for one DDP rank: rank r takes its slice of every global batch."""
 

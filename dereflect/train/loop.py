@@ -238,6 +238,12 @@ class Trainer:
         from dereflect.models import load_checkpoint
 
         source = load_checkpoint(path)
+        if hasattr(self.model, "init_from") and source.model_name != self.cfg.model:
+            try:  # a burst student starts from a single-image student (models/burst_student.py)
+                self.model.init_from(source)
+            except ValueError as exc:
+                raise DereflectError(path, f"cannot start {self.cfg.model} from {source.model_name}: {exc}") from None
+            return
         if source.model_name != self.cfg.model or source.config != self.model.config:
             raise DereflectError(path, f"init checkpoint is {source.model_name} {source.config}, not the model being trained")
         self.model.load_state_dict(source.state_dict())

@@ -20,7 +20,7 @@ from dereflect.errors import DereflectError
 from dereflect.models import create_model, load_checkpoint
 from dereflect.models.blocks import pad_to_multiple
 from dereflect.train import losses as L
-from dereflect.train.data import LabelledSequences, StepData, discover, load_pairs
+from dereflect.train.data import LabelledSequences, RegisteredSequences, StepData, discover, load_pairs
 from dereflect.train.loop import Trainer
 from dereflect.train.scoring import score_batch
 from dereflect.train.teacher import adam, build_synthetic
@@ -66,6 +66,14 @@ class StudentTrainer(Trainer):
         self.n_photos = (n_train, n_val)
         self.real_pairs = load_pairs(self.sources.pairs) if self.sources.pairs else []
         sequences = LabelledSequences(self.sources.sequences, cfg.size) if self.sources.sequences else None
+        #: A burst student (models/burst_student.py) sees registered frames; real pairs and composites
+        #: reach it as static bursts (five equal frames: zero cues, its single-image behaviour).
+        self.frames_in = getattr(self._model, "input_frames", None)
+        if self.frames_in is not None:
+            if self.frames_in != cfg.frames:
+                raise DereflectError(None, f"{cfg.model} takes {self.frames_in} frames; set frames: {self.frames_in} in the config")
+            synth, self.val_set = RegisteredSequences(synth), RegisteredSequences(self.val_set)
+            sequences = RegisteredSequences(sequences) if sequences is not None else None
         self.dataset = StepData(
             synth,
             cfg.batch,
@@ -116,6 +124,15 @@ class StudentTrainer(Trainer):
         w = self.cfg.loss
         return {"rec": w.rec, "perc": w.perc, "kt": w.kt, "gan_g": w.gan, "ssim": w.ssim}
 
+    def model_input(self, batch: dict) -> torch.Tensor:
+        """What the model takes: the photo, or for a burst student the registered frames (a single
+        photo as a static burst)."""
+        if self.frames_in is None:
+            return batch["input"]
+        if "frames" in batch:
+            return batch["frames"]
+        return batch["input"][:, None].expand(-1, self.frames_in, -1, -1, -1)
+
     def loss_terms(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The student's loss terms on one batch (unweighted: see loss_weights) and its prediction.
 
@@ -123,7 +140,7 @@ class StudentTrainer(Trainer):
         each term's share of the update).
         """
         cfg = self.cfg
-        x, t_true = batch["input"], batch["transmission"]
+        x, t_true = self.model_input(batch), batch["transmission"]
         with self.autocast():
             out = self.net(x)
         pred = out["transmission"].float()
@@ -168,7 +185,7 @@ class StudentTrainer(Trainer):
         rows: dict[str, list[float]] = {}
         for i in range(len(self.val_set)):
             item = self.val_set[i]
-            x = item["input"][None].to(self.device)
+            x = self.model_input({k: v[None] for k, v in item.items() if k in ("input", "frames")}).to(self.device)
             with self.autocast():
                 pred = self._model(x).float()
             for k, v in score_batch(pred, item["transmission"][None], item["input"][None]).items():
@@ -178,7 +195,7 @@ class StudentTrainer(Trainer):
                 item = self.val_pairs_set[i]
                 x, (h, w) = pad_to_multiple(item["input"][None].to(self.device), self._model.size_multiple)
                 with self.autocast():
-                    pred = self._model(x).float()[..., :h, :w]
+                    pred = self._model(self.model_input({"input": x})).float()[..., :h, :w]
                 for k, v in score_batch(pred, item["transmission"][None], item["input"][None]).items():
                     rows.setdefault(f"real_{k}", []).extend(v)
         metrics = {k: float(np.mean(v)) for k, v in rows.items()}
