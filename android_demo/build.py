@@ -45,10 +45,15 @@ DEFAULT_CHECKPOINT = REPO / "dereflect" / "weights" / "student-nano.safetensors"
 #: Which exported precision each backend loads (see app/engine.js): WASM runs INT8 QDQ with integer
 #: kernels; WebGPU runs fp16 where the GPU has shader-f16, else fp32 (no int8 conv path on GPUs).
 BACKEND_PRECISION = {"wasm": "int8", "webgpu": "fp16", "webgpu_fp32": "fp32"}
-#: The burst model (dereflect/models/burst.py: 5 frames in, the middle frame's transmission out) for
-#: the Burst shutter, exported when its checkpoint is shipped and `dereflect export` takes it; a build
-#: without it has no Burst button. Run on WASM in fp32 (GridSample: no int8 path to gain from).
-BURST_CHECKPOINT = REPO / "dereflect" / "weights" / "burst-base.safetensors"
+#: The burst model (5 frames in, the middle frame's transmission out) for the Burst shutter, exported
+#: when its checkpoint is shipped and `dereflect export` takes it; a build without it has no Burst
+#: button. The phone-sized burst-mnv2 (models/burst_student.py; the worker registers its frames first)
+#: where shipped, else the teacher as burst-base. Run on WASM in fp32 (the browser test compares it
+#: with onnxruntime to 1e-4).
+BURST_CHECKPOINT = next(
+    (p for p in (REPO / "dereflect" / "weights" / f"{n}.safetensors" for n in ("burst-mnv2", "burst-base")) if p.is_file()),
+    REPO / "dereflect" / "weights" / "burst-base.safetensors",
+)
 BURST_PRECISION = "fp32"
 #: onnxruntime-web files per backend (from node_modules/onnxruntime-web/dist).
 ORT_FILES = {
@@ -246,6 +251,7 @@ def assemble(dist: Path, models: dict[str, tuple[Path, dict]], checkpoint: Path,
             "bytes": manifest.get("artifact_bytes"),
             "multiple_of": manifest["constraints"]["multiple_of"],
             **({"frames": manifest["constraints"]["frames"]} if "frames" in manifest["constraints"] else {}),
+            **({"frame_alignment": manifest["constraints"]["frame_alignment"]} if "frame_alignment" in manifest["constraints"] else {}),
             "parity": {
                 "status": parity.get("status"),
                 "reference": parity.get("reference"),

@@ -54,7 +54,7 @@ def export(model: str, out: Path, size: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--artifacts", type=Path, required=True, help="folder a `dereflect export --model burst-base` wrote")
+    ap.add_argument("--artifacts", type=Path, required=True, help="folder a `dereflect export --model burst-base|burst-mnv2` wrote")
     ap.add_argument("--model", default="burst-base", help="checkpoint for the PyTorch row")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch eager row")
@@ -92,7 +92,7 @@ def main() -> None:
                 parity = (manifest.get("parity") or {}) if manifest else {}
                 row = {
                     "device": device_name(info),
-                    "model": "burst-base",
+                    "model": ((manifest or {}).get("source") or {}).get("model") or Path(model).stem,
                     "format": fmt,
                     "backend": backend,
                     "precision": precision,

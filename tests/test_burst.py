@@ -1,8 +1,8 @@
 """`dereflect remove --burst` end to end (frames and an mp4 written with PyAV), its fallbacks, and the
 burst model's export with parity on ONNX Runtime.
 
-The CLI runs the shipped burst-base (real weights); its output is compared with the same network run
-directly on the same frames. Sequences come from the repository's synthesis, with small motion so no
+The CLI runs the shipped burst-base (real weights, `--model burst-base`); its output is compared with the
+same network run directly on the same frames (the default burst-mnv2: tests/test_burst_student.py). Sequences come from the repository's synthesis, with small motion so no
 frame needs pre-alignment (what the comparison assumes).
 """
 
@@ -83,7 +83,9 @@ def test_frames_end_to_end(tmp_path, capsys):
     frames = _sequence(3)
     paths = _write_frames(tmp_path / "in", frames)
     out = tmp_path / "out"
-    code, stdout, err = run_cli(["remove", "--burst", *map(str, paths), "-o", str(out), "--save-reflection"], capsys)
+    code, stdout, err = run_cli(
+        ["remove", "--burst", *map(str, paths), "-o", str(out), "--save-reflection", "--model", "burst-base"], capsys
+    )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["f2.png", "f2_reflection.png"]
     assert "f2.png (reference)" in stdout and "burst-base" in stdout and "pre-aligned" not in stdout
@@ -101,7 +103,7 @@ def test_mp4_end_to_end(tmp_path, capsys):
     clip = tmp_path / "clip.mp4"
     _write_mp4(clip, _sequence(5, n=9, size=112))
     out = tmp_path / "out"
-    code, stdout, err = run_cli(["remove", "--burst", str(clip), "-o", str(out)], capsys)
+    code, stdout, err = run_cli(["remove", "--burst", str(clip), "-o", str(out), "--model", "burst-base"], capsys)
     assert code == 0, err
     assert "picked 5 of 9 frames" in stdout and "frame 4 (reference)" in stdout
     picked = [int(i) for i in re.findall(r"frame (\d+) \(", stdout.split("burst:", 1)[1].splitlines()[0])]

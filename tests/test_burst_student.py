@@ -136,3 +136,31 @@ def test_export_records_alignment_and_passes_parity(tmp_path):
     assert manifest["parity"]["metrics"]["max_abs_diff"] <= 1e-4
     on_ort = pipeline.load_model(str(res.artifact))
     assert on_ort.registered and on_ort.backend == "onnxruntime"
+
+
+def test_default_burst_cli_runs_the_shipped_burst_mnv2(tmp_path, capsys):
+    """`dereflect remove --burst` with no --model runs the shipped burst-mnv2 on registered frames: its
+    output is the network's on the frames moved onto the reference (pipeline.model_input, align "full")."""
+    from conftest import run_cli
+    from PIL import Image
+
+    if pipeline.default_burst() != "burst-mnv2":
+        pytest.skip("burst-mnv2 is not shipped in dereflect/weights")
+    pool = skimage_photos()
+    seq = synthesize_sequence(pool[0], pool[1], n_frames=5, size=96, rng=np.random.default_rng(3))
+    frames = [from_float(f) for f in seq.frames]
+    paths = []
+    for i, f in enumerate(frames):
+        paths.append(tmp_path / f"f{i}.png")
+        Image.fromarray(f).save(paths[-1])
+    code, stdout, err = run_cli(["remove", "--burst", *map(str, paths), "-o", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    assert "burst-mnv2" in stdout and "registered to the reference" in stdout
+    net = load_checkpoint(Path(pipeline.weights_dir()) / "burst-mnv2.safetensors")
+    burst = frames_mod.from_arrays(frames, [Path(p.name) for p in paths], 2)
+    x, (h, w), _ = pipeline.model_input(burst, 5, multiple=16, align="full")
+    with torch.no_grad():
+        want = from_float(net(torch.from_numpy(x))[0, :, :h, :w].permute(1, 2, 0).numpy())
+    got = np.asarray(Image.open(tmp_path / "out" / "f2.png"))
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert np.abs(got.astype(int) - frames[2].astype(int)).mean() > 0.5  # it removed something

@@ -461,7 +461,22 @@ def test_burst_shutter_matches_onnxruntime(app_root, harness, playwright, tmp_pa
     assert dist.min(axis=1).max() < 4.0, f"a burst frame is none of the scene's views: {dist.min(axis=1)}"
     seen = sorted(set(dist.argmin(axis=1).tolist()))
     assert len(seen) >= 2, f"the burst saw one view only ({seen}): no motion"
-    # 2. the burst model in the browser vs onnxruntime (Python) on the same frames, padded as the app pads
+    # 2. a model that wants registered frames (burst-mnv2) got them moved onto the reference by shifts
+    # within a pixel of what `dereflect remove --burst` measures (phase correlation, burst/frames.py)
+    if build["models"]["burst"].get("frame_alignment") == "translation":
+        from dereflect.burst import frames as frames_mod
+        from dereflect.burst.pipeline import _translate
+
+        assert result["registered"] is True
+        py = frames_mod.from_arrays(frames, [Path(f"f{i}") for i in range(5)], 2)
+        js = [(s["dx"], s["dy"]) for s in result["shifts"]]
+        for (jx, jy), (px, py_) in zip(js, py.shifts):
+            assert abs(jx - px) <= 1.0 and abs(jy - py_) <= 1.0, f"browser shifts {js} vs Python {py.shifts}"
+        assert any(j != (0, 0) for j in js), f"no frame was moved: {js}"
+        frames = [_translate(f, dx, dy) for f, (dx, dy) in zip(frames, js)]
+    else:
+        assert not result.get("registered")
+    # 3. the burst model in the browser vs onnxruntime (Python) on the same frames, padded as the app pads
     multiple = build["models"]["burst"]["multiple_of"]
     ph, pw = -h % multiple, -w % multiple
     x = np.stack([np.pad(f, ((0, ph), (0, pw), (0, 0)), mode="reflect").transpose(2, 0, 1) for f in frames])

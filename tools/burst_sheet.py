@@ -58,9 +58,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--height", type=int, default=150)
     ap.add_argument("--json", type=Path, help="per-sequence record (picks, fallback, mean |change|)")
+    ap.add_argument("--model", default="default", help="burst model (dereflect remove --burst --model)")
+    ap.add_argument("--student", default="default", help="single-image model for the student column")
     args = ap.parse_args()
-    student = runtime.load("default")
-    model = pipeline.load_model("default")
+    student = runtime.load(args.student)
+    model = pipeline.load_model(args.model)
+    burst_label = "burst" if args.model == "default" else f"burst {Path(args.model).stem}"
     rows, record = [], []
     for name, paths in sequences(args.shared):
         try:
@@ -80,7 +83,7 @@ def main() -> None:
         tiles = [
             thumb(ref, h, name),
             thumb(clean, h, "student"),
-            thumb(burst_out, h, "FALLBACK (student)" if fell_back else "burst"),
+            thumb(burst_out, h, "FALLBACK (student)" if fell_back else burst_label),
             thumb(removed(ref, clean), h, "student removed x4"),
             thumb(removed(ref, burst_out), h, "burst removed x4"),
         ]

@@ -1,4 +1,5 @@
-"""Ship the burst model: the trained teacher-base as `burst-base` in dereflect/weights, fp16 storage.
+"""Ship a burst model into dereflect/weights: the trained teacher-base as `burst-base` (fp16 storage),
+or a trained burst-mnv2 run's checkpoint as `burst-mnv2` (`--checkpoint`; fp32, 2.9 MB, as trained).
 
 Why fp16 storage: the repo keeps files small (4.5 MB instead of 8.9 MB); the weights load back
 into float32 (load_state_dict copies with a cast), and this script measures what the rounding
@@ -6,6 +7,8 @@ costs against the fp32 weights on synthesised 5-frame sequences before it writes
 Scores for the JSON come from tools/burst_eval.py's --json (held-out synthetic sequences).
 
     .venv/bin/python tools/ship_burst.py --teacher results/h200-round1/teacher/best.safetensors \\
+        [--scores docs/burst_eval.json]
+    .venv/bin/python tools/ship_burst.py --checkpoint runs/burst-mnv2/best.safetensors --provenance "..." \\
         [--scores docs/burst_eval.json]
 """
 
@@ -36,10 +39,17 @@ def _hwc255(chw: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", type=Path, required=True)
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--teacher", type=Path, help="a teacher-base checkpoint: shipped as burst-base")
+    source.add_argument("--checkpoint", type=Path, help="a burst-mnv2 checkpoint (dereflect train student): shipped as burst-mnv2")
+    ap.add_argument("--provenance", default="", help="--checkpoint: where it came from (run, steps, hours), for the JSON")
     ap.add_argument("--scores", type=Path, help="tools/burst_eval.py --json output, copied into the JSON")
-    ap.add_argument("--out", type=Path, default=ROOT / "dereflect" / "weights" / f"{NAME}.safetensors")
+    ap.add_argument("--out", type=Path, help="default: dereflect/weights/NAME.safetensors")
     args = ap.parse_args()
+    if args.checkpoint is not None:
+        ship_checkpoint(args)
+        return
+    args.out = args.out or ROOT / "dereflect" / "weights" / f"{NAME}.safetensors"
     teacher = load_checkpoint(args.teacher, expect="teacher")
     info = teacher.checkpoint_info
     if info.get("model") != "teacher-base" or info["config"].get("privileged"):
@@ -84,6 +94,33 @@ def main() -> None:
     if args.scores is not None:
         meta["heldout_synthetic"] = json.loads(args.scores.read_text())
     path = save_checkpoint(half, args.out, **meta)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json').name}")
+
+
+def ship_checkpoint(args: argparse.Namespace) -> None:
+    """A trained burst-mnv2 as it is (fp32: 2.9 MB), with its training record and the held-out scores."""
+    net = load_checkpoint(args.checkpoint)
+    info = net.checkpoint_info
+    name = info.get("model")
+    if name != "burst-mnv2":
+        sys.exit(f"error: {args.checkpoint}: expected a burst-mnv2 checkpoint, got '{name}'")
+    meta = {
+        "stage": "burst",
+        "step": info.get("step"),
+        "storage": "float32",
+        "input": "(N, 5, 3, H, W) float32 RGB in [0,1], every frame registered to the middle one by a global translation "
+        "(burst/pipeline.py does it); H, W multiples of 16",
+        "output": "(N, 3, H, W): the transmission (reflection removed) of the middle frame",
+        "train_config": info.get("train_config"),
+        "data": info.get("data"),
+        "git_commit": info.get("git_commit"),
+        "metrics": info.get("metrics"),
+        "provenance": args.provenance or str(args.checkpoint),
+    }
+    if args.scores is not None:
+        meta["heldout_synthetic"] = json.loads(args.scores.read_text())
+    out = args.out or ROOT / "dereflect" / "weights" / "burst-mnv2.safetensors"
+    path = save_checkpoint(net, out, **meta)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json').name}")
 
 

@@ -454,6 +454,7 @@ const api = {
     return {
       frames: b.frames.map(imagePayload), reference: b.reference, output: imagePayload(b.output),
       outputFloat: toBase64(new Uint8Array(b.outputFloat.buffer)), latencyMs: b.latencyMs, totalMs: b.totalMs, model: b.model,
+      registered: b.registered, shifts: b.shifts,
     };
   },
   /** The last preview run: source frame, model input and output as RGBA base64, the float output, timings. */

@@ -17,7 +17,9 @@
 //   burst       {count}                         -> {frames, reference, output, outputFloat, latencyMs, totalMs}
 
 import { createEngine } from './engine.js';
-import { cropToTensor, fitLongSide, planTiles, resizeBilinear, roundUp, runTiled, tensorToImage } from './imageops.js';
+import {
+  cropToTensor, fitLongSide, planTiles, registerShift, resizeBilinear, roundUp, runTiled, tensorToImage, translateImage,
+} from './imageops.js';
 
 let engine = null;
 let multiple = 8; // the network's H/W multiple (build.json's multiple_of for the loaded model)
@@ -110,16 +112,22 @@ Object.assign(ops, {
     const { width: w, height: h } = frames[0];
     if (frames.some((f) => f.width !== w || f.height !== h)) throw new Error('the burst frames differ in size');
     const t0 = performance.now();
+    // A model that wants registered frames (burst-mnv2: frame_alignment "translation") gets each
+    // frame moved onto the reference first, as `dereflect remove --burst` does (burst/pipeline.py).
+    const ref = count >> 1;
+    const registered = build.models.burst.frame_alignment === 'translation';
+    const shifts = frames.map((f, i) => (registered && i !== ref ? registerShift(frames[ref], f) : { dx: 0, dy: 0 }));
+    const fed = frames.map((f, i) => (shifts[i].dx || shifts[i].dy ? translateImage(f, shifts[i].dx, shifts[i].dy) : f));
     const m = burstEngine.model.multiple_of || multiple;
     const tw = roundUp(w, m), th = roundUp(h, m), plane = 3 * tw * th;
     const tensor = new Float32Array(count * plane);
-    frames.forEach((f, i) => tensor.set(cropToTensor(f, 0, 0, w, h, tw, th), i * plane));
+    fed.forEach((f, i) => tensor.set(cropToTensor(f, 0, 0, w, h, tw, th), i * plane));
     const t1 = performance.now();
     const out = await burstEngine.runShaped(tensor, [1, count, 3, th, tw]);
     const latencyMs = performance.now() - t1;
     const output = tensorToImage(out, tw, th, w, h);
     const outputFloat = cropPlanar(out, tw, th, w, h);
-    const result = { frames, reference: count >> 1, output, outputFloat, latencyMs, totalMs: performance.now() - t0 };
+    const result = { frames, reference: ref, registered, shifts, output, outputFloat, latencyMs, totalMs: performance.now() - t0 };
     return [result, [...buffersOf(...frames, output), outputFloat.buffer]];
   },
 });

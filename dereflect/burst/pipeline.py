@@ -30,13 +30,20 @@ from dereflect.images import from_float, to_float
 WORK_SIDE = 512
 #: The synthesis moves the far plane up to 14 px of 256 between the middle and an end frame.
 MOTION_RANGE = 14.0 / 256.0
-DEFAULT_BURST = "burst-base"
+#: `--model default` in burst mode: the first of these that is shipped (burst-mnv2: the phone-sized
+#: model, models/burst_student.py; burst-base: the multi-view teacher).
+DEFAULT_BURSTS = ("burst-mnv2", "burst-base")
 
 
 def weights_dir() -> Path:
     from importlib import resources
 
     return Path(str(resources.files("dereflect") / "weights"))
+
+
+def default_burst() -> str:
+    shipped = shipped_burst_models()
+    return next((name for name in DEFAULT_BURSTS if name in shipped), DEFAULT_BURSTS[-1])
 
 
 def shipped_burst_models() -> list[str]:
@@ -93,9 +100,9 @@ def _from_checkpoint(path: Path, device: str | None) -> BurstModel:
 def load_model(
     model: str = "default", backend: str = "auto", *, verify: bool = True, precision: str | None = None, device: str | None = None
 ) -> BurstModel:
-    """`--model` in burst mode: 'default' (the shipped burst-base), a shipped name, a burst checkpoint
+    """`--model` in burst mode: 'default' (`default_burst()`), a shipped name, a burst checkpoint
     (a teacher checkpoint is taken as its burst model) or an exported burst artifact / export folder."""
-    name = DEFAULT_BURST if model == "default" else model
+    name = default_burst() if model == "default" else model
     shipped = weights_dir() / f"{name}.safetensors"
     path = shipped if name.startswith("burst-") and "/" not in name and shipped.is_file() else Path(name).expanduser()
     if not path.exists():

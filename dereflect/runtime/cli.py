@@ -163,7 +163,7 @@ def remove_command(
         False,
         "--burst",
         help="The inputs are one burst: 3-7 frames of one scene (the middle one is cleaned) or one short video clip; "
-        "--model then names a burst model (default burst-base).",
+        "--model then names a burst model (default burst-mnv2, the phone-sized one; burst-base is the multi-frame teacher).",
     ),
 ) -> None:
     """Remove the reflection from photos.

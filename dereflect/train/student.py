@@ -199,5 +199,6 @@ class StudentTrainer(Trainer):
                 for k, v in score_batch(pred, item["transmission"][None], item["input"][None]).items():
                     rows.setdefault(f"real_{k}", []).extend(v)
         metrics = {k: float(np.mean(v)) for k, v in rows.items()}
-        metrics["selection_ssim"] = metrics.get("real_ssim", metrics["synth_ssim"])
+        # A burst student is chosen on the sequences (its real pairs are static bursts: its single-image side).
+        metrics["selection_ssim"] = metrics["synth_ssim"] if self.frames_in else metrics.get("real_ssim", metrics["synth_ssim"])
         return metrics
