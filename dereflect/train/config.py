@@ -50,6 +50,11 @@ class TrainConfig:
     real_fraction: float = 0.5  # student: share of steps drawn from real pairs when --data has some
     sequence_fraction: float = 0.5  # share of steps drawn from written sequence folders when --data has some
     composite_fraction: float = 0.0  # student: share of steps drawn from a reflection bank (--data BANK), on the synthetic side
+    # burst student: after registration, each neighbour gets a random residual warp of about this many
+    # pixels (rotation, zoom, a smooth parallax-like field) on most training sequences, because on real
+    # bursts a global translation leaves the scene misaligned (depth, rotation): the cues then hold scene
+    # edges the model must keep (train/data.RegisteredSequences).
+    burst_residual_px: float = 0.0
     val_fraction: float = 0.1  # photos held out for synthetic validation
     val_samples: int = 16
     val_every: int = 200

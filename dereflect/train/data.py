@@ -216,10 +216,16 @@ class StepData(Dataset):
 
 class RegisteredSequences(Dataset):
     """Sequence items with their `frames` moved onto the middle frame by a global translation, as the
-    runtime feeds a burst student (`burst/pipeline.register_frames`, on 8-bit thumbnails as for photos)."""
+    runtime feeds a burst student (`burst/pipeline.register_frames`, on 8-bit thumbnails as for photos).
 
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
+    residual_px > 0: then, on 80 % of the items, every neighbour gets a random residual warp (a
+    rotation and zoom moving the corners by up to ~residual_px, plus a smooth random displacement
+    field of up to residual_px, like depth parallax), the label unchanged: what a global translation
+    leaves of a real hand-held burst, which the synthesis' single scene plane underplays. Deterministic
+    per item (seeded by index)."""
+
+    def __init__(self, base: Dataset, residual_px: float = 0.0, seed: int = 0) -> None:
+        self.base, self.residual_px, self.seed = base, residual_px, seed
 
     def __len__(self) -> int:
         return len(self.base)
@@ -229,9 +235,33 @@ class RegisteredSequences(Dataset):
 
         item = dict(self.base[i])
         frames = item["frames"].permute(0, 2, 3, 1).numpy()
-        aligned = register_frames(frames, frames.shape[0] // 2)
-        item["frames"] = torch.from_numpy(np.ascontiguousarray(aligned.transpose(0, 3, 1, 2)))
+        ref = frames.shape[0] // 2
+        aligned = torch.from_numpy(np.ascontiguousarray(register_frames(frames, ref).transpose(0, 3, 1, 2)))
+        rng = np.random.default_rng([self.seed, i, 7])
+        if self.residual_px > 0 and rng.random() < 0.8:
+            others = [k for k in range(aligned.shape[0]) if k != ref]
+            aligned[others] = residual_warp(aligned[others], self.residual_px, rng)
+        item["frames"] = aligned
         return item
+
+
+def residual_warp(frames: torch.Tensor, px: float, rng: np.random.Generator) -> torch.Tensor:
+    """(N,3,H,W) -> each frame resampled through its own small random warp (see RegisteredSequences)."""
+    n, _, h, w = frames.shape
+    half = 0.5 * max(h, w)
+    grids = []
+    for _ in range(n):
+        angle = rng.uniform(-1, 1) * px / half  # radians: the corners move by about px
+        zoom = 1.0 + rng.uniform(-1, 1) * px / half
+        shift = rng.uniform(-0.5, 0.5, size=2) * px / half
+        cos, sin = np.cos(angle) * zoom, np.sin(angle) * zoom
+        theta = torch.tensor([[cos, -sin, shift[0]], [sin, cos, shift[1]]], dtype=torch.float32)
+        grid = torch.nn.functional.affine_grid(theta[None], [1, 3, h, w], align_corners=False)
+        field = torch.from_numpy(rng.uniform(-1, 1, size=(1, 2, 3, 3)).astype(np.float32)) * (px / half)
+        field = torch.nn.functional.interpolate(field, size=(h, w), mode="bicubic", align_corners=True)
+        grids.append(grid + field.permute(0, 2, 3, 1))
+    warped = torch.nn.functional.grid_sample(frames, torch.cat(grids), mode="bilinear", padding_mode="border", align_corners=False)
+    return warped.clamp(0.0, 1.0)
 
 
 class StepSampler(Sampler[int]):

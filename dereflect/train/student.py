@@ -72,7 +72,8 @@ class StudentTrainer(Trainer):
         if self.frames_in is not None:
             if self.frames_in != cfg.frames:
                 raise DereflectError(None, f"{cfg.model} takes {self.frames_in} frames; set frames: {self.frames_in} in the config")
-            synth, self.val_set = RegisteredSequences(synth), RegisteredSequences(self.val_set)
+            synth = RegisteredSequences(synth, cfg.burst_residual_px, cfg.seed + 5)
+            self.val_set = RegisteredSequences(self.val_set)  # validation: registration only, comparable across runs
             sequences = RegisteredSequences(sequences) if sequences is not None else None
         self.dataset = StepData(
             synth,
