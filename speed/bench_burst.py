@@ -1,19 +1,24 @@
-"""Burst model latency: 5 frames at 512x512 and at 1 MP (1024x1024), per exported artifact, this CPU.
+"""Burst model latency and quality: 5 frames at 512x512 and at 1 MP (1024x1024), per exported artifact, this CPU.
 
 Why: the issue's budget is <= 150 ms for 5 frames at 512x512 (INT8 or fp16 on the CPU's best
 backend); this times the model alone (`BurstModel.impl.infer` on (1,5,3,H,W), the call `dereflect
 remove --burst` makes once per burst), median and p90 of --runs after --warmup runs, batch 1, each
 artifact an export wrote into --artifacts (its manifest says it is a burst model), plus PyTorch
-eager on the checkpoint. Rows go to --json as ledger rows ({"rows": [...]}), with the parity each
-artifact passed at export.
+eager on the checkpoint. Quality per artifact: PSNR/SSIM/LMSE against the transmission on --quality
+synthesised 5-frame sequences at 256 px (registered first for a model that asks for it), with the
+PyTorch model's SSIM beside it (ref_ssim). Rows are benchmark-ledger rows (dereflect/bench/ledger.py:
+status = the artifact's parity verdict at export), so `dereflect bench ARTIFACTS --merge FILE`
+puts them in the same table and HTML report as the students'.
 
-    .venv/bin/python speed/bench_burst.py --artifacts runs/burst-export --json docs/burst_bench.json [--runs 5]
+    .venv/bin/python speed/bench_burst.py --model burst-mnv2 --artifacts runs/burst-export-mnv2 --export \\
+        --json docs/burst_bench_mnv2.json [--runs 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,12 +27,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dereflect import metrics  # noqa: E402
+from dereflect.bench.ledger import ledger_document, ledger_row, write_ledger  # noqa: E402
 from dereflect.bench.machine import device_name, machine_info  # noqa: E402
 from dereflect.bench.timing import time_call  # noqa: E402
 from dereflect.burst import pipeline  # noqa: E402
 from dereflect.export.manifest import find_artifacts  # noqa: E402
 
-SIZES = {"512x512": (512, 512), "1MP (1024x1024)": (1024, 1024)}
+SIZES = (512, 1024)  # square sides: 512x512 and 1 MP
 
 
 def export(model: str, out: Path, size: int) -> None:
@@ -52,6 +59,26 @@ def export(model: str, out: Path, size: int) -> None:
                 print(f"{r.format} {r.precision}: {r.status} {r.message}", flush=True)
 
 
+def quality_set(count: int):
+    from dereflect.export.calib import synthesize_sequences
+
+    return synthesize_sequences(count, 256, seed=4242, frames=5)
+
+
+def score(net: pipeline.BurstModel, seqs) -> dict[str, float]:
+    """Mean PSNR/SSIM/LMSE of `net` on the sequences, as the runtime feeds it (registered if it asks)."""
+    values: dict[str, list[float]] = {"psnr": [], "ssim": [], "lmse": []}
+    for frames, truth in zip(seqs.images, seqs.truth):
+        if net.registered:
+            frames = pipeline.register_frames(frames.transpose(0, 2, 3, 1), 2).transpose(0, 3, 1, 2)
+        out = np.asarray(net.impl.infer(np.ascontiguousarray(frames[None], dtype=np.float32)))[0]
+        g, o = (np.clip(a, 0, 1).transpose(1, 2, 0) * 255.0 for a in (truth, out))
+        values["psnr"].append(metrics.psnr(g, o))
+        values["ssim"].append(metrics.ssim(g, o))
+        values["lmse"].append(metrics.lmse(g, o))
+    return {k: round(float(np.mean(v)), 4) for k, v in values.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifacts", type=Path, required=True, help="folder a `dereflect export --model burst-base|burst-mnv2` wrote")
@@ -60,7 +87,8 @@ def main() -> None:
     ap.add_argument("--no-torch", action="store_true", help="leave out the PyTorch eager row")
     ap.add_argument("--only", default="", help="artifacts to time as format:precision[:backend], comma-separated (default: all)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="benchmark ledger to write (merge it with `dereflect bench --merge`)")
+    ap.add_argument("--quality", type=int, default=8, help="synthesised 5-frame sequences for PSNR/SSIM/LMSE")
     ap.add_argument(
         "--export", action="store_true", help="first export --model to ONNX and OpenVINO at fp32, fp16 and int8 into --artifacts"
     )
@@ -73,6 +101,7 @@ def main() -> None:
         if pipeline.input_frames(manifest) and manifest["format"] in ("onnx", "openvino") and manifest.get("target") != "web":
             targets.append((manifest["format"], manifest["precision"], str(path), manifest))
     info = machine_info()
+    seqs = quality_set(args.quality)
     rows = []
     for fmt, precision, model, manifest in targets:
         backends = ["torch"] if fmt == "pytorch" else (["onnxruntime", "openvino"] if fmt == "onnx" else ["openvino"])
@@ -86,31 +115,40 @@ def main() -> None:
         ]
         for backend in backends:
             net = pipeline.load_model(model, backend)
-            for label, (h, w) in SIZES.items():
-                x = np.random.default_rng(0).random((1, net.frames, 3, h, w), dtype=np.float32)
+            scores = score(net, seqs)
+            parity = (manifest.get("parity") or {}) if manifest else {}
+            name = ((manifest or {}).get("source") or {}).get("model") or Path(model).stem
+            for side in SIZES:
+                x = np.random.default_rng(0).random((1, net.frames, 3, side, side), dtype=np.float32)
                 t = time_call(lambda net=net, x=x: net.impl.infer(x), runs=args.runs, warmup=args.warmup, time_cap_s=120.0)
-                parity = (manifest.get("parity") or {}) if manifest else {}
-                row = {
-                    "device": device_name(info),
-                    "model": ((manifest or {}).get("source") or {}).get("model") or Path(model).stem,
-                    "format": fmt,
-                    "backend": backend,
-                    "precision": precision,
-                    "frames": net.frames,
-                    "size": label,
-                    "median_ms": round(t.median_ms, 1),
-                    "p90_ms": round(t.p90_ms, 1),
-                    "runs": len(t.runs_ms),
-                    "parity": parity.get("status", "reference"),
-                    "ssim_drop": (parity.get("metrics") or {}).get("ssim_drop"),
-                    "max_abs_diff": (parity.get("metrics") or {}).get("max_abs_diff"),
-                    "artifact_bytes": manifest.get("artifact_bytes") if manifest else None,
-                }
+                row = ledger_row(
+                    t.runs_ms,
+                    size=side,
+                    device=device_name(info),
+                    backend=backend,
+                    fmt=fmt,
+                    precision=precision,
+                    status=parity.get("status", "reference"),
+                    model=name,
+                    artifact=Path(model).name,
+                    frames=net.frames,
+                    threads=os.environ.get("OMP_NUM_THREADS"),
+                    **scores,
+                    ref_ssim=None,
+                    parity_ssim_drop=(parity.get("metrics") or {}).get("ssim_drop"),
+                    parity_max_abs_diff=(parity.get("metrics") or {}).get("max_abs_diff"),
+                    artifact_bytes=manifest.get("artifact_bytes") if manifest else None,
+                )
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                print(
+                    json.dumps({k: row[k] for k in ("model", "format", "backend", "precision", "size", "latency_ms", "ssim")}), flush=True
+                )
+    ref = {r["size"]: r["ssim"] for r in rows if r["status"] == "reference"}
+    for r in rows:
+        r["ref_ssim"] = ref.get(r["size"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": info, "rows": rows}, indent=2, default=str) + "\n")
+        write_ledger(args.json, ledger_document(rows, machine=info, sequences=seqs.source))
 
 
 if __name__ == "__main__":

@@ -49,11 +49,12 @@ def main() -> None:
     ap.add_argument(
         "--model", action="append", help="burst model (dereflect remove --burst --model); repeat for several (default: the default one)"
     )
+    ap.add_argument("--student", action="append", default=[], help="another single-image model to score beside the shipped ones")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     photos = load_photos(None, max_side=512)
     bursts = {name: pipeline.load_model(name) for name in args.model or ["default"]}
-    students = {name: runtime.load(name) for name in ("student-nano", "student-mnv2-rt", "student-mnv2-hq")}
+    students = {name: runtime.load(name) for name in ("student-nano", "student-mnv2-rt", "student-mnv2-hq", *args.student)}
     default_student = students["student-nano"]  # what the CLI falls back to (runtime.load("default"))
     table: dict[str, dict] = {}
     for label, cfg in (("glass", SynthConfig()), ("scene", SynthConfig(glass_in_label=False))):
