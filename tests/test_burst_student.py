@@ -180,3 +180,32 @@ def test_residual_warp_moves_pixels_by_about_the_asked_amount():
         assert 0.1 < float(inner.mean()) < 2.0 and float(inner.max()) < 2.5 * 2.0
     again = (residual_warp(ramp, 2.0, np.random.default_rng(0)) - ramp) * (size - 1)
     assert torch.equal(again, moved[0])
+
+
+@pytest.mark.slow
+def test_burst_bench_rows_merge_into_the_ledger_and_report(tmp_path):
+    """speed/bench_burst.py writes benchmark-ledger rows (parity verdict as status, latency, quality on
+    synthesised sequences) that the ledger loader takes and the HTML report shows beside any others."""
+    import subprocess
+    import sys
+
+    from dereflect.bench.ledger import ledger_document, load_ledger
+    from dereflect.bench.report import render_report
+    from dereflect.export.formats import FORMATS_BY_NAME
+    from dereflect.export.pipeline import Exporter, ExportOptions
+
+    ckpt = save_checkpoint(_randomised(create_model("burst-mnv2"), 3), tmp_path / "burst-mnv2.safetensors")
+    Exporter(ckpt, tmp_path / "art", ExportOptions(size=64, val_count=2), log=lambda _: None).run([FORMATS_BY_NAME["onnx"]])
+    script = Path(__file__).resolve().parents[1] / "speed" / "bench_burst.py"
+    args = ["--artifacts", str(tmp_path / "art"), "--model", str(ckpt), "--runs", "1", "--warmup", "0", "--quality", "2"]
+    done = subprocess.run([sys.executable, str(script), *args, "--json", str(tmp_path / "ledger.json")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = load_ledger(tmp_path / "ledger.json")
+    onnx = [r for r in rows if r["format"] == "onnx" and r["backend"] == "onnxruntime"]
+    assert {r["size"] for r in onnx} == {512, 1024} and all(r["status"] == "passed" and r["frames"] == 5 for r in onnx)
+    reference = {r["size"]: r for r in rows if r["status"] == "reference"}
+    for r in onnx:
+        assert r["latency_ms"] > 0 and r["model"] == "burst-mnv2"
+        assert abs(r["ssim"] - reference[r["size"]]["ssim"]) < 1e-3 and r["ref_ssim"] == reference[r["size"]]["ssim"]
+    html = render_report(ledger_document(rows))
+    assert "burst-mnv2" in html and "onnxruntime" in html
