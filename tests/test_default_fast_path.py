@@ -281,3 +281,36 @@ def test_default_tiles_with_the_overlap_measured_for_the_shipped_student():
     tiled = load("default", tile=256).run(photo).astype(int)
     whole = load("default", max_pixels=1024 * 768).run(photo).astype(int)
     assert np.abs(tiled - whole).max() <= check["max_levels_allowed"] + 1  # INT8 rounding may add a level at a seam
+
+
+def test_remove_from_a_shell_exits_fast_with_everything_written(photo, tmp_path):
+    """`dereflect remove` as a console command ends with os._exit (cli.main: no interpreter teardown):
+    the output is complete and equals the in-process run's, stdout arrives in full, and a failure
+    still exits 1 with its one line on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    src = tmp_path / "photo.png"
+    Image.fromarray(photo).save(src)
+    entry = (
+        "import atexit, sys; from dereflect.cli import main; sys.argv[0] = 'dereflect'; "
+        "atexit.register(lambda: print('interpreter teardown ran')); main()"
+    )
+    done = subprocess.run([sys.executable, "-c", entry, "remove", str(src), "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"backend: {FAST} int8") and "photo.png -> " in done.stdout and done.stdout.endswith("\n")
+    assert "interpreter teardown ran" not in done.stdout  # os._exit: no atexit, no teardown
+    written = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+    assert np.array_equal(written, load("default").run(photo))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    done = subprocess.run([sys.executable, "-c", entry, "remove", str(bad), "-o", str(tmp_path / "o2")], capture_output=True, text=True)
+    assert done.returncode == 1 and str(bad) in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    env = {**os.environ, "DEREFLECT_NO_FAST_EXIT": "1"}  # the opt-out (profilers, coverage): a normal exit
+    done = subprocess.run(
+        [sys.executable, "-c", entry, "remove", str(src), "-o", str(tmp_path / "o3")], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("interpreter teardown ran"), done.stdout
