@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         _main(argv)
     except SystemExit as exc:
         if argv is None and sys.argv[1:2] and sys.argv[1] in FAST_EXIT_COMMANDS and not os.environ.get("DEREFLECT_NO_FAST_EXIT"):
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if not isinstance(exc.code, (int, type(None))):
-                print(exc.code, file=sys.stderr)
+            code = 0 if exc.code is None else exc.code
+            if not isinstance(code, int):  # sys.exit("message"), as Python itself would report it
+                print(code, file=sys.stderr)
+                code = 1
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

@@ -209,3 +209,16 @@ def test_burst_bench_rows_merge_into_the_ledger_and_report(tmp_path):
         assert abs(r["ssim"] - reference[r["size"]]["ssim"]) < 1e-3 and r["ref_ssim"] == reference[r["size"]]["ssim"]
     html = render_report(ledger_document(rows))
     assert "burst-mnv2" in html and "onnxruntime" in html
+
+
+def test_the_student_stage_trains_the_burst_student_and_only_stages_train_their_models():
+    """Which stage trains a preset follows its class (registry.training_stage), not its name."""
+    from dereflect.train.config import load_config
+
+    assert load_config("student", None, {"model": "burst-mnv2"}).model == "burst-mnv2"
+    with pytest.raises(DereflectError, match="model 'burst-mnv2' is not a teacher"):
+        load_config("teacher", None, {"model": "burst-mnv2"})
+    with pytest.raises(DereflectError, match="model 'burst-base' is not a student"):
+        load_config("student", None, {"model": "burst-base"})
+    with pytest.raises(DereflectError, match="unknown model 'student-huge'; choose one of"):
+        load_config("student", None, {"model": "student-huge"})

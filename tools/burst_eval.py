@@ -70,16 +70,19 @@ def main() -> None:
             rows["identity"].append(score(gt, mid))
             for name, session in students.items():
                 rows[name].append(score(gt, session.run(mid)))
+            try:  # registration and frame choice once per sequence, shared by every burst model
+                burst = frames_mod.from_arrays(frames, [Path(f"seq{i}_f{k}") for k in range(5)], seq.middle)
+            except frames_mod.BurstProblem as exc:  # the CLI falls back to the default student: so does the score
+                print(f"fallback: {exc}")
+                burst, fallback = None, default_student.run(mid)
             for name, model in bursts.items():
-                try:
-                    burst = frames_mod.from_arrays(frames, [Path(f"seq{i}_f{k}") for k in range(5)], seq.middle)
+                if burst is None:
+                    fallbacks[name] += 1
+                    out = fallback
+                else:
                     started = time.perf_counter()
                     out = pipeline.remove(burst, model).clean
                     seconds[name].append(time.perf_counter() - started)
-                except frames_mod.BurstProblem as exc:  # the CLI falls back to the default student: so does the score
-                    print(f"fallback: {exc}")
-                    fallbacks[name] += 1
-                    out = default_student.run(mid)
                 rows[f"burst {name}"].append(score(gt, out))
         table[label] = {
             name: {"psnr": round(float(np.mean([r[0] for r in v])), 3), "ssim": round(float(np.mean([r[1] for r in v])), 4)}

@@ -59,6 +59,16 @@ def list_models() -> list[str]:
     return sorted(PRESETS)
 
 
+def training_stage(name: str) -> str | None:
+    """The `dereflect train` stage that trains preset `name`, by its class: "teacher" for the multi-frame
+    teachers, "student" for the students, including the burst student (a MobileStudent fed registered
+    frames); None where no stage trains it (burst-base ships a trained teacher-base's weights)."""
+    cls = PRESETS[name][0]
+    if issubclass(cls, BurstTeacher):
+        return None
+    return "teacher" if issubclass(cls, Teacher) else "student"
+
+
 def _build(name: str, config: dict[str, Any]) -> nn.Module:
     cls, cfg_cls, _ = PRESETS[name]
     fields = {f.name for f in dataclasses.fields(cfg_cls)}

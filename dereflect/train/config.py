@@ -125,8 +125,11 @@ def load_config(stage: str, path: Path | None = None, overrides: dict[str, Any] 
         raise DereflectError(path, f"synthesis must be 'cpu' or 'device', got '{cfg.synthesis}'")
     if cfg.frames < 2:
         raise DereflectError(path, f"frames must be >= 2 (got {cfg.frames})")
-    # The student stage also trains the burst student (a student that sees registered frames: burst-mnv2).
-    if not (cfg.model.startswith(stage) or (stage == "student" and cfg.model.startswith("burst-mnv2"))):
+    from dereflect.models.registry import PRESETS, training_stage  # torch: the trainers import it anyway
+
+    if cfg.model not in PRESETS:
+        raise DereflectError(path, f"unknown model '{cfg.model}'; choose one of {', '.join(sorted(PRESETS))}")
+    if training_stage(cfg.model) != stage:
         raise DereflectError(path, f"model '{cfg.model}' is not a {stage}")
     return cfg
 
