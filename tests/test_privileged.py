@@ -69,3 +69,22 @@ def test_dtype_moves_reach_the_frozen_networks(teacher):
         assert all(p.dtype == torch.float64 for net in teacher.privileged._frozen for p in net.parameters())
     finally:
         teacher.to(torch.float32)
+
+
+def test_init_from_a_plain_teacher_starts_as_that_teacher():
+    """`train --init` of a privileged teacher from a trained plain one (the CPU fine-tune): every weight
+    copied, projections zero, so step 0 gives that teacher's output; other sources are refused."""
+    torch.manual_seed(1)
+    plain = create_model("teacher-base").eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    priv = create_model("teacher-privileged").eval()
+    priv.init_from(plain)
+    x = torch.rand(1, 5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(priv(x)["transmission"], plain(x)["transmission"])
+    with pytest.raises(ValueError, match="same widths"):
+        priv.init_from(create_model("teacher-small"))
+    with pytest.raises(ValueError, match="plain teacher"):
+        priv.init_from(create_model("student-nano"))

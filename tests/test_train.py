@@ -100,6 +100,22 @@ def test_student_distils_from_teacher(tmp_path):
     assert (tmp_path / "s" / "best.safetensors").is_file()
 
 
+def test_init_from_a_student_trained_without_kt(tmp_path):
+    """The equal-start KT ablation: a run with KT may start from a checkpoint trained without it (use_kt
+    switches a loss, not a layer), and gets exactly its weights; another architecture is still refused."""
+    torch.manual_seed(0)
+    nokt = create_model("student-nano", use_kt=False)
+    path = save_checkpoint(nokt, tmp_path / "nokt.safetensors")
+    trainer = StudentTrainer.__new__(StudentTrainer)
+    trainer.cfg, trainer._model = tiny_cfg("student", model="student-nano"), create_model("student-nano")
+    trainer._init_weights(path)
+    for (name, want), got in zip(nokt.state_dict().items(), trainer._model.state_dict().values()):
+        torch.testing.assert_close(got, want, msg=name)
+    trainer._model = create_model("student-nano", halluc_blocks=2)
+    with pytest.raises(DereflectError, match="not the model being trained"):
+        trainer._init_weights(path)
+
+
 def test_bad_input_is_refused_before_work(tmp_path):
     runner = CliRunner()
     empty = tmp_path / "empty"

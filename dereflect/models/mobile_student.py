@@ -24,13 +24,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from dereflect.models.backbones import MobileNetV2Encoder, fold_batchnorm, freeze_batchnorm
+from dereflect.models.backbones import EfficientNetLite0Encoder, MobileNetV2Encoder, fold_batchnorm, freeze_batchnorm
 from dereflect.models.blocks import ResBlock, conv_act, upsample2
+
+ENCODERS = {"mobilenet_v2": MobileNetV2Encoder, "efficientnet_lite0": EfficientNetLite0Encoder}
 
 
 @dataclass
 class MobileStudentConfig:
-    backbone: str = "mobilenet_v2"  # the only one wired so far (EfficientNet-Lite0 is the candidate next)
+    backbone: str = "mobilenet_v2"  # or "efficientnet_lite0" (backbones.py; both ImageNet, stride 16)
     pretrained: str = "imagenet"  # what the trainer loads into the encoder when starting from scratch ("none": random)
     stem_width: int = 16  # full-resolution path
     dec_widths: tuple[int, int, int, int] = (24, 32, 48, 64)  # decoder at 1/2, 1/4, 1/8, 1/16
@@ -98,9 +100,9 @@ class MobileStudent(nn.Module):
     def __init__(self, config: MobileStudentConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or MobileStudentConfig()
-        if cfg.backbone != "mobilenet_v2":
-            raise ValueError(f"unknown backbone '{cfg.backbone}' (mobilenet_v2)")
-        self.encoder = MobileNetV2Encoder()
+        if cfg.backbone not in ENCODERS:
+            raise ValueError(f"unknown backbone '{cfg.backbone}' ({', '.join(ENCODERS)})")
+        self.encoder = ENCODERS[cfg.backbone]()
         taps = self.encoder.tap_channels
         self.stem = conv_act(3, cfg.stem_width)
         self.hallucination = MobileHallucination(taps, cfg.dyn_channels, cfg.halluc_blocks) if cfg.use_hallucination else None

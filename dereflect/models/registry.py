@@ -39,6 +39,13 @@ PRESETS: dict[str, tuple[type[nn.Module], type, dict[str, Any]]] = {
         MobileStudentConfig,
         dict(stem_width=24, dec_widths=(32, 48, 64, 96), dyn_channels=(16, 24, 32), halluc_blocks=2),
     ),
+    # The real-time student's decoder on EfficientNet-Lite0 (5x5 depthwise stages, 40/112-channel taps): the
+    # encoder candidate issue 13 asked to pick by quality per ms at INT8 (results/README.md, round 8).
+    "student-lite0-rt": (
+        MobileStudent,
+        MobileStudentConfig,
+        dict(backbone="efficientnet_lite0", stem_width=8, dec_widths=(16, 24, 32, 48), dyn_channels=(8, 12, 16)),
+    ),
     "teacher-base": (Teacher, TeacherConfig, dict(widths=(24, 48, 64, 96), blocks=(1, 1, 2), dyn_channels=(32, 48, 64))),
     # Never shipped, so heavy: frozen HED-VGG16 + MobileNetV2 features of every frame on top of its own (issue 13).
     "teacher-privileged": (

@@ -20,7 +20,7 @@ Ablation switches (the paper's table): use_mkl, use_decouple, use_flow, use_fusi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -146,6 +146,17 @@ class Teacher(nn.Module):
             self.layer_head_r = nn.Sequential(conv_act(feat[0], feat[0]), nn.Conv2d(feat[0], 3, 3, padding=1))
         else:
             self.layer_head_t = self.layer_head_r = None
+
+    def init_from(self, teacher: nn.Module) -> None:
+        """Start a privileged teacher from a plain one of the same widths (`train --init`): every weight
+        copied, the privileged projections zero, so step 0 is exactly that teacher (a fine-tune on a CPU
+        instead of a new teacher from scratch)."""
+        same = isinstance(teacher, Teacher) and replace(teacher.config, privileged=self.config.privileged) == self.config
+        if not same or teacher.privileged is not None or self.privileged is None:
+            raise ValueError("a privileged teacher starts from a plain teacher of the same widths")
+        missing, unexpected = self.load_state_dict(teacher.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("privileged.") for k in missing):
+            raise ValueError(f"state mismatch: missing {missing}, unexpected {unexpected}")
 
     @staticmethod
     def _pool(mid: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:

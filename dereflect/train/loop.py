@@ -244,7 +244,7 @@ class Trainer:
             except ValueError as exc:
                 raise DereflectError(path, f"cannot start {self.cfg.model} from {source.model_name}: {exc}") from None
             return
-        if source.model_name != self.cfg.model or source.config != self.model.config:
+        if source.model_name != self.cfg.model or _architecture(source.config) != _architecture(self.model.config):
             raise DereflectError(path, f"init checkpoint is {source.model_name} {source.config}, not the model being trained")
         self.model.load_state_dict(source.state_dict())
 
@@ -363,3 +363,9 @@ class Trainer:
         except ImportError:
             return None  # tensorboard is in the [train] extra; the CSV logs are always written
         return SummaryWriter(str(self.run_dir / "tb"))
+
+
+def _architecture(config: Any) -> dict[str, Any]:
+    """A model config without `use_kt`: it switches a loss, not a layer, so a student trained without
+    KT may start a run with KT (the equal-start KT ablation, issue 13)."""
+    return {k: v for k, v in config.to_dict().items() if k != "use_kt"}
