@@ -79,3 +79,18 @@ def test_pack_unpack_round_trip_and_ledger(carry, tmp_path, capsys):
 def test_pack_without_state_names_the_file(carry, tmp_path):
     with pytest.raises(SystemExit, match="no training state"):
         carry.pack(tmp_path, tmp_path / "res", "cpu", None, "")
+
+
+@pytest.mark.parametrize("keep", ["weights", "logs"])
+def test_pack_a_finished_run_without_its_state(carry, tmp_path, keep):
+    """A finished fine-tune keeps its best weights and logs, an ablation arm its logs: no optimiser
+    shards, nothing to resume, but the ledger row all the same."""
+    fake_run(tmp_path / "run", 30)
+    (tmp_path / "run" / "best.safetensors").write_bytes(b"weights")
+    (tmp_path / "run" / "val.csv").write_text("step,selection_ssim\n30,0.8\n")
+    carry.pack(tmp_path / "run", tmp_path / "res", "test cpu", 5.0, "", keep)
+    held = sorted(p.name for p in (tmp_path / "res").iterdir())
+    assert held == (["best.safetensors"] if keep == "weights" else []) + ["last.json", "val.csv"]
+    assert [r["step_to"] for r in carry.read_ledger()] == ["30"]
+    with pytest.raises(SystemExit, match="state"):
+        carry.unpack(tmp_path / "res", tmp_path / "again")

@@ -96,19 +96,26 @@ def write_shards(tensors: dict[str, torch.Tensor], folder: Path) -> list[str]:
     return names
 
 
-def pack(run: Path, dest: Path, machine: str, wall_s: float | None, note: str) -> None:
+def pack(run: Path, dest: Path, machine: str, wall_s: float | None, note: str, keep: str = "state") -> None:
+    """keep: "state" (resumable: optimiser state sharded + best weights + logs), "weights" (best weights +
+    logs: a finished run, e.g. a CPU fine-tune whose 27 MB state would only bloat the repository) or
+    "logs" (an ablation arm: its figures are in the logs and results/README.md)."""
     state_path = run / "state.pt"
     if not state_path.is_file():
         sys.exit(f"error: {state_path}: no training state to pack")
     state = torch.load(state_path, map_location="cpu", weights_only=True)
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = flatten(state, tensors)
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("state-*.safetensors"):
         old.unlink()
-    shards = write_shards(tensors, dest)
-    (dest / "state.json").write_text(json.dumps({"skeleton": skeleton, "shards": shards}, allow_nan=True))
+    shards: list[str] = []
+    if keep == "state":
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = flatten(state, tensors)
+        shards = write_shards(tensors, dest)
+        (dest / "state.json").write_text(json.dumps({"skeleton": skeleton, "shards": shards}, allow_nan=True))
     for name in COPIED:
+        if keep == "logs" and name.endswith(".safetensors"):
+            continue
         if (run / name).is_file():
             shutil.copy2(run / name, dest / name)
     cfg = json.loads(state["config"])
@@ -137,6 +144,8 @@ def pack(run: Path, dest: Path, machine: str, wall_s: float | None, note: str) -
 
 
 def unpack(src: Path, run: Path) -> None:
+    if not (src / "state.json").is_file():
+        sys.exit(f"error: {src / 'state.json'}: no training state here (packed with --keep weights or logs): nothing to resume")
     meta = json.loads((src / "state.json").read_text())
     tensors: dict[str, torch.Tensor] = {}
     for name in meta["shards"]:
@@ -190,13 +199,14 @@ def main() -> None:
     p.add_argument("--machine", required=True, help="what it trained on, e.g. '2-core AMD EPYC CPU' or 'H200'")
     p.add_argument("--wall-s", type=float, help="wall-clock seconds this piece trained")
     p.add_argument("--note", default="")
+    p.add_argument("--keep", choices=("state", "weights", "logs"), default="state", help="state: resumable (default)")
     u = sub.add_parser("unpack", help="results folder -> run folder with a state.pt for --resume")
     u.add_argument("src", type=Path)
     u.add_argument("run", type=Path)
     sub.add_parser("ledger", help="cumulative steps, samples and hours per model")
     args = ap.parse_args()
     if args.cmd == "pack":
-        pack(args.run.resolve(), args.dest.resolve(), args.machine, args.wall_s, args.note)
+        pack(args.run.resolve(), args.dest.resolve(), args.machine, args.wall_s, args.note, args.keep)
     elif args.cmd == "unpack":
         unpack(args.src.resolve(), args.run.resolve())
     else:
