@@ -74,6 +74,27 @@ def test_teacher_shapes_for_every_switch(n_frames, switches):
     assert ("layers_T" in out) == has_layers
 
 
+def test_teacher_global_colour_path_starts_at_zero_and_learns():
+    """use_global: the students' image-level colour transform on the teacher's middle frame. Zero at
+    start (the same output as the plain teacher with the same weights); once set, a pure gain on a flat
+    grey sequence changes T by exactly that gain, and its parameters get gradients."""
+    torch.manual_seed(0)
+    plain = create_model("teacher-small").eval()
+    glob = create_model("teacher-small", use_global=True).eval()
+    missing, unexpected = glob.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("colour.") for k in missing)
+    frames = torch.rand(1, 5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(glob(frames)["transmission"], plain(frames)["transmission"])
+    out = glob.train()(frames)
+    out["transmission"].mean().backward()
+    assert glob.colour.mlp[-1].bias.grad.abs().sum() > 0
+    with torch.no_grad():
+        glob.colour.mlp[-1].bias[:9] = torch.tensor([-0.5, 0, 0, 0, -0.5, 0, 0, 0, -0.5])  # gain 0.5 on every channel
+        grey = torch.full((1, 5, 3, 32, 32), 0.6)
+        torch.testing.assert_close(glob.eval()(grey)["transmission"] - plain(grey)["transmission"], torch.full((1, 3, 32, 32), -0.3))
+
+
 def test_teacher_output_is_invariant_to_neighbour_order():
     model = create_model("teacher-small").eval()
     frames = torch.rand(1, 5, 3, 32, 32)

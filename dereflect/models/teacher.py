@@ -50,6 +50,7 @@ class TeacherConfig:
     use_flow: bool = True  # False: "w/o Flow Net" — neighbours are not aligned
     use_fusion: bool = True  # False: "w/o Fusion Net" — a 1x1 projection instead of conv blocks
     privileged: bool = False  # True: frozen HED-VGG16 + ImageNet MobileNetV2 features of every frame (models/privileged.py)
+    use_global: bool = False  # True: the students' image-level colour transform on the middle frame (mobile_student.GlobalColour)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,6 +141,13 @@ class Teacher(nn.Module):
             [Fusion(i, d, cfg.fusion_blocks, cfg.use_fusion or not cfg.use_mkl) for i, d in zip(fuse_in, cfg.dyn_channels)]
         )
         self.decoder = Decoder(tuple(cfg.dyn_channels), cfg.widths, out_ch=6)
+        # Glass darkens and tints the scene (issue 13, item 2): the same image-level 3x3 + offset as the
+        # students, from the middle frame's pooled 1/8 dynamics, zero at start (a plain teacher until trained).
+        self.colour = None
+        if cfg.use_global:
+            from dereflect.models.mobile_student import GlobalColour
+
+            self.colour = GlobalColour(cfg.dyn_channels[2], 32)
         # Per-frame layer images from the 1/2-scale decoupled features (for L_FD and L_VS).
         if cfg.use_mkl and cfg.use_decouple:
             self.layer_head_t = nn.Sequential(conv_act(feat[0], feat[0]), nn.Conv2d(feat[0], 3, 3, padding=1))
@@ -149,13 +157,14 @@ class Teacher(nn.Module):
 
     def init_from(self, teacher: nn.Module) -> None:
         """Start a privileged teacher from a plain one of the same widths (`train --init`): every weight
-        copied, the privileged projections zero, so step 0 is exactly that teacher (a fine-tune on a CPU
-        instead of a new teacher from scratch)."""
-        same = isinstance(teacher, Teacher) and replace(teacher.config, privileged=self.config.privileged) == self.config
+        copied, the privileged projections (and a new global colour path) zero, so step 0 is exactly
+        that teacher (a fine-tune on a CPU instead of a new teacher from scratch)."""
+        widths = dict(privileged=self.config.privileged, use_global=self.config.use_global)
+        same = isinstance(teacher, Teacher) and replace(teacher.config, **widths) == self.config
         if not same or teacher.privileged is not None or self.privileged is None:
             raise ValueError("a privileged teacher starts from a plain teacher of the same widths")
         missing, unexpected = self.load_state_dict(teacher.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("privileged.") for k in missing):
+        if unexpected or any(not k.startswith(("privileged.", "colour.")) for k in missing):
             raise ValueError(f"state mismatch: missing {missing}, unexpected {unexpected}")
 
     @staticmethod
@@ -219,7 +228,8 @@ class Teacher(nn.Module):
 
         full_mid = full.unflatten(0, (b, n))[:, mid]
         res = self.decoder(full_mid, d)
-        out["transmission"] = torch.clamp(middle + res[:, :3], 0.0, 1.0)
+        base = middle if self.colour is None else self.colour.apply(middle, self.colour.params(d[2]))
+        out["transmission"] = torch.clamp(base + res[:, :3], 0.0, 1.0)
         out["reflection"] = torch.clamp(middle - out["transmission"] + res[:, 3:], 0.0, 1.0)
         out["d"] = d
         return out
