@@ -8,7 +8,7 @@ held-out photos at 192 px, seed 20000), so the figures line up with results/READ
 real set is the students' selection set (saggy361's 93 held-out pairs, scored as in validation).
 
     .venv/bin/python tools/teacher_eval.py results/h200-round1/teacher/best.safetensors \\
-        results/cpu-teacher-priv/best.safetensors --data .data --out results/cpu-teacher-priv/teacher_eval.json
+        runs/teacher-priv/best.safetensors --data .data --out results/cpu-teacher-priv/teacher_eval.json
 """
 
 from __future__ import annotations
