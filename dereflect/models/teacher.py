@@ -159,8 +159,8 @@ class Teacher(nn.Module):
         """Start a privileged teacher from a plain one of the same widths (`train --init`): every weight
         copied, the privileged projections (and a new global colour path) zero, so step 0 is exactly
         that teacher (a fine-tune on a CPU instead of a new teacher from scratch)."""
-        widths = dict(privileged=self.config.privileged, use_global=self.config.use_global)
-        same = isinstance(teacher, Teacher) and replace(teacher.config, **widths) == self.config
+        added = dict(privileged=self.config.privileged, use_global=self.config.use_global)  # the parts that start at zero
+        same = isinstance(teacher, Teacher) and replace(teacher.config, **added) == self.config
         if not same or teacher.privileged is not None or self.privileged is None:
             raise ValueError("a privileged teacher starts from a plain teacher of the same widths")
         missing, unexpected = self.load_state_dict(teacher.state_dict(), strict=False)

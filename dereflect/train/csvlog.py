@@ -36,12 +36,27 @@ class CsvLog:
                 self.fields = list(row.keys())
                 with self.path.open("w", newline="") as fh:
                     csv.DictWriter(fh, self.fields).writeheader()
+            elif any(k not in self.fields for k in row):
+                self._widen([k for k in row if k not in self.fields])
             buf = io.StringIO()
             csv.DictWriter(buf, self.fields, extrasaction="ignore").writerow(row)
             with self.path.open("a", newline="") as fh:
                 fh.write(buf.getvalue())  # one write call: a kill leaves a whole row or none (almost always)
         except OSError as exc:
             raise write_failed(self.path, "log", exc) from None
+
+    def _widen(self, new: list[str]) -> None:
+        """A term that first appears after the header was written (L_T is only on synthetic steps, so a
+        run whose first logged step is a real pair): rewrite the log with the new columns, earlier rows
+        empty there. Rare, small, atomic."""
+        with self.path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        self.fields = [*(self.fields or []), *new]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, self.fields, restval="")
+        w.writeheader()
+        w.writerows(rows)
+        write_text_atomic(self.path, buf.getvalue(), "log")
 
 
 def _step_of(row: dict[str, Any]) -> int | None:

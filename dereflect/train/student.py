@@ -171,8 +171,6 @@ class StudentTrainer(Trainer):
             torch.nn.utils.clip_grad_norm_(self.bundle.parameters(), cfg.grad_clip)
         self.opt.step()
         result = {k: float(v.detach()) for k, v in terms.items()}
-        if self.teacher is not None:  # real pairs have no frames, so no L_T: keep the column (train.csv's header is its first row)
-            result.setdefault("kt", float("nan"))
         if self.disc is not None:
             d_real, d_fake = self.disc_net(torch.cat([t_true, pred.detach()])).chunk(2)
             d_loss = L.gan_loss(cfg.gan, d_real, d_fake, for_discriminator=True)
