@@ -40,6 +40,7 @@ class ImageSet:
     truth: np.ndarray | None
     names: list[str]
     source: str
+    colour: np.ndarray | None = None  # (N,13,1,1) photo-colour feeds, for a graph that takes them (models/mobile_student.py)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -115,8 +115,13 @@ def io_spec(
     fixed_hw: tuple[int, int] | None = None,
     frames: int | None = None,
     frame_alignment: str | None = None,
+    photo_colour: bool = False,
 ) -> dict[str, Any]:
     """The graph contract of docs/DESIGN.md: `input` (N,3,H,W) float32 [0,1] -> `transmission` same shape.
+
+    photo_colour: a student with a global colour path (models/mobile_student.py PhotoColourGraph) also
+    takes `photo_colour` (N,13,1,1) and returns `colour` (N,12,1,1): the runtime feeds a photo's
+    estimate to all its tiles (runtime/backends/base.py photo_context).
 
     fixed_hw: a fixed-shape artifact (`--fixed-shape`): the input is exactly (1,3,H,W), recorded
     as `constraints.fixed_hw`; the runtime pads smaller images and tiles larger ones to it.
@@ -144,12 +149,23 @@ def io_spec(
             fixed_hw=[h, w],
             note=f"fixed input 1x3x{h}x{w} (batch 1): smaller images are padded up to it, larger ones cut into {h}x{w} tiles",
         )
-    return {
-        "inputs": [{"name": "input", **in_tensor}],
-        "outputs": [{"name": "transmission", **tensor}],
-        "constraints": constraints,
-        "value_range": [0.0, 1.0],
-    }
+    inputs, outputs = [{"name": "input", **in_tensor}], [{"name": "transmission", **tensor}]
+    if photo_colour:
+        n = shape[0]
+        inputs.append(
+            {
+                "name": "photo_colour",
+                "shape": [n, 13, 1, 1],
+                "dtype": "float32",
+                "meaning": "the photo's colour transform (3x3 matrix minus identity, row-major, then 3 offsets) and its weight: "
+                "1 uses it, 0 this input's own estimate",
+            }
+        )
+        outputs.append({"name": "colour", "shape": [n, 12, 1, 1], "dtype": "float32", "meaning": "this input's own colour transform"})
+        constraints["photo_colour"] = (
+            "run once with weight 0 on the photo downscaled to 512 px (long side), then feed its colour to every tile"
+        )
+    return {"inputs": inputs, "outputs": outputs, "constraints": constraints, "value_range": [0.0, 1.0]}
 
 
 def build_manifest(

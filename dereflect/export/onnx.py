@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from dereflect.errors import DereflectError, first_line
+from dereflect.runtime.backends.base import COLOUR_INPUT, COLOUR_OUTPUT  # a PhotoColourGraph's second input and output
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "transmission"
@@ -63,8 +64,10 @@ def _rename_dims(model: onnx.ModelProto, names: dict[str, str]) -> None:
                 dim.dim_param = names[dim.dim_param]
 
 
-def _module_node_names(model: onnx.ModelProto) -> None:
-    """Name nodes `<module path>/<OpType>` from the exporter's name scopes, unique with `_k`."""
+def _module_node_names(model: onnx.ModelProto, wrapper: str = "") -> None:
+    """Name nodes `<module path>/<OpType>` from the exporter's name scopes, unique with `_k`.
+    `wrapper`: the attribute a wrapping module keeps the student in (PhotoColourGraph: "student"),
+    left out of the paths, so layer names are the student's own whatever graph they are in."""
     counts: Counter[str] = Counter()
     for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
@@ -74,6 +77,8 @@ def _module_node_names(model: onnx.ModelProto) -> None:
             parts = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
             modules = [p for p in parts[:-1] if p]
             module = modules[-1] if modules else "model"
+            if wrapper and (module == wrapper or module.startswith(wrapper + ".")):
+                module = module.removeprefix(wrapper).removeprefix(".") or "model"
         base = f"{module}/{node.op_type}"
         counts[base] += 1
         node.name = base if counts[base] == 1 else f"{base}_{counts[base] - 1}"
@@ -108,7 +113,8 @@ def export_onnx(model, path: str | Path, opset: int = DEFAULT_OPSET, example_siz
     """Export a student to `path` (fp32, one file, no external data) and check it.
 
     The graph: `input` (N,3,H,W) float32 [0,1] -> `transmission` (N,3,H,W), N/H/W dynamic,
-    H and W multiples of `model.size_multiple`. The same weights exported again in the same
+    H and W multiples of `model.size_multiple`. A PhotoColourGraph adds `photo_colour` (N,13,1,1)
+    in and `colour` (N,12,1,1) out. The same weights exported again in the same
     process (benchmark, tests: the dynamo exporter takes seconds) reuse the first file's bytes.
     """
     path = Path(path)
@@ -136,27 +142,35 @@ def _export(model, path: Path, opset: int, example_size: int) -> None:
     batch = Dim("batch", min=1, max=1024)
     h8 = Dim("h_blocks", min=1, max=MAX_SIDE // multiple)
     w8 = Dim("w_blocks", min=1, max=MAX_SIDE // multiple)
-    arg = next(iter(inspect.signature(model.forward).parameters))
+    args = list(inspect.signature(model.forward).parameters)
+    dynamic = {args[0]: {0: batch, hw: multiple * h8, hw + 1: multiple * w8}}
+    examples: tuple = (example,)
+    names = ([INPUT_NAME], [OUTPUT_NAME])
+    if has_colour_input(model):
+        examples = (example, colour_example(example.shape[0]))
+        dynamic[args[1]] = {0: batch}
+        names = ([INPUT_NAME, COLOUR_INPUT], [OUTPUT_NAME, COLOUR_OUTPUT])
     model = model.eval()
     with quiet(), torch.no_grad():
         program = torch.onnx.export(
             model,
-            (example,),
+            examples,
             dynamo=True,
             external_data=False,
             opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=names[0],
+            output_names=names[1],
             optimize=True,
             verbose=False,
-            dynamic_shapes={arg: {0: batch, hw: multiple * h8, hw + 1: multiple * w8}},
+            dynamic_shapes=dynamic,
         )
     proto = program.model_proto
     _rename_dims(proto, {f"{multiple}*h_blocks": "height", f"{multiple}*w_blocks": "width"})
-    _module_node_names(proto)
+    wrapper = "student" if len(examples) == 2 else ""
+    _module_node_names(proto, wrapper)
     with quiet():
         proto = onnxslim.slim(proto)
-    _module_node_names(proto)  # nodes the simplifier made get a name in the same style
+    _module_node_names(proto, wrapper)  # nodes the simplifier made get a name in the same style
     proto.producer_name = "dereflect"
     what = (
         "student; input {} (N,3,H,W)"
@@ -164,23 +178,54 @@ def _export(model, path: Path, opset: int, example_size: int) -> None:
         else f"burst model; input {{}} (N,{frames},3,H,W), reference frame {int(frames) // 2}"
     )
     proto.doc_string = f"dereflect {what.format(INPUT_NAME)} float32 in [0,1], H and W multiples of {multiple}"
+    if len(examples) == 2:
+        proto.doc_string += f"; {COLOUR_INPUT} (N,13,1,1): the photo's colour transform and its weight (0: the input's own)"
     proto = check_onnx(proto, path)
     if proto.ByteSize() > 2**31 - 1024:
         raise DereflectError(path, "model is over 2 GB: it cannot be one ONNX file")
     onnx.save_model(proto, str(path))
-    _check_runs(path, model, example)
+    _check_runs(path, model, examples)
 
 
-def _check_runs(path: Path, model, example) -> None:
+def has_colour_input(model) -> bool:
+    """Is `model` exported with the photo-colour input (a PhotoColourGraph)?"""
+    from dereflect.models.mobile_student import PhotoColourGraph
+
+    return isinstance(model, PhotoColourGraph)
+
+
+def colour_example(n: int):
+    """(n,13,1,1) feeds for tracing and checking: the first sample weight 0, the others weight 1
+    with a colour transform that is not their own, so both paths are in the graph and checked."""
+    import torch
+
+    feed = torch.zeros(n, 13, 1, 1)
+    feed[1:, :12] = 0.05 * torch.randn(n - 1, 12, 1, 1, generator=torch.Generator().manual_seed(1))
+    feed[1:, 12] = 1.0
+    return feed
+
+
+def graph_feeds(input_names: list[str], batch: np.ndarray, colour: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The feeds of one run: the image batch, and, when the graph has the photo-colour input, `colour`
+    ((N,13,1,1)) or weight 0 (the input's own estimate: the student as trained)."""
+    feeds = {INPUT_NAME if INPUT_NAME in input_names else input_names[0]: batch}
+    if COLOUR_INPUT in input_names:
+        feeds[COLOUR_INPUT] = colour if colour is not None else np.zeros((batch.shape[0], 13, 1, 1), np.float32)
+    return feeds
+
+
+def _check_runs(path: Path, model, examples: tuple) -> None:
     """The exported file must load in ONNX Runtime and agree with PyTorch on the example (fp32)."""
     import onnxruntime as ort
     import torch
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: example.numpy()})[0]
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, dict(zip(names, (e.numpy() for e in examples))))
     with torch.no_grad():
-        want = model(example).numpy()
-    err = float(np.abs(got - want).max())
+        want = model(*examples)
+    want = [w.numpy() for w in (want if isinstance(want, tuple) else (want,))]
+    err = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
     if not np.isfinite(err) or err > 1e-3:
         raise DereflectError(path, f"exported graph disagrees with PyTorch (max |diff| {err:.3g})")
 
@@ -235,6 +280,8 @@ def fix_shape(src: str | Path, dst: str | Path, hw: tuple[int, int]) -> Path:
     _name_empty_roi(proto)
     try:
         make_input_shape_fixed(proto.graph, INPUT_NAME, [1, 3, *hw])
+        if any(i.name == COLOUR_INPUT for i in proto.graph.input):
+            make_input_shape_fixed(proto.graph, COLOUR_INPUT, [1, 13, 1, 1])
         fix_output_shapes(proto)
     except (ValueError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise DereflectError(src, f"cannot fix the input shape to 1x3x{hw[0]}x{hw[1]}: {first_line(exc, limit=10_000)}") from None

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from dereflect.errors import DereflectError
-from dereflect.export.onnx import INPUT_NAME, OUTPUT_NAME, quiet
+from dereflect.export.onnx import COLOUR_INPUT, INPUT_NAME, OUTPUT_NAME, graph_feeds, quiet
 
 
 def ir_xml(folder: str | Path) -> Path:
@@ -57,6 +57,14 @@ class AccuracyControl:
     score: Callable[[np.ndarray, np.ndarray], float]
     max_drop: float
     max_iterations: int = 5
+    colours: np.ndarray | None = None  # the images' photo-colour feeds, for a graph that takes them
+
+
+def _items(images: np.ndarray, colours: np.ndarray | None) -> list:
+    """NNCF dataset items, batch 1: the image, or {input, photo_colour} for a graph with the colour input."""
+    if colours is None:
+        return [images[i : i + 1] for i in range(len(images))]
+    return [{INPUT_NAME: images[i : i + 1], COLOUR_INPUT: colours[i : i + 1]} for i in range(len(images))]
 
 
 class _Capture(logging.Handler):
@@ -76,17 +84,19 @@ def _reverted(lines: Sequence[str]) -> list[str]:
     return []
 
 
-def _quantize_with_accuracy_control(model, calibration: np.ndarray, accuracy: AccuracyControl, ignored: list[str]):
+def _quantize_with_accuracy_control(
+    model, calibration: np.ndarray, accuracy: AccuracyControl, ignored: list[str], colours: np.ndarray | None = None
+):
     """NNCF's accuracy-aware PTQ; returns (model, what it reverted, NNCF's report lines)."""
     import nncf
     from nncf.common.logging import nncf_logger
 
     def validate(compiled, items) -> tuple[float, list[float]]:
         port = compiled.output(OUTPUT_NAME)
-        per = [float(accuracy.score(truth, np.asarray(compiled(image)[port])[0])) for image, truth in items]
+        per = [float(accuracy.score(truth, np.asarray(compiled(feed)[port])[0])) for feed, truth in items]
         return float(np.mean(per)), per
 
-    validation = nncf.Dataset([(accuracy.images[i : i + 1], accuracy.truth[i]) for i in range(len(accuracy.images))])
+    validation = nncf.Dataset(list(zip(_items(accuracy.images, accuracy.colours), accuracy.truth)))
     capture, handlers, level = _Capture(), list(nncf_logger.handlers), nncf_logger.level
     for h in handlers:  # NNCF's own handler holds the real stdout: quiet() cannot redirect it
         nncf_logger.removeHandler(h)
@@ -96,7 +106,7 @@ def _quantize_with_accuracy_control(model, calibration: np.ndarray, accuracy: Ac
             nncf_logger.setLevel(logging.INFO)
             quantized = nncf.quantize_with_accuracy_control(
                 model,
-                nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
+                nncf.Dataset(_items(calibration, colours)),
                 validation,
                 validate,
                 max_drop=accuracy.max_drop,
@@ -123,8 +133,10 @@ def export_openvino(
     calibration: np.ndarray | None = None,
     exclude_nodes: Sequence[str] = (),
     accuracy: AccuracyControl | None = None,
+    colours: np.ndarray | None = None,
 ) -> dict[str, object]:
-    """Write the IR folder; returns what the manifest records about the conversion."""
+    """Write the IR folder; returns what the manifest records about the conversion. `colours`: the
+    calibration images' photo-colour feeds (N,13,1,1), for a graph with that input."""
     import openvino as ov
 
     folder = Path(folder)
@@ -144,7 +156,7 @@ def export_openvino(
                 nncf.set_log_level(40)  # ERROR: NNCF otherwise logs every skipped quantizer
                 model = nncf.quantize(
                     model,
-                    nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
+                    nncf.Dataset(_items(calibration, colours)),
                     preset=nncf.QuantizationPreset.MIXED,
                     subset_size=len(calibration),
                     ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
@@ -152,7 +164,7 @@ def export_openvino(
         else:
             from dereflect.export.quantize import layer_of
 
-            model, reverted, lines = _quantize_with_accuracy_control(model, calibration, accuracy, ignored)
+            model, reverted, lines = _quantize_with_accuracy_control(model, calibration, accuracy, ignored, colours)
             control = {
                 "tool": "nncf.quantize_with_accuracy_control",
                 "max_drop": accuracy.max_drop,
@@ -185,7 +197,7 @@ def export_openvino(
 def openvino_runner(
     folder: str | Path, device: str = "CPU", precision_hint: str = "f32", threads: int | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """Compile the IR and return `run(NCHW float32) -> NCHW float32`."""
+    """Compile the IR and return `run(NCHW float32, photo-colour feed or None) -> NCHW float32`."""
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": precision_hint}
@@ -197,9 +209,10 @@ def openvino_runner(
         raise DereflectError(folder, f"IR input is {sorted(names)}, expected '{INPUT_NAME}'")
     output = compiled.output(OUTPUT_NAME)
     request = compiled.create_infer_request()
+    inputs = [n for port in compiled.inputs for n in port.get_names()]
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(request.infer({INPUT_NAME: batch})[output])
+    def run(batch: np.ndarray, colour: np.ndarray | None = None) -> np.ndarray:
+        return np.asarray(request.infer(graph_feeds(inputs, batch, colour))[output])
 
     return run
 
@@ -230,9 +243,10 @@ def openvino_layer_report(onnx_fp32: str | Path, folder: str | Path, images: np.
             if hit is not None:
                 ports[hit] = port
         request = compiled.create_infer_request()
+        inputs = [n for port in compiled.inputs for n in port.get_names()]
 
         def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-            result = request.infer({INPUT_NAME: batch})
+            result = request.infer(graph_feeds(inputs, batch))
             return {n: np.asarray(result[p]) for n, p in ports.items()}
 
         return run

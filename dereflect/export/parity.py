@@ -18,7 +18,8 @@ import numpy as np
 
 from dereflect.export.calib import ImageSet
 
-Runner = Callable[[np.ndarray], np.ndarray]
+#: run(images) or, for a graph with the photo-colour input, run(images, colour feeds) -> outputs.
+Runner = Callable[..., np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def make_reference(model, data: ImageSet) -> Reference:
     from dereflect import metrics
 
     with torch.no_grad():
-        outs = np.concatenate([model(torch.from_numpy(data.images[i : i + 1])).numpy() for i in range(len(data))])
+        outs = [model(*_args(data, i, torch.from_numpy)) for i in range(len(data))]
+        outs = np.concatenate([(o[0] if isinstance(o, tuple) else o).numpy() for o in outs])  # a PhotoColourGraph: (transmission, colour)
     ssim = lmse = None
     if data.truth is not None:
         ssim = np.array([metrics.ssim(_hwc255(g), _hwc255(o)) for g, o in zip(data.truth, outs)])
@@ -87,11 +89,17 @@ def make_reference(model, data: ImageSet) -> Reference:
     return Reference(data, outs.astype(np.float32), ssim, lmse)
 
 
+def _args(data: ImageSet, i: int, wrap: Callable = np.asarray) -> tuple:
+    """The inputs of image i: the image, and its photo-colour feed when the set has them."""
+    args = (data.images[i : i + 1],) if data.colour is None else (data.images[i : i + 1], data.colour[i : i + 1])
+    return tuple(wrap(np.ascontiguousarray(a)) for a in args)
+
+
 def measure(run: Runner, ref: Reference) -> dict[str, float]:
     """Run the artifact image by image (batch 1, as deployed) and compute the numbers."""
     from dereflect import metrics
 
-    outs = np.concatenate([np.asarray(run(ref.data.images[i : i + 1]), dtype=np.float32) for i in range(len(ref.data))])
+    outs = np.concatenate([np.asarray(run(*_args(ref.data, i)), dtype=np.float32) for i in range(len(ref.data))])
     if outs.shape != ref.outputs.shape:
         return {"shape_mismatch": 1.0}
     diff = np.abs(outs.astype(np.float64) - ref.outputs)

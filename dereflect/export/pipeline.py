@@ -29,6 +29,8 @@ from dereflect.export.manifest import build_manifest, io_spec, sha256_file, writ
 #: Formats a burst model (frames in, GridSample inside) is exported to: the table's rows whose converter
 #: and runtime take its 5-D input and grid sampling here (Core ML: tools/burst_coreml.py, docs/DESIGN.md).
 BURST_FORMATS = ("onnx", "ort", "openvino")
+#: Node-name prefix of the photo-colour blend (models/mobile_student.py PhotoBlend): kept in float by every INT8 build.
+PHOTO_BLEND = "photo_blend/"
 
 
 @dataclass
@@ -134,12 +136,18 @@ class Exporter:
         """`model`: the student already loaded from `checkpoint`; `base_onnx`: an fp32 ONNX this
         stage already exported from it (skips the ~5 s export when building several precisions)."""
         from dereflect.models import load_deployable
+        from dereflect.models.mobile_student import export_graph
 
         self.checkpoint = Path(checkpoint)
         self.out = Path(out)
         self.opts = opts
         self.log = log
         self.model = model if model is not None else load_deployable(self.checkpoint)
+        #: What the ONNX-based formats export: the student, or, for one with a global colour path, its
+        #: two-input form (models/mobile_student.py PhotoColourGraph: a photo's tiles share one colour estimate).
+        self.graph = export_graph(self.model)
+        #: True while a format that exports `self.graph` with its photo-colour input is built and gated.
+        self.with_colour = False
         #: The model's input contract: None = one image (N,3,H,W); T = a burst model's (N,T,3,H,W) (models/burst.py).
         self.frames: int | None = getattr(self.model, "input_frames", None)
         #: "translation": the runtime registers the frames before the graph (models/burst_student.py).
@@ -161,7 +169,7 @@ class Exporter:
         if base_onnx is not None:
             self._onnx["fp32"] = Path(shutil.copyfile(base_onnx, self.work / f"{self.stem}-fp32.onnx"))
         self._calib: calib_mod.ImageSet | None = None
-        self._refs: dict[tuple[int, int] | None, parity_mod.Reference] = {}
+        self._refs: dict[tuple[tuple[int, int] | None, bool], parity_mod.Reference] = {}
         self._int8_nodes: list[str] | None = None
         self._int8_settings = None  # quantize.Int8Settings of the ONNX INT8 graph, once built
         self._mobile: dict[str, dict[str, Any]] = {}
@@ -184,22 +192,42 @@ class Exporter:
     def reference(self) -> parity_mod.Reference:
         """PyTorch fp32 on the validation pairs, at `--size` or, for a fixed-shape artifact, at its
         H x W (the gate measures the conversion at the one shape the artifact takes; padding and
-        tiling are the runtime's, tested there)."""
-        if self.shape not in self._refs:
+        tiling are the runtime's, tested there). A graph with the photo-colour input is measured on
+        both of its paths (`with_photo_feeds`)."""
+        key = (self.shape, self.with_colour)
+        if key not in self._refs:
             if self.shape is None:
                 data = calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, self.opts.size, self.opts.seed + 1, frames=self.frames)
             else:
                 h, w = self.shape
                 data = _crop_set(calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, max(h, w), self.opts.seed + 1), h, w)
-            self._refs[self.shape] = parity_mod.make_reference(self.model, self._aligned(data))
-            self.log(f"validation: {data.source}")
-        return self._refs[self.shape]
+            data = self._aligned(data)
+            if self.with_colour:
+                self._refs[key] = parity_mod.make_reference(self.graph, self.with_photo_feeds(data))
+            else:
+                self._refs[key] = parity_mod.make_reference(self.model, data)
+            if not any(k[0] == self.shape for k in self._refs if k != key):
+                self.log(f"validation: {data.source}")
+        return self._refs[key]
+
+    def with_photo_feeds(self, data: calib_mod.ImageSet) -> calib_mod.ImageSet:
+        """`data` with photo-colour feeds for `self.graph` (half its own estimate, half another image's:
+        models/mobile_student.py photo_feeds); unchanged for a graph without that input."""
+        if self.graph is self.model or data.colour is not None:
+            return data
+        import torch
+
+        from dereflect.models.mobile_student import photo_feeds
+
+        return dataclasses.replace(data, colour=photo_feeds(self.model, torch.from_numpy(data.images)).numpy())
 
     @property
     def calibration(self) -> calib_mod.ImageSet:
         if self._calib is None:
-            self._calib = self._aligned(
-                calib_mod.load_calibration(self.opts.calib, self.opts.calib_count, self.opts.size, self.opts.seed, frames=self.frames)
+            self._calib = self.with_photo_feeds(
+                self._aligned(
+                    calib_mod.load_calibration(self.opts.calib, self.opts.calib_count, self.opts.size, self.opts.seed, frames=self.frames)
+                )
             )
             self.log(f"calibration: {self._calib.source}")
         return self._calib
@@ -241,14 +269,15 @@ class Exporter:
 
         path = self.work / f"{self.stem}-{precision}.onnx"
         if precision == "fp32":
-            export_onnx(self.model, path, opset=self.opts.opset)
+            export_onnx(self.graph, path, opset=self.opts.opset)
         elif precision == "fp16":
             quantize.to_fp16(self._dynamic_onnx("fp32"), path)
         elif precision == "int8":
             self._int8_settings = self._onnx_int8(self._dynamic_onnx("fp32"), path)
         elif precision == "int8-s8sym":  # TensorRT's explicit-quantization graph (the layers recovery kept float stay float)
             kept = self._int8_settings.excluded if self._int8_settings is not None else self.int8_nodes()
-            quantize.quantize_int8(self._dynamic_onnx("fp32"), path, self.calibration.images, kept, symmetric=True)
+            calib = self.calibration
+            quantize.quantize_int8(self._dynamic_onnx("fp32"), path, calib.images, kept, symmetric=True, colours=calib.colour)
         self._onnx[precision] = path
         return path
 
@@ -287,7 +316,8 @@ class Exporter:
         """Static QDQ INT8; if it misses the SSIM budget, `quantize.recover_int8` (unless --no-int8-recover)."""
         from dereflect.export import quantize
 
-        settings = quantize.quantize_int8(fp32, path, self.calibration.images, self.int8_nodes())
+        calib = self.calibration
+        settings = quantize.quantize_int8(fp32, path, calib.images, self.int8_nodes(), colours=calib.colour)
         if not self.opts.int8_recover or self.budget.max_ssim_drop is None:
             return settings
         ref = self.dynamic_reference
@@ -300,7 +330,7 @@ class Exporter:
         settings = quantize.recover_int8(
             fp32,
             path,
-            self.calibration.images,
+            calib.images,
             lambda p: parity_mod.measure(_ort_runner(p), ref).get("ssim_drop", float("inf")),
             first["ssim_drop"],
             self.recovery_target,
@@ -308,6 +338,7 @@ class Exporter:
             ref.data.images[:4],
             exclude=self.int8_nodes(),
             log=self.log,
+            colours=calib.colour,
         )
         rec = settings.recovery or {}
         self._recovered_line("onnx (ONNX Runtime)", first["ssim_drop"], float(rec["ssim_drop"]), list(rec["float_layers"]), settings.method)
@@ -353,7 +384,8 @@ class Exporter:
             from dereflect.export.quantize import resolve_exclude
 
             names = [n.name for n in onnx.load(str(self._dynamic_onnx("fp32"))).graph.node]
-            self._int8_nodes = resolve_exclude(self.opts.int8_exclude, names)
+            kept = [n for n in names if n.startswith(PHOTO_BLEND)]  # always float (models/mobile_student.py PhotoBlend)
+            self._int8_nodes = list(dict.fromkeys([*resolve_exclude(self.opts.int8_exclude, names), *kept]))
         return self._int8_nodes
 
     # ---------------------------------------------------------------- the run
@@ -385,18 +417,25 @@ class Exporter:
                 check_fixed_shape(hw, self.size_multiple, self.model_name)
             started = time.perf_counter()
             for shape in self.opts.fixed_shapes or (None,):  # built up front, so per-format times are the formats' own
-                self.shape = shape
-                _ = self.reference
+                for self.with_colour in sorted({self._colour_for(f) for f in formats}):
+                    self.shape = shape
+                    _ = self.reference
             self.log(f"reference outputs (PyTorch fp32) in {time.perf_counter() - started:.1f} s")
             for fmt in formats:
                 builder = getattr(self, f"_build_{fmt.name}")
+                self.with_colour = self._colour_for(fmt)
                 for shape, tag in self._shapes_for(fmt):
                     self.shape, self.tag = shape, tag
                     results.extend(self._build_one(builder, fmt))
         finally:
-            self.shape, self.tag = None, ""
+            self.shape, self.tag, self.with_colour = None, "", False
             self.close()
         return results
+
+    def _colour_for(self, fmt: ExportFormat) -> bool:
+        """Does `fmt` export the photo-colour graph? The ONNX-based formats do; Core ML, ExecuTorch and
+        LiteRT export the student itself (each tile its own colour estimate: docs/DESIGN.md)."""
+        return fmt.via_onnx and self.graph is not self.model
 
     def _build_one(self, builder: Callable[[ExportFormat], list[ExportResult]], fmt: ExportFormat) -> list[ExportResult]:
         """One artifact (and its companions): built, gated, logged; a failure is its result row."""
@@ -452,6 +491,7 @@ class Exporter:
             fixed_hw=self.shape,
             frames=self.frames,
             frame_alignment=self.frame_alignment,
+            photo_colour=self.with_colour,
         )
         data = build_manifest(
             fmt=fmt_name,
@@ -589,8 +629,14 @@ class Exporter:
         folder = self.out / fmt.artifact_name(self.stem, p)
         if folder.exists():
             shutil.rmtree(folder)
+        calib = self.calibration if p == "int8" else None
         info = export_openvino(
-            self.onnx_path("fp32"), folder, p, self.calibration.images if p == "int8" else None, self.int8_nodes() if p == "int8" else ()
+            self.onnx_path("fp32"),
+            folder,
+            p,
+            calib.images if calib else None,
+            self.int8_nodes() if calib else (),
+            colours=calib.colour if calib else None,
         )
         if p == "int8" and self.opts.int8_recover and self.budget.max_ssim_drop is not None:
             info = self._openvino_recover(folder, info)
@@ -618,11 +664,14 @@ class Exporter:
         first = parity_mod.measure(openvino_runner(folder, precision_hint="f32"), ref)
         if not self._over_ssim_budget(first) or ref.data.truth is None:
             return info
-        accuracy = AccuracyControl(ref.data.images, ref.data.truth, parity_mod.ssim_score, self.recovery_target)
+        accuracy = AccuracyControl(ref.data.images, ref.data.truth, parity_mod.ssim_score, self.recovery_target, colours=ref.data.colour)
         trial = self.work / folder.name  # same IR file names; it replaces the first build only if it does better
         if trial.exists():
             shutil.rmtree(trial)
-        tried = export_openvino(self.onnx_path("fp32"), trial, "int8", self.calibration.images, self.int8_nodes(), accuracy=accuracy)
+        calib = self.calibration
+        tried = export_openvino(
+            self.onnx_path("fp32"), trial, "int8", calib.images, self.int8_nodes(), accuracy=accuracy, colours=calib.colour
+        )
         final = parity_mod.measure(openvino_runner(trial, precision_hint="f32"), ref)
         control = tried["quantization"]["accuracy_control"]
         control["first_attempt"] = {"tool": "nncf.quantize", "ssim_drop": round(first["ssim_drop"], 5)}
@@ -751,11 +800,12 @@ class Exporter:
 
 
 def _ort_runner(path: Path) -> parity_mod.Runner:
-    from dereflect.export.onnx import INPUT_NAME, OUTPUT_NAME
+    from dereflect.export.onnx import OUTPUT_NAME, graph_feeds
     from dereflect.export.quantize import session
 
     sess = session(path)
-    return lambda batch: sess.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+    names = [i.name for i in sess.get_inputs()]
+    return lambda batch, colour=None: sess.run([OUTPUT_NAME], graph_feeds(names, batch, colour))[0]
 
 
 def _crop_set(data: calib_mod.ImageSet, h: int, w: int) -> calib_mod.ImageSet:

@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 
 from dereflect.errors import DereflectError, UsageError
-from dereflect.export.onnx import INPUT_NAME, check_onnx, quiet
+from dereflect.export.onnx import COLOUR_INPUT, INPUT_NAME, check_onnx, graph_feeds, quiet
 
 
 def session(path: str | Path, threads: int | None = None):
@@ -50,6 +50,11 @@ def session(path: str | Path, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def feeds(sess, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """An ONNX Runtime session's feeds for an image batch (the photo-colour input, if any, at weight 0)."""
+    return graph_feeds([i.name for i in sess.get_inputs()], batch)
 
 
 def to_fp16(src: str | Path, dst: str | Path) -> Path:
@@ -87,17 +92,23 @@ def resolve_exclude(patterns: Sequence[str], node_names: Sequence[str]) -> list[
 
 
 class _Reader:
-    """CalibrationDataReader over NCHW images, one at a time (batch 1, like deployment)."""
+    """CalibrationDataReader over NCHW images, one at a time (batch 1, like deployment), with their
+    photo-colour feeds (N,13,1,1) for a graph that takes them (export/onnx.py, COLOUR_INPUT)."""
 
-    def __init__(self, images: np.ndarray) -> None:
+    def __init__(self, images: np.ndarray, colours: np.ndarray | None = None) -> None:
         self._images = images
+        self._colours = colours
         self._i = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._i >= len(self._images):
             return None
         self._i += 1
-        return {INPUT_NAME: np.ascontiguousarray(self._images[self._i - 1 : self._i], dtype=np.float32)}
+        i = self._i - 1
+        feeds = {INPUT_NAME: np.ascontiguousarray(self._images[i : i + 1], dtype=np.float32)}
+        if self._colours is not None:
+            feeds[COLOUR_INPUT] = np.ascontiguousarray(self._colours[i : i + 1], dtype=np.float32)
+        return feeds
 
     def rewind(self) -> None:
         self._i = 0
@@ -140,8 +151,10 @@ def quantize_int8(
     exclude: Iterable[str] = (),
     symmetric: bool = False,
     method: str = "MinMax",
+    colours: np.ndarray | None = None,
 ) -> Int8Settings:
-    """Static QDQ INT8 of an fp32 ONNX, calibrated on `calibration` (N,3,H,W float32 [0,1]).
+    """Static QDQ INT8 of an fp32 ONNX, calibrated on `calibration` (N,3,H,W float32 [0,1]) and, for
+    a graph with the photo-colour input, `colours` (N,13,1,1; models/mobile_student.py photo_feeds).
 
     symmetric=False: u8 asymmetric activations (CPU/mobile). True: s8 symmetric activations and
     weights, the explicit-quantization graph TensorRT builds INT8 engines from.
@@ -163,7 +176,7 @@ def quantize_int8(
             quantize_static(
                 str(pre),
                 str(dst),
-                _Reader(calibration),
+                _Reader(calibration, colours),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
@@ -245,7 +258,7 @@ def layer_report(fp32: str | Path, qdq: str | Path, images: np.ndarray, top: int
         f_sess, q_sess = session(f_path), session(q_path)
 
         def runner(sess, wanted: list[str]) -> LayerRun:
-            return lambda batch: dict(zip(wanted, sess.run(wanted, {INPUT_NAME: batch})))
+            return lambda batch: dict(zip(wanted, sess.run(wanted, feeds(sess, batch))))
 
         return rank_layers(fp32, runner(f_sess, f_names), runner(q_sess, q_names), images, top)
 
@@ -345,7 +358,7 @@ def rank_by_output(fp32: str | Path, qdq: str | Path, images: np.ndarray) -> lis
     batches = [np.ascontiguousarray(images[i : i + 1]) for i in range(len(images))]
     base = session(fp32)
     result = fmodel.graph.output[0].name
-    ref = [base.run([result], {INPUT_NAME: b})[0].astype(np.float64) for b in batches]
+    ref = [base.run([result], feeds(base, b))[0].astype(np.float64) for b in batches]
     rows = []
     with tempfile.TemporaryDirectory(prefix="dereflect-sens-") as tmp:
         for layer, tensors in groups.items():
@@ -377,7 +390,7 @@ def rank_by_output(fp32: str | Path, qdq: str | Path, images: np.ndarray) -> lis
             sess = session(path)
             num = den = 0.0
             for b, r in zip(batches, ref):
-                o = sess.run([read], {INPUT_NAME: b})[0].astype(np.float64)
+                o = sess.run([read], feeds(sess, b))[0].astype(np.float64)
                 num, den = num + float(((o - r) ** 2).sum()), den + float((r**2).sum())
             consumers = sorted(set().union(*(readers.get(t, set()) for t in tensors)) - {layer})
             rows.append(
@@ -432,7 +445,8 @@ def float_costs(fp32: str | Path, image: np.ndarray) -> dict[str, int]:
     names = [o for n in graph.node for o in n.output if o]
     with tempfile.TemporaryDirectory(prefix="dereflect-cost-") as tmp:
         path, exposed = _with_outputs(Path(fp32), names, Path(tmp) / "f.onnx")
-        shapes = {n: a.shape for n, a in zip(exposed, session(path).run(exposed, {INPUT_NAME: np.ascontiguousarray(image[None])}))}
+        sess = session(path)
+        shapes = {n: a.shape for n, a in zip(exposed, sess.run(exposed, feeds(sess, np.ascontiguousarray(image[None]))))}
     costs = {}
     for node in graph.node:
         out = shapes.get(node.output[0]) if node.output else None
@@ -457,6 +471,7 @@ def recover_int8(
     max_layers: int = RECOVERY_MAX_LAYERS,
     candidates: int = RECOVERY_CANDIDATES,
     log: Callable[[str], None] | None = None,
+    colours: np.ndarray | None = None,
 ) -> Int8Settings:
     """Turn an INT8 build that misses its SSIM budget into one within `target` (see the module doc).
 
@@ -484,7 +499,8 @@ def recover_int8(
 
         def trial(layers: list[str], method: str, tag: str, **why: object) -> _Trial:
             path = Path(tmp) / f"{tag}.onnx"
-            quantize_int8(src, path, calibration, list(dict.fromkeys([*exclude, *layer_nodes(node_names, layers)])), method=method)
+            kept = list(dict.fromkeys([*exclude, *layer_nodes(node_names, layers)]))
+            quantize_int8(src, path, calibration, kept, method=method, colours=colours)
             done = _Trial(layers, method, float(ssim_drop(path)), path, cost_of(layers))
             trials.append(
                 {

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dereflect.errors import DereflectError, UsageError, first_line
+from dereflect.runtime.backends.base import COLOUR_INPUT
 
 DEFAULT_MIN = (1, 3, 64, 64)
 DEFAULT_OPT = (1, 3, 512, 512)
@@ -148,6 +149,9 @@ def build_engine(plan: EnginePlan, engine_path: str | Path) -> Path:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     profile = builder.create_optimization_profile()
     profile.set_shape(plan.input_name, plan.min_shape, plan.opt_shape, plan.max_shape)
+    for i in range(network.num_inputs):
+        if network.get_input(i).name == COLOUR_INPUT:  # the photo-colour feed (N,13,1,1): N as the image's
+            profile.set_shape(COLOUR_INPUT, *((shape[0], 13, 1, 1) for shape in (plan.min_shape, plan.opt_shape, plan.max_shape)))
     config.add_optimization_profile(profile)
     cache_path = Path(plan.timing_cache)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
@@ -162,32 +166,13 @@ def build_engine(plan: EnginePlan, engine_path: str | Path) -> Path:
 
 
 def tensorrt_runner(engine_path: str | Path):
-    """`run(NCHW float32) -> NCHW float32` through a serialized engine (TensorRT 10 tensor API,
-    CUDA buffers from torch). Only reachable where `format_status('tensorrt').can_run`; this
-    code path cannot be exercised on machines without TensorRT (the CI ones)."""
-    try:
-        import tensorrt as trt
-        import torch
-    except Exception as exc:  # noqa: BLE001
-        raise DereflectError(engine_path, f"TensorRT runtime not usable here ({exc})") from None
-    if not torch.cuda.is_available():
-        raise DereflectError(engine_path, "running a TensorRT engine needs a CUDA GPU")
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
-    if engine is None:
-        raise DereflectError(engine_path, "not a TensorRT engine for this TensorRT version/GPU")
-    context = engine.create_execution_context()
+    """`run(NCHW float32, photo-colour feed or None) -> NCHW float32` through a serialized engine,
+    by the runtime's backend (TensorRT 10 tensor API, CUDA buffers from torch). Only reachable where
+    `format_status('tensorrt').can_run`; this code path cannot be exercised on machines without
+    TensorRT (the CI ones)."""
+    from dereflect.export.onnx import graph_feeds
+    from dereflect.runtime.backends.tensorrt_backend import TensorRTBackend
 
-    def run(batch):
-        x = torch.from_numpy(batch).cuda().contiguous()
-        y = torch.empty_like(x)
-        context.set_input_shape("input", tuple(x.shape))
-        context.set_tensor_address("input", x.data_ptr())
-        context.set_tensor_address("transmission", y.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise DereflectError(engine_path, "TensorRT execution failed")
-        stream.synchronize()
-        return y.cpu().numpy()
-
-    return run
+    backend = TensorRTBackend(Path(engine_path))
+    inputs = [backend.input_name, *([backend.colour_input] if backend.colour_input else [])]
+    return lambda batch, colour=None: backend._run(graph_feeds(inputs, batch, colour))[0]

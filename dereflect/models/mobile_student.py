@@ -10,8 +10,9 @@ gives D_hat at the teacher's three scales for KT), with three changes the measur
   least-squares gain and offset alone moves Real20 from 19.1 to 21.8 dB). The deepest features are
   averaged over the whole image and a small MLP predicts a 3x3 colour matrix and an offset, applied to
   the photo before the local residual. It starts at the identity (last layer zero), like the residual
-  head, so an untrained student is exactly the identity baseline. Tiled inference estimates it per tile
-  (a per-photo estimate fed to every tile is the runtime's next step).
+  head, so an untrained student is exactly the identity baseline. A photo cut into tiles gets one
+  estimate, computed once on a downscaled copy and fed to every tile (`photo_colour`; exported graphs
+  take it as a second input, `PhotoColourGraph`).
 - **Decoder**: 1/16 -> 1/8 -> 1/4 -> 1/2 -> full, each stage one conv on [upsampled, encoder tap, D_hat].
 
 Ops: Conv (incl. depthwise), ReLU6/LeakyReLU, Add, Mul, Sub, Concat, ReduceMean, Resize, Slice, Clip.
@@ -92,6 +93,16 @@ class GlobalColour(nn.Module):
         return torch.cat(rows, 1)
 
 
+class PhotoBlend(nn.Module):
+    """colour + w * (photo - colour) for a (B,13,1,1) photo feed (12 parameters, weight w): the photo's
+    colour transform where w is 1, the input's own where it is 0. A module of its own so exported graphs
+    name its nodes (`photo_blend/...`) and INT8 builds keep them in float: the feed holds the weight 1
+    beside parameters of a few hundredths, and one INT8 scale for both would round the parameters away."""
+
+    def forward(self, colour: torch.Tensor, feed: torch.Tensor) -> torch.Tensor:
+        return colour + feed[:, 12:13] * (feed[:, :12] - colour)
+
+
 class MobileStudent(nn.Module):
     """Single image (B,3,H,W) in [0,1] -> transmission; H, W multiples of 16."""
 
@@ -117,6 +128,7 @@ class MobileStudent(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.colour = GlobalColour(taps[3], cfg.global_hidden) if cfg.use_global else None
+        self.photo_blend = PhotoBlend()  # no weights: exported graphs only (PhotoColourGraph)
 
     def train(self, mode: bool = True) -> MobileStudent:
         super().train(mode)
@@ -146,11 +158,18 @@ class MobileStudent(nn.Module):
         return self.colour.params(self.encoder(x)[3])
 
     def forward_features(
-        self, x: torch.Tensor, colour: torch.Tensor | None = None, cue: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        colour: torch.Tensor | None = None,
+        cue: torch.Tensor | None = None,
+        photo_feed: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | list[torch.Tensor] | None]:
         """colour: the photo's image-level transform (`photo_colour`) to use instead of this input's own.
         cue: extra channels beside the photo for the encoder and the stem (the burst student's
-        multi-frame cues, models/burst_student.py); None for a single-image student."""
+        multi-frame cues, models/burst_student.py); None for a single-image student.
+        photo_feed: the exported graphs' form of `colour` (`PhotoColourGraph`): (B, 13, 1, 1), the
+        photo's 12 parameters and a weight, 1 to use them and 0 to use this input's own estimate.
+        "own_colour" in the result is always this input's own estimate (None without a global path)."""
         taps = self.encoder(x, cue)
         d_hat = self.hallucination(taps) if self.hallucination is not None else None
         extra = d_hat if d_hat is not None else [None, None, None]
@@ -159,14 +178,15 @@ class MobileStudent(nn.Module):
         y = self.dec2(_cat(upsample2(y), taps[1], extra[1]))
         y = self.dec1(_cat(upsample2(y), taps[0], extra[0]))
         y = self.dec0(torch.cat([upsample2(y), self.stem(_cat(x, cue))], 1))
-        base = x
-        if self.colour is None:
-            colour = None
-        else:
+        base, own = x, None
+        if self.colour is not None:
+            own = self.colour.params(taps[3]) if colour is None or photo_feed is not None else None
             if colour is None:
-                colour = self.colour.params(taps[3])
+                colour = own
+            if photo_feed is not None:
+                colour = self.photo_blend(colour, photo_feed)
             base = GlobalColour.apply(x, colour)
-        return {"transmission": torch.clamp(base + self.head(y), 0.0, 1.0), "d_hat": d_hat, "colour": colour}
+        return {"transmission": torch.clamp(base + self.head(y), 0.0, 1.0), "d_hat": d_hat, "colour": colour, "own_colour": own}
 
     def forward(self, x: torch.Tensor, colour: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_features(x, colour)["transmission"]
@@ -174,3 +194,56 @@ class MobileStudent(nn.Module):
 
 def _cat(*parts: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([p for p in parts if p is not None], 1)
+
+
+#: Channels of an exported graph's `photo_colour` input: the 12 parameters of GlobalColour and a weight.
+PHOTO_FEED_CHANNELS = 13
+
+
+class PhotoColourGraph(nn.Module):
+    """The exported form of a student with a global colour path: two inputs, two outputs.
+
+    Why: the runtime cuts a big photo into tiles, and a colour transform estimated per tile differs
+    from tile to tile (a tile of sky and a tile of wall: seams in colour). The runtime runs the graph
+    once on a downscaled copy of the photo with weight 0, reads `colour`, and feeds it with weight 1
+    to every tile. An image that is not tiled runs once, with weight 0: exactly the student.
+
+    inputs:  image (N,3,H,W); photo_feed (N,13,1,1): the photo's colour transform (12) and its weight
+    outputs: transmission (N,3,H,W); colour (N,12,1,1): this input's own estimate (weight ignored)
+    """
+
+    def __init__(self, student: MobileStudent) -> None:
+        super().__init__()
+        if getattr(student, "colour", None) is None:
+            raise ValueError("PhotoColourGraph needs a student with a global colour path (use_global)")
+        self.student = student
+        self.size_multiple = student.size_multiple
+        self.config = student.config
+        for key in ("checkpoint_info", "model_name"):
+            if hasattr(student, key):
+                setattr(self, key, getattr(student, key))
+
+    def forward(self, image: torch.Tensor, photo_feed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.student.forward_features(image, photo_feed=photo_feed)
+        return out["transmission"], out["own_colour"]
+
+
+def export_graph(model: nn.Module) -> nn.Module:
+    """What an ONNX-based export writes for `model`: a single-image student with a global colour path
+    as its PhotoColourGraph; anything else (student-nano, burst models) as it is."""
+    if isinstance(model, MobileStudent) and model.colour is not None and getattr(model, "input_frames", None) is None:
+        return PhotoColourGraph(model)
+    return model
+
+
+def photo_feeds(student: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Feeds that exercise both paths of a PhotoColourGraph on a set of images (export's calibration
+    and parity sets): even images weight 0 (their own estimate); odd ones weight 1 with the estimate
+    of the next image, a colour transform that is not their own, as a tile gets its photo's."""
+    with torch.no_grad():
+        own = torch.cat([student.photo_colour(images[i : i + 1]) for i in range(images.shape[0])])
+    feeds = torch.zeros(images.shape[0], PHOTO_FEED_CHANNELS, 1, 1)
+    for i in range(1, images.shape[0], 2):
+        feeds[i, :12] = own[(i + 1) % images.shape[0]]
+        feeds[i, 12] = 1.0
+    return feeds

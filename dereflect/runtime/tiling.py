@@ -258,3 +258,35 @@ def band_bytes(plan: TilePlan) -> int:
 
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_OVERLAP", "DEFAULT_TILE", "TilePlan", "band_bytes", "plan_tiles", "ramp", "run_tiled"]
+
+
+def photo_copy(
+    image: np.ndarray,
+    side: int,
+    multiple: int,
+    fixed: tuple[int, int] | None = None,
+    min_side: int = 0,
+    max_side: int | None = None,
+) -> np.ndarray:
+    """A whole photo, downscaled so its long side is at most `side` (and it fits a fixed or
+    bounded input), as float32 NCHW padded to the network's multiple: what a model's image-level
+    estimate is computed on once per photo (Backend.photo_context).
+
+    Subsampled to at most twice the target first (no image-sized float copy of a 24 MP photo),
+    then resized with Pillow's antialiased bilinear filter, channel by channel in float.
+    """
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    limit = side if max_side is None else min(side, max_side)
+    scale = min(1.0, limit / max(h, w)) if fixed is None else min(1.0, fixed[0] / h, fixed[1] / w)
+    step = max(1, int(1.0 / scale) // 2) if scale < 1 else 1
+    small = to_float(image[::step, ::step])
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (sh, sw) != small.shape[:2]:
+        small = np.stack([np.asarray(Image.fromarray(small[..., c]).resize((sw, sh), Image.Resampling.BILINEAR)) for c in range(3)], -1)
+    if fixed is not None:
+        th, tw = fixed
+    else:
+        th, tw = (max(min_side, -(-n // multiple) * multiple) for n in (sh, sw))
+    return np.ascontiguousarray(_pad_to(small, th, tw).transpose(2, 0, 1)[None], dtype=np.float32)

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from dereflect.errors import DereflectError
+
+#: The second input and output of an exported student with a global colour path (models/mobile_student.py,
+#: PhotoColourGraph): (N,13,1,1) the photo's colour transform and its weight in; (N,12,1,1) the input's own out.
+COLOUR_INPUT = "photo_colour"
+COLOUR_OUTPUT = "colour"
+#: Long side of the downscaled copy a photo's image-level estimate is computed on (`photo_context`).
+PHOTO_SIDE = 512
 
 
 class Backend:
@@ -52,6 +59,9 @@ class Backend:
     detail: str = ""
     #: Frames per sample of a burst model ((N, T, 3, H, W) input, dereflect/burst); None: one image.
     frames: int | None = None
+    #: The graph's photo-colour input (COLOUR_INPUT) when it has one; a backend that finds it sets this.
+    colour_input: str | None = None
+    _photo_colour: np.ndarray | None = None  # (12,1,1): the photo's estimate while its tiles run
 
     def __init__(self, path: Path | Any, manifest: dict[str, Any] | None = None, device: str | None = None) -> None:
         raise NotImplementedError
@@ -73,13 +83,45 @@ class Backend:
         """(N,3,H,W) float32 in [0,1] -> the transmission, same shape and dtype."""
         raise NotImplementedError
 
-    def photo_context(self, image: np.ndarray) -> AbstractContextManager[None]:
-        """While a photo's tiles run: whatever the model estimates once per photo (HxWx3 `image`).
+    def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
+        """(1,3,H,W) -> the graph's COLOUR_OUTPUT for it, (1,12,1,1) (run with weight 0); backends
+        that find a COLOUR_INPUT implement it."""
+        raise NotImplementedError
 
-        Nothing here. A model with an image-level path (the MobileNetV2 students' global colour
-        transform) overrides it where the backend can feed that estimate to every tile (torch).
+    def colour_feed(self, n: int) -> np.ndarray:
+        """The COLOUR_INPUT of a batch of n: the photo's estimate with weight 1 inside `photo_context`,
+        else zeros (weight 0: every input its own estimate, the student as trained)."""
+        feed = np.zeros((n, 13, 1, 1), np.float32)
+        if self._photo_colour is not None:
+            feed[:, :12] = self._photo_colour
+            feed[:, 12] = 1.0
+        return feed
+
+    def feeds(self, batch: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
+        """{input: batch}, plus the COLOUR_INPUT feed when the graph has one."""
+        if self.colour_input is None:
+            return {input_name: batch}
+        return {input_name: batch, self.colour_input: self.colour_feed(batch.shape[0])}
+
+    @contextmanager
+    def photo_context(self, image: np.ndarray) -> Iterator[None]:
+        """While a photo's tiles run: what the model estimates once per photo (HxWx3 `image`).
+
+        A graph with a COLOUR_INPUT (the MobileNetV2 students' global colour transform) runs once
+        on a copy of the photo downscaled to PHOTO_SIDE (`tiling.photo_copy`), and its estimate is fed
+        to every tile; other graphs have nothing to share. (TorchBackend has its own, same idea.)
         """
-        return nullcontext()
+        if self.colour_input is None:
+            yield
+            return
+        from dereflect.runtime.tiling import photo_copy
+
+        small = photo_copy(image, PHOTO_SIDE, self.multiple, self.fixed, self.min_side, self.max_side)
+        self._photo_colour = np.asarray(self.estimate_colour(small), np.float32).reshape(12, 1, 1)
+        try:
+            yield
+        finally:
+            self._photo_colour = None
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """`infer` over many inputs (the tiles of one photo), results in input order.
@@ -94,8 +136,8 @@ class Backend:
 
 def io_names(manifest: dict[str, Any], default_in: str = "input", default_out: str = "transmission") -> tuple[str, str]:
     """The graph's input and output names, as the manifest (export's IO contract) records them."""
-    inputs = manifest.get("inputs") or [{"name": default_in}]
-    outputs = manifest.get("outputs") or [{"name": default_out}]
+    inputs = [i for i in manifest.get("inputs") or [] if i.get("name") != COLOUR_INPUT] or [{"name": default_in}]
+    outputs = [o for o in manifest.get("outputs") or [] if o.get("name") != COLOUR_OUTPUT] or [{"name": default_out}]
     return inputs[0]["name"], outputs[0]["name"]
 
 

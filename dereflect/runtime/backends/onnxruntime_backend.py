@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import Backend, check_image_input, fixed_size, input_frames, io_names, size_multiple
+from dereflect.runtime.backends.base import (
+    COLOUR_INPUT,
+    COLOUR_OUTPUT,
+    Backend,
+    check_image_input,
+    fixed_size,
+    input_frames,
+    io_names,
+    size_multiple,
+)
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CoreMLExecutionProvider")
 
@@ -47,6 +56,8 @@ class OnnxRuntimeBackend(Backend, name="onnxruntime"):
         dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}.get(info.type, info.type)
         self.frames = input_frames(manifest)
         check_image_input(path, info.name, [d if isinstance(d, int) else None for d in info.shape], dtype, self.frames)
+        if COLOUR_INPUT in {i.name for i in self.session.get_inputs()}:
+            self.colour_input = COLOUR_INPUT  # a photo's tiles share one colour estimate (base.photo_context)
         self.multiple = size_multiple(manifest)
         self.fixed = fixed_size(manifest, [d if isinstance(d, int) else None for d in info.shape])
         self.where = self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
@@ -54,4 +65,7 @@ class OnnxRuntimeBackend(Backend, name="onnxruntime"):
         self.detail = f"onnxruntime {ort.__version__} [{', '.join(self.session.get_providers())}]{shape}"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        return self.session.run([self.output_name], self.feeds(batch, self.input_name))[0]
+
+    def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([COLOUR_OUTPUT], {self.input_name: batch, COLOUR_INPUT: np.zeros((len(batch), 13, 1, 1), np.float32)})[0]

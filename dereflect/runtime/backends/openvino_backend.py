@@ -28,7 +28,16 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import Backend, check_image_input, fixed_size, input_frames, io_names, size_multiple
+from dereflect.runtime.backends.base import (
+    COLOUR_INPUT,
+    COLOUR_OUTPUT,
+    Backend,
+    check_image_input,
+    fixed_size,
+    input_frames,
+    io_names,
+    size_multiple,
+)
 
 
 def ir_xml(path: Path, manifest: dict[str, Any] | None) -> Path:
@@ -129,6 +138,8 @@ class OpenVinoBackend(Backend, name="openvino", extra="openvino"):
         self.frames = input_frames(manifest)
         check_image_input(path, self.input_name, dims, dtype, self.frames)
         self.output = self.compiled.output(output_name)
+        if COLOUR_INPUT in {name for port in self.compiled.inputs for name in port.get_names()}:
+            self.colour_input = COLOUR_INPUT  # a photo's tiles share one colour estimate (base.photo_context)
         self.request = self.compiled.create_infer_request()
         self.multiple = size_multiple(manifest)
         self.fixed = fixed_size(manifest, dims)  # a fixed-shape .onnx compiles static: tiles of that size
@@ -146,8 +157,12 @@ class OpenVinoBackend(Backend, name="openvino", extra="openvino"):
             raise DereflectError(path, f"OpenVINO cannot compile this model ({first_line(exc, limit=10_000)})") from None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        result = self.request.infer({self.input_name: batch})
+        result = self.request.infer(self.feeds(batch, self.input_name))
         return np.array(result[self.output], copy=True)  # the request's buffer is reused by the next call
+
+    def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
+        result = self.request.infer({self.input_name: batch, COLOUR_INPUT: np.zeros((len(batch), 13, 1, 1), np.float32)})
+        return np.array(result[self.compiled.output(COLOUR_OUTPUT)], copy=True)
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Tiles in flight on every stream at once; results in input order (see the module docstring)."""
@@ -161,7 +176,7 @@ class OpenVinoBackend(Backend, name="openvino", extra="openvino"):
                 if not idle:
                     yield self._collect(running, idle)
                 request = idle.popleft()
-                request.start_async({self.input_name: batch})  # copies the input: the caller may reuse it
+                request.start_async(self.feeds(batch, self.input_name))  # copies the input: the caller may reuse it
                 running.append(request)
             while running:
                 yield self._collect(running, idle)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import Backend, io_names, size_multiple
+from dereflect.runtime.backends.base import COLOUR_INPUT, COLOUR_OUTPUT, Backend, io_names, size_multiple
 
 
 class TensorRTBackend(Backend, name="tensorrt", extra="tensorrt"):
@@ -52,18 +52,33 @@ class TensorRTBackend(Backend, name="tensorrt", extra="tensorrt"):
         lo, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_side, self.max_side = max(lo[2], lo[3]), min(hi[2], hi[3])
         self.context = self.engine.create_execution_context()
+        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+        if COLOUR_INPUT in names:
+            self.colour_input = COLOUR_INPUT  # a photo's tiles share one colour estimate (base.photo_context)
         self._torch = torch
         self.detail = f"tensorrt {trt.__version__} on {torch.cuda.get_device_name(0)}"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(self.feeds(batch, self.input_name))[0]
+
+    def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
+        return self._run({self.input_name: batch, COLOUR_INPUT: np.zeros((len(batch), 13, 1, 1), np.float32)})[1]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """One execution: (transmission, the colour estimate or None when the graph has none)."""
         torch = self._torch
-        x = torch.from_numpy(batch).cuda().contiguous()
+        inputs = {name: torch.from_numpy(a).cuda().contiguous() for name, a in feeds.items()}
+        x = inputs[self.input_name]
         y = torch.empty_like(x)
-        self.context.set_input_shape(self.input_name, tuple(x.shape))
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        colour = torch.empty((x.shape[0], 12, 1, 1), device=x.device) if self.colour_input else None
+        for name, tensor in inputs.items():
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
         self.context.set_tensor_address(self.output_name, y.data_ptr())
+        if colour is not None:
+            self.context.set_tensor_address(COLOUR_OUTPUT, colour.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise DereflectError(None, "TensorRT execution failed")
         stream.synchronize()
-        return y.cpu().numpy()
+        return y.cpu().numpy(), colour.cpu().numpy() if colour is not None else None

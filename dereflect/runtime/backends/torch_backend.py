@@ -9,10 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dereflect.runtime.backends.base import Backend
-
-#: Long side of the downscaled copy a photo's image-level estimate is computed on (`photo_context`).
-PHOTO_SIDE = 512
+from dereflect.runtime.backends.base import PHOTO_SIDE, Backend
 
 
 class TorchBackend(Backend, name="torch", extra="torch"):
@@ -50,25 +47,16 @@ class TorchBackend(Backend, name="torch", extra="torch"):
     @contextmanager
     def photo_context(self, image: np.ndarray) -> Iterator[None]:
         """A student with a global colour path gets one estimate per photo, shared by all its tiles:
-        computed on a copy downscaled to PHOTO_SIDE (subsampled to at most twice that first, so no
-        image-sized float copy is made), padded to the network's multiple."""
+        computed on the same downscaled copy the exported graphs use (`tiling.photo_copy`)."""
         if getattr(self.model, "photo_colour", None) is None or getattr(self.model, "colour", None) is None:
             yield
             return
-        from dereflect.images import to_float
-        from dereflect.models.blocks import pad_to_multiple
+        from dereflect.runtime.tiling import photo_copy
 
         torch = self._torch
-        h, w = image.shape[:2]
-        step = max(1, max(h, w) // (2 * PHOTO_SIDE))
-        small = torch.from_numpy(np.ascontiguousarray(to_float(image[::step, ::step]).transpose(2, 0, 1)))[None]
-        scale = PHOTO_SIDE / max(small.shape[2:])
+        small = torch.from_numpy(photo_copy(image, PHOTO_SIDE, self.multiple)).to(self.device)
         with torch.inference_mode():
-            if scale < 1:
-                size = (max(1, round(small.shape[2] * scale)), max(1, round(small.shape[3] * scale)))
-                small = torch.nn.functional.interpolate(small, size=size, mode="bilinear", antialias=True, align_corners=False)
-            padded, _ = pad_to_multiple(small.to(self.device), self.multiple)
-            self._colour = self.model.photo_colour(padded)
+            self._colour = self.model.photo_colour(small)
         try:
             yield
         finally:
