@@ -8,7 +8,7 @@ and `dereflect demo serve` finds it with importlib.resources, editable install o
 Why a build step at all (the app is plain ES modules, no bundler): the browser must never reach a
 CDN, so onnxruntime-web comes from the npm registry (`npm ci`, pinned by package-lock.json) and
 its runtime files are copied next to the app; the model is exported from the shipped default
-weights by `dereflect export` (the stage contract: we read its artifact + manifest); PWA icons are
+weights (student-mnv2-rt) by `dereflect export` (the stage contract: we read its artifact + manifest); PWA icons are
 drawn with Pillow; the service worker gets this build's id and precache list.
 
 Steps, each skipped when its inputs have not changed:
@@ -40,7 +40,10 @@ REPO = HERE.parent
 APP = HERE / "app"
 OUT = REPO / "dereflect" / "demo" / "www"
 CACHE = HERE / ".cache"
-DEFAULT_CHECKPOINT = REPO / "dereflect" / "weights" / "student-nano.safetensors"
+#: The real-time student on the ImageNet MobileNetV2 encoder (issue 13): H/W multiples of 16 (build.json's
+#: multiple_of), and its global colour path makes the export take the photo's colour as a second input
+#: (the worker estimates it once per tiled photo). student-nano (`--checkpoint`) still builds.
+DEFAULT_CHECKPOINT = REPO / "dereflect" / "weights" / "student-mnv2-rt.safetensors"
 
 #: Which exported precision each backend loads (see app/engine.js): WASM runs INT8 QDQ with integer
 #: kernels; WebGPU runs fp16 where the GPU has shader-f16, else fp32 (no int8 conv path on GPUs).

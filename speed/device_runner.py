@@ -195,6 +195,10 @@ class Model:
     def __init__(self, artifact: Path, manifest: dict, backend: str, threads: int | None) -> None:
         self.input = manifest["inputs"][0]["name"]
         self.output = manifest["outputs"][0]["name"]
+        # A student with a global colour path takes `photo_colour` (N,13,1,1): 12 values and a weight
+        # (0: each input its own estimate). Tiles of one photo get the photo's estimate (run_tiles).
+        self.colour = "photo_colour" if any(i["name"] == "photo_colour" for i in manifest["inputs"]) else None
+        self.feed = np.zeros((1, 13, 1, 1), np.float32)
         self.multiple = int(manifest["constraints"].get("multiple_of", 8))
         fixed = manifest["constraints"].get("fixed_hw")  # `dereflect export --fixed-shape`: one (H, W) only
         self.fixed: tuple[int, int] | None = (int(fixed[0]), int(fixed[1])) if fixed else None
@@ -212,7 +216,7 @@ class Model:
                 opts.add_session_config_entry(str(key), str(value))
             self.session = ort.InferenceSession(str(artifact), opts, providers=["CPUExecutionProvider"])
             self.label, self.version = "onnxruntime/cpu", ort.__version__
-            self.infer = lambda x: self.session.run([self.output], {self.input: x})[0]
+            self.run_graph = lambda x, names: self.session.run(names, self.feeds(x))
         elif backend == "openvino":
             import openvino as ov
 
@@ -225,12 +229,18 @@ class Model:
             if threads:
                 config["INFERENCE_NUM_THREADS"] = str(threads)
             compiled = ov.Core().compile_model(str(xml), "CPU", config)
-            request, out = compiled.create_infer_request(), compiled.output(self.output)
+            request = compiled.create_infer_request()
             self.label, self.version = "openvino/cpu", ov.get_version().split("-")[0]
-            self.infer = lambda x: np.array(request.infer({self.input: x})[out], copy=True)
+            self.run_graph = lambda x, names: [np.array(request.infer(self.feeds(x))[compiled.output(n)], copy=True) for n in names]
         else:
             sys.exit(f"error: unknown backend {backend!r} (onnxruntime, openvino or auto)")
         self.backend = backend
+
+    def feeds(self, x: np.ndarray) -> dict:
+        return {self.input: x, self.colour: self.feed} if self.colour else {self.input: x}
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.run_graph(x, [self.output])[0]
 
     def prepare(self, photo: np.ndarray) -> np.ndarray:
         """uint8 HWC -> float32 NCHW padded at the bottom/right to the multiple (reflect; edge if
@@ -281,6 +291,14 @@ class Model:
                     wt[size - ov :] = ramp[::-1]
             return wt
 
+        if self.colour:  # the photo's colour estimate, once, on a copy that fits one tile (dereflect's photo_copy)
+            scale = min(1.0, th / h, tw / w)
+            step = max(1, int(1.0 / scale) // 2)  # subsampled to at most twice the size first, as photo_copy does
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            small = np.asarray(Image.fromarray(np.ascontiguousarray(photo[::step, ::step])).resize(size, Image.BILINEAR))
+            self.feed = np.zeros((1, 13, 1, 1), np.float32)
+            colour = self.run_graph(self.prepare(small), ["colour"])[0]
+            self.feed = np.concatenate([colour.reshape(1, 12, 1, 1), np.ones((1, 1, 1, 1), np.float32)], 1)
         acc = np.zeros((h, w, 3), np.float32)
         total = np.zeros((h, w, 1), np.float32)
         for y in origins(canvas_h, th):
@@ -290,6 +308,7 @@ class Model:
                 wgt = np.outer(weights(th, y, canvas_h)[:rows], weights(tw, x, canvas_w)[:cols])[..., None]
                 acc[y : y + rows, x : x + cols] += tile[:rows, :cols] * wgt
                 total[y : y + rows, x : x + cols] += wgt
+        self.feed = np.zeros((1, 13, 1, 1), np.float32)
         return acc / total
 
 

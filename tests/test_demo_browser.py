@@ -107,18 +107,37 @@ def ort_session(app_root):
     return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
 
 
+@pytest.fixture(scope="module")
+def multiple(app_root) -> int:
+    """The app's model's H/W multiple (build.json: 16 for student-mnv2-rt, 8 for student-nano)."""
+    return json.loads((app_root / "build.json").read_text())["models"]["wasm"]["multiple_of"]
+
+
+def _runtime(app_root: Path, tile: int, overlap: int):
+    """dereflect.runtime (onnxruntime, Python) on the app's WASM model with the app's tiling: the
+    same plan, and for a model with a photo-colour input one estimate per photo fed to every tile."""
+    from dereflect.runtime import load
+
+    build = json.loads((app_root / "build.json").read_text())
+    return load(app_root / "model" / build["models"]["wasm"]["file"], backend="onnxruntime", tile=tile, overlap=overlap)
+
+
 def _rgb(payload: dict) -> np.ndarray:
     raw = np.frombuffer(base64.b64decode(payload["rgba"]), np.uint8)
     return raw.reshape(payload["height"], payload["width"], 4)[..., :3].copy()
 
 
-def _reference(sess, rgb: np.ndarray) -> np.ndarray:
-    """onnxruntime (Python) on the same pixels, padded as the app pads: reflect at bottom/right to 8."""
+def _reference(sess, rgb: np.ndarray, multiple: int) -> np.ndarray:
+    """onnxruntime (Python) on the same pixels, padded as the app pads: reflect at bottom/right to
+    the model's multiple; a model with a photo-colour input gets weight 0 (one piece: its own estimate)."""
     h, w = rgb.shape[:2]
-    ph, pw = -h % 8, -w % 8
+    ph, pw = -h % multiple, -w % multiple
     padded = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
     x = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], np.float32) / np.float32(255)
-    y = sess.run(["transmission"], {"input": x})[0]
+    feeds = {"input": x}
+    if "photo_colour" in {i.name for i in sess.get_inputs()}:
+        feeds["photo_colour"] = np.zeros((1, 13, 1, 1), np.float32)
+    y = sess.run(["transmission"], feeds)[0]
     return y[0, :, :h, :w]
 
 
@@ -154,7 +173,7 @@ def test_page_is_cross_origin_isolated_with_wasm_threads(page):
     page.screenshot(path=str(ARTIFACTS / "phone-camera.png"))
 
 
-def test_capture_matches_onnxruntime(page, frame, ort_session):
+def test_capture_matches_onnxruntime(page, frame, ort_session, multiple):
     from PIL import Image
 
     result = _capture(page)
@@ -169,14 +188,14 @@ def test_capture_matches_onnxruntime(page, frame, ort_session):
     resize_diff = int(np.abs(pil.astype(np.int16) - inp).max())
     assert resize_diff <= 1, f"JS resize differs from Pillow's by up to {resize_diff} levels"
     # 3. the web target's parity: onnxruntime-web (wasm, int8) vs onnxruntime (Python) on the same input
-    ref = _reference(ort_session, inp)
+    ref = _reference(ort_session, inp, multiple)
     got = np.frombuffer(base64.b64decode(result["outputFloat"]), np.float32).reshape(3, *inp.shape[:2])
     diff = np.abs(got - ref)
     out_ref = np.rint(np.clip(ref, 0, 1) * 255).transpose(1, 2, 0)
     byte_diff = np.abs(out_ref.astype(np.int16) - out)
     # 4. end to end from the original frame (camera YUV + resize + network), for the record
     e2e_in = np.asarray(Image.fromarray(frame).resize((512, 339), Image.BILINEAR))
-    e2e = np.abs(_reference(ort_session, e2e_in) - got)
+    e2e = np.abs(_reference(ort_session, e2e_in, multiple) - got)
     _record(
         "capture",
         {
@@ -203,17 +222,17 @@ def test_capture_matches_onnxruntime(page, frame, ort_session):
     page.screenshot(path=str(ARTIFACTS / "phone-capture.png"))
 
 
-def test_full_resolution_tiles_match_the_runtime_tiling(page, ort_session):
-    tiling = pytest.importorskip("dereflect.runtime.tiling", reason="dereflect.runtime is not importable")
+def test_full_resolution_tiles_match_the_runtime_tiling(page, app_root):
     if page.evaluate("window.__dereflect.lastResult()") is None:
         _capture(page)
     source = _rgb(page.evaluate("window.__dereflect.lastResult()")["source"])
     full = page.evaluate("window.__dereflect.runFull(256, 64)")
-    plan = tiling.plan_tiles(FRAME_H, FRAME_W, tile=256, overlap=64)
+    session = _runtime(app_root, 256, 64)
+    plan = session.plan(FRAME_H, FRAME_W)
     assert (full["plan"]["ys"], full["plan"]["xs"]) == (list(plan.ys), list(plan.xs))
     assert (full["plan"]["tileH"], full["plan"]["tileW"], full["plan"]["overlap"]) == (plan.tile_h, plan.tile_w, plan.overlap)
     assert full["tiles"] == plan.count > 1
-    ref = tiling.run_tiled(lambda x: ort_session.run(["transmission"], {"input": x})[0], source, plan)
+    ref = session.run(source)
     got = _rgb(full)
     diff = np.abs(got.astype(np.int16) - ref)
     _record(
@@ -237,15 +256,14 @@ def test_full_resolution_tiles_match_the_runtime_tiling(page, ort_session):
 
 
 @pytest.mark.slow
-def test_full_resolution_12mp_in_a_worker_keeps_the_page_responsive(page, ort_session, tmp_path):
+def test_full_resolution_12mp_in_a_worker_keeps_the_page_responsive(page, app_root, tmp_path):
     """A 12 MP gallery photo through the Full resolution button: the tiles run in the app's Web
     Worker, so a 16 ms heartbeat on the page's main thread keeps ticking and the progress bar
     (role=progressbar, aria-valuenow = tiles done) climbs to the tile count; the result equals
-    dereflect.runtime.tiling with onnxruntime (Python) on the same photo and the same plan."""
+    dereflect.runtime (onnxruntime, Python) on the same photo with the same plan."""
     from PIL import Image
     from skimage import data
 
-    tiling = pytest.importorskip("dereflect.runtime.tiling", reason="dereflect.runtime is not importable")
     width, height = 4000, 3000
     base = np.asarray(Image.fromarray(data.coffee()).resize((width, height), Image.BICUBIC), np.float32)
     refl = np.asarray(Image.fromarray(data.astronaut()).resize((width, height), Image.BILINEAR), np.float32)
@@ -266,7 +284,8 @@ def test_full_resolution_12mp_in_a_worker_keeps_the_page_responsive(page, ort_se
     assert "tiles" in run["text"], run["text"]
     full = page.evaluate("window.__dereflect.lastFull()")
     assert (full["width"], full["height"]) == (width, height)
-    plan = tiling.plan_tiles(height, width, tile=1024, overlap=64)  # the app's default tiles
+    session = _runtime(app_root, 1024, 64)  # the app's default tiles
+    plan = session.plan(height, width)
     assert (full["plan"]["ys"], full["plan"]["xs"]) == (list(plan.ys), list(plan.xs))
     assert (full["plan"]["tileH"], full["plan"]["tileW"], full["plan"]["overlap"]) == (plan.tile_h, plan.tile_w, plan.overlap)
     assert full["tiles"] == plan.count == 20
@@ -281,7 +300,7 @@ def test_full_resolution_12mp_in_a_worker_keeps_the_page_responsive(page, ort_se
     assert run["ticks"] > run["ms"] / 100
 
     got = np.concatenate([_rgb(page.evaluate("([y, n]) => window.__dereflect.fullRows(y, n)", [y, 500])) for y in range(0, height, 500)])
-    ref = tiling.run_tiled(lambda x: ort_session.run(["transmission"], {"input": x})[0], photo, plan)
+    ref = session.run(photo)
     diff = np.abs(got.astype(np.int16) - ref)
     _record(
         "full_resolution_12mp",
@@ -306,10 +325,10 @@ def test_full_resolution_12mp_in_a_worker_keeps_the_page_responsive(page, ort_se
     page.screenshot(path=str(ARTIFACTS / "phone-full-12mp.png"))
 
 
-def test_gallery_photo_and_save(page, frame, ort_session, tmp_path):
+def test_gallery_photo_and_save(page, frame, ort_session, multiple, tmp_path):
     from PIL import Image
 
-    photo = frame[40:340, 100:548]  # 448x300: below the preview size, so no resize, padding 300 -> 304
+    photo = frame[40:340, 100:548]  # 448x300: below the preview size, so no resize, padding 300 -> 304 (8) or 304 (16)
     path = tmp_path / "gallery.png"
     Image.fromarray(photo).save(path)
     page.locator("button#retake").tap()
@@ -319,7 +338,7 @@ def test_gallery_photo_and_save(page, frame, ort_session, tmp_path):
     result = page.evaluate("window.__dereflect.lastResult()")
     assert np.array_equal(_rgb(result["input"]), photo), "the picked photo did not reach the model unchanged"
     got = np.frombuffer(base64.b64decode(result["outputFloat"]), np.float32).reshape(3, 300, 448)
-    diff = np.abs(got - _reference(ort_session, photo))
+    diff = np.abs(got - _reference(ort_session, photo, multiple))
     _record("gallery", {"size": [448, 300], "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())})
     assert diff.max() < 0.02 and diff.mean() < 1e-3
     # the before/after slider moves the divide
@@ -374,7 +393,7 @@ def test_latency_goes_to_the_bench_ledger(page):
     assert rows[0]["backend"] == "onnxruntime-web/wasm" and rows[0]["p90_ms"] >= rows[0]["latency_ms"]
 
 
-def test_webgpu_path_matches_onnxruntime(app_root, harness, playwright, frame, tmp_path):
+def test_webgpu_path_matches_onnxruntime(app_root, harness, playwright, frame, multiple, tmp_path):
     """The app's WebGPU branch on Chromium's SwiftShader adapter (no shader-f16 there, so the fp32
     model): backend chosen, session made, output equal to onnxruntime's on the same pixels.
     A small photo: SwiftShader compiles each shader for seconds."""
@@ -401,7 +420,7 @@ def test_webgpu_path_matches_onnxruntime(app_root, harness, playwright, frame, t
     model = app_root / "model" / info["model"]["file"]
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     got = np.frombuffer(base64.b64decode(result["outputFloat"]), np.float32).reshape(3, 40, 56)
-    diff = np.abs(got - _reference(sess, photo))
+    diff = np.abs(got - _reference(sess, photo, multiple))
     _record(
         "webgpu_swiftshader",
         {
@@ -504,3 +523,152 @@ def test_burst_shutter_matches_onnxruntime(app_root, harness, playwright, tmp_pa
     assert diff.max() < 0.01 and diff.mean() < 1e-4, f"wasm vs onnxruntime: max {diff.max():.4g}, mean {diff.mean():.4g}"
     assert byte_diff.max() <= 3
     assert np.abs(got - frames[2].transpose(2, 0, 1) / 255.0).mean() > 0.003  # the model changed the middle frame
+
+
+#: In a page of the app's origin: the app's own worker.js driven directly (no main.js), on the raw RGBA
+#: photo the server has as photo.rgba: init (WASM), a preview, the `full` op, the same preview again.
+WORKER_FULL_JS = """async ([width, height, tile, overlap]) => {
+  const build = await (await fetch('build.json')).json();
+  const bytes = new Uint8ClampedArray(await (await fetch('photo.rgba')).arrayBuffer());
+  const worker = new Worker('./worker.js', { type: 'module' });
+  let next = 0;
+  const call = (op, args, transfer = []) => new Promise((resolve, reject) => {
+    const id = ++next;
+    const onMessage = ({ data }) => {
+      if (data.id !== id || data.progress) return;
+      worker.removeEventListener('message', onMessage);
+      if (data.ok) resolve(data.result); else reject(new Error(data.error));
+    };
+    worker.addEventListener('message', onMessage);
+    worker.postMessage({ id, op, ...args }, transfer);
+  });
+  const photo = () => ({ width, height, data: new Uint8ClampedArray(bytes) });
+  const b64 = (a) => {
+    const u = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+    let s = '';
+    for (let i = 0; i < u.length; i += 0x8000) s += String.fromCharCode.apply(null, u.subarray(i, i + 0x8000));
+    return btoa(s);
+  };
+  const preview = async () => {
+    const p = photo();
+    return b64((await call('preview', { source: p, longSide: 512 }, [p.data.buffer])).outputFloat);
+  };
+  try {
+    const info = await call('init', { backend: 'wasm', threads: 0, build });
+    const before = await preview();
+    const p = photo();
+    const full = await call('full', { source: p, tile, overlap }, [p.data.buffer]);
+    const after = await preview();
+    const { ys, xs, tileH, tileW } = full.plan;
+    return { model: info.model, rgba: b64(full.output.data), width: full.output.width, height: full.output.height,
+             tiles: full.tiles, plan: { ys, xs, tileH, tileW, overlap: full.plan.overlap }, photoColour: full.photoColour,
+             ms: full.ms, modelMs: full.modelMs, before, after };
+  } finally {
+    worker.terminate();
+  }
+}"""
+
+
+@pytest.fixture(scope="module")
+def colourful_onnx(tmp_path_factory) -> Path:
+    """The shipped student-mnv2-rt with a random colour head (tests/test_photo_context.py's
+    idea), exported to ONNX fp32 with its photo-colour input: tiles of different content estimate
+    colour transforms levels apart, so a tiled photo shows whether its tiles shared one."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: the test exports a student")
+    from dereflect.export.formats import FORMATS
+    from dereflect.export.pipeline import Exporter, ExportOptions
+    from dereflect.models import load_checkpoint, save_checkpoint
+
+    weights = REPO / "dereflect" / "weights" / "student-mnv2-rt.safetensors"
+    if not weights.is_file():
+        pytest.skip(f"{weights.name} is not in this checkout")
+    torch.manual_seed(0)
+    model = load_checkpoint(weights)
+    torch.nn.init.normal_(model.colour.mlp[-1].weight, std=0.1)
+    out = tmp_path_factory.mktemp("colourful")
+    ckpt = save_checkpoint(model, out / "colourful.safetensors")
+    opts = ExportOptions(precision="fp32", size=64, val_count=2)
+    (result,) = Exporter(ckpt, out / "export", opts, log=lambda _: None).run([f for f in FORMATS if f.name == "onnx"])
+    assert result.status == "passed", result.message
+    return result.artifact
+
+
+def _quadrants(width: int, height: int) -> np.ndarray:
+    """Four scikit-image photos, one per quadrant: tiles see different scenes (and colours)."""
+    from PIL import Image
+    from skimage import data
+
+    w, h = width // 2, height // 2
+    scenes = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    q = [np.asarray(Image.fromarray(s).resize((w, h), Image.BICUBIC)) for s in scenes]
+    return np.ascontiguousarray(np.concatenate([np.concatenate(q[:2], 1), np.concatenate(q[2:], 1)], 0))
+
+
+def test_full_resolution_tiles_share_one_photo_colour_estimate(app_root, harness, playwright, colourful_onnx, tmp_path):
+    """The worker's `full` op with a student whose graph takes the photo's colour (PhotoColourGraph):
+    one estimate on the photo downscaled to 512 px (subsampled by 2 first at this size, as the Python
+    runtime does), fed with weight 1 to every tile, then cleared (a preview after it equals one before).
+    The browser's estimate and tiled output equal dereflect.runtime's (onnxruntime, Python) on the same
+    ONNX and plan; tiles that each used their own estimate would differ from it by far more."""
+    from contextlib import nullcontext
+
+    from dereflect.runtime import load
+    from dereflect.runtime.backends.base import PHOTO_SIDE
+    from dereflect.runtime.tiling import photo_copy
+
+    width, height, tile, overlap = 2048, 1344, 768, 64
+    photo = _quadrants(width, height)
+    root = tmp_path / "www"  # the built app with this model as its WASM model, and the photo as raw RGBA
+    shutil.copytree(app_root, root, ignore=shutil.ignore_patterns("model"))
+    (root / "model").mkdir()
+    shutil.copyfile(colourful_onnx, root / "model" / colourful_onnx.name)
+    build = json.loads((app_root / "build.json").read_text())
+    build["models"] = {"wasm": {"file": colourful_onnx.name, "precision": "fp32", "multiple_of": 16}}
+    (root / "build.json").write_text(json.dumps(build))
+    (root / "photo.rgba").write_bytes(np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)]).tobytes())
+    with harness.serving(root) as server, harness.chromium(playwright=playwright) as context:
+        page = context.pages[0]
+        page.goto(f"http://127.0.0.1:{server.port}/build.json")
+        page.set_default_timeout(300_000)
+        full = page.evaluate(WORKER_FULL_JS, [width, height, tile, overlap])
+
+    session = load(colourful_onnx, backend="onnxruntime", tile=tile, overlap=overlap)
+    plan = session.plan(height, width)
+    assert session.impl.colour_input == "photo_colour" and session.impl.multiple == 16
+    assert (full["plan"]["ys"], full["plan"]["xs"]) == (list(plan.ys), list(plan.xs))
+    assert (full["plan"]["tileH"], full["plan"]["tileW"], full["plan"]["overlap"]) == (plan.tile_h, plan.tile_w, plan.overlap)
+    assert full["tiles"] == plan.count > 1
+    # 1. one estimate, the Python runtime's (its copy is resized in float, the browser's in 8 bits)
+    py_colour = session.impl.estimate_colour(photo_copy(photo, PHOTO_SIDE, 16)).reshape(12)
+    js_colour = np.asarray(full["photoColour"], np.float32)
+    colour_diff = np.abs(js_colour - py_colour).max()
+    # 2. the tiles: browser vs Python with its shared estimate, vs Python with one estimate per tile
+    got = _rgb(full).astype(np.int16)
+    shared = session.run(photo).astype(np.int16)
+    per_tile_session = load(colourful_onnx, backend="onnxruntime", tile=tile, overlap=overlap)
+    per_tile_session.impl.photo_context = lambda image: nullcontext()  # each tile its own estimate
+    per_tile = per_tile_session.run(photo).astype(np.int16)
+    diff, per_tile_diff = np.abs(got - shared), np.abs(got - per_tile)
+    _record(
+        "full_resolution_photo_colour",
+        {
+            "size": [width, height],
+            "tiles": plan.count,
+            "tile": [plan.tile_h, plan.tile_w],
+            "colour_max_abs_diff": float(colour_diff),
+            "colour_norm": float(np.abs(py_colour).max()),
+            "max_abs_levels": int(diff.max()),
+            "mean_abs_levels": float(diff.mean()),
+            "per_tile_estimates_max_abs_levels": int(per_tile_diff.max()),
+            "per_tile_estimates_mean_abs_levels": float(per_tile_diff.mean()),
+            "python_shared_vs_per_tile_mean_abs_levels": float(np.abs(shared - per_tile).mean()),
+            "ms": full["ms"],
+            "model_ms": full["modelMs"],
+        },
+    )
+    assert np.abs(py_colour).max() > 0.02, "the colour head is too weak to tell shared from per-tile estimates"
+    assert colour_diff < 2e-3, f"browser estimate {js_colour} vs Python {py_colour}"
+    assert diff.max() <= 2 and diff.mean() < 0.05
+    assert per_tile_diff.mean() > 1.0 and per_tile_diff.mean() > 20 * diff.mean()
+    # 3. cleared afterwards: a one-piece preview (weight 0) after the tiled run is the one before it
+    assert full["before"] == full["after"]

@@ -2,8 +2,10 @@
 
 The MobileNetV2 students correct colour with a transform estimated from features pooled over their
 whole input. Cut into tiles, each tile would estimate its own (sky and wall corrected differently:
-colour seams). On the torch backend the runtime computes it once on a downscaled copy of the photo
-and feeds it to every tile (TorchBackend.photo_context); the model's own forward is unchanged.
+colour seams). The runtime computes it once on a downscaled copy of the photo and feeds it to every
+tile: on the torch backend through the model's `colour` argument (TorchBackend.photo_context), on
+exported graphs through their second input (PhotoColourGraph: ONNX Runtime, OpenVINO, TensorRT;
+Backend.photo_context). An image run in one piece is the model's own forward, unchanged.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import pytest
 import torch
 from skimage import data
 
+from dereflect.export.formats import FORMATS_BY_NAME
+from dereflect.export.pipeline import Exporter, ExportOptions
 from dereflect.models import create_model
 from dereflect.runtime import load
+from dereflect.runtime.tiling import photo_copy
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +77,125 @@ def test_one_piece_photos_and_models_without_a_global_path_are_unchanged(colourf
     nano = load(create_model("student-nano").eval(), tile=128)
     with nano.impl.photo_context(photo):
         assert nano.impl._colour is None
+
+
+@pytest.fixture(scope="module")
+def exported(colourful_student, tmp_path_factory):
+    """The colourful student exported fp32 (ONNX, OpenVINO), fp16 and INT8 (ONNX) through the real pipeline."""
+    out = tmp_path_factory.mktemp("photo-colour")
+    results = {}
+    for precision, formats in (("fp32", ("onnx", "openvino")), ("fp16", ("onnx",)), ("int8", ("onnx",))):
+        opts = ExportOptions(precision=precision, size=128, val_count=4, calib_count=8)
+        for r in Exporter(out / "student.safetensors", out, opts, log=lambda _: None, model=colourful_student).run(
+            [FORMATS_BY_NAME[f] for f in formats]
+        ):
+            results[(r.format, precision)] = r
+    return results
+
+
+def _torch_tiled(model, photo: np.ndarray, tile: int = 128) -> np.ndarray:
+    return load(model, tile=tile).run(photo).astype(np.int16)
+
+
+def test_exported_graph_takes_the_photo_colour_and_says_so(exported):
+    import json
+
+    for r in exported.values():
+        assert r.status == "passed", (r.format, r.precision, r.parity)
+        manifest = json.loads(r.manifest.read_text())
+        assert [i["name"] for i in manifest["inputs"]] == ["input", "photo_colour"]
+        assert [o["name"] for o in manifest["outputs"]] == ["transmission", "colour"]
+        assert manifest["inputs"][1]["shape"] == ["batch", 13, 1, 1]
+        assert "downscaled to 512 px" in manifest["constraints"]["photo_colour"]
+    # the blend of the photo's colour with the tile's own stays float in INT8 (weight 1 beside values of ~0.05)
+    int8 = json.loads(exported[("onnx", "int8")].manifest.read_text())
+    assert set(int8["quantization"]["excluded_nodes"]) >= {"photo_blend/Sub", "photo_blend/Mul", "photo_blend/Add"}
+
+
+@pytest.mark.parametrize("fmt,backend", [("onnx", "onnxruntime"), ("openvino", "openvino")])
+def test_exported_tiles_share_the_photo_estimate_like_torch(exported, colourful_student, fmt, backend):
+    photo = _halves()
+    want = _torch_tiled(colourful_student, photo)
+    session = load(exported[(fmt, "fp32")].artifact, backend=backend, tile=128)
+    assert session.impl.colour_input == "photo_colour"
+    got = session.run(photo).astype(np.int16)
+    assert np.abs(got - want).max() <= 1  # the same estimate (same downscaled copy) and the same tiles
+
+    session.impl.photo_context = lambda image: __import__("contextlib").nullcontext()  # each tile its own estimate
+    per_tile = session.run(photo).astype(np.int16)
+    assert np.abs(per_tile - want).mean() > 1.0
+
+    whole = load(exported[(fmt, "fp32")].artifact, backend=backend).run(photo).astype(np.int16)  # one piece: weight 0
+    assert np.abs(whole - load(colourful_student).run(photo).astype(np.int16)).max() <= 1
+
+
+def test_int8_tiles_follow_the_photo_estimate(exported, colourful_student):
+    """INT8 adds its own rounding, but a tiled photo must still get the photo's colour, not each tile's."""
+    photo = _halves()
+    want = _torch_tiled(colourful_student, photo)
+    session = load(exported[("onnx", "int8")].artifact, backend="onnxruntime", tile=128)
+    shared = np.abs(session.run(photo).astype(np.int16) - want).mean()
+    session.impl.photo_context = lambda image: __import__("contextlib").nullcontext()
+    per_tile = np.abs(session.run(photo).astype(np.int16) - want).mean()
+    assert shared < 0.6 * per_tile, (shared, per_tile)
+
+
+def test_nano_and_burst_graphs_keep_one_input(tmp_path):
+    from dereflect.models.mobile_student import PhotoColourGraph, export_graph
+
+    nano = create_model("student-nano").eval()
+    assert export_graph(nano) is nano
+    burst = create_model("burst-mnv2").eval()
+    assert export_graph(burst) is burst  # frames in: its colour path runs on the reference frame it is given
+    assert isinstance(export_graph(create_model("student-mnv2-rt")), PhotoColourGraph)
+    with pytest.raises(ValueError, match="global colour path"):
+        PhotoColourGraph(create_model("student-mnv2-rt", use_global=False))
+
+
+@pytest.mark.parametrize(
+    "shape,dtype,kwargs,want",
+    [
+        ((3000, 4000), np.uint8, {}, (1, 3, 384, 512)),  # 12 MP -> long side 512, rows padded 384 (a multiple of 16)
+        ((300, 200), np.uint16, {}, (1, 3, 304, 208)),  # small: not scaled, padded to the multiple
+        ((1000, 3000), np.float32, {"fixed": (256, 256)}, (1, 3, 256, 256)),  # a fixed-shape artifact: fits inside, padded to it
+        ((2000, 2000), np.uint8, {"max_side": 256}, (1, 3, 256, 256)),  # a bounded input (TensorRT profile)
+    ],
+)
+def test_photo_copy_is_a_small_padded_float_copy(shape, dtype, kwargs, want):
+    rng = np.random.default_rng(0)
+    scale = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}[dtype]
+    image = (rng.random((*shape, 3)) * scale).astype(dtype)
+    image[..., 0] = scale if dtype is not np.float32 else 1.0  # a red photo stays red
+    small = photo_copy(image, 512, 16, **kwargs)
+    assert small.shape == want and small.dtype == np.float32
+    assert np.allclose(small[0, 0], 1.0, atol=1e-3)
+    assert 0.4 < small[0, 1].mean() < 0.6  # noise averaged, not clipped or rescaled
+
+
+def test_fixed_shape_graphs_share_the_estimate_in_the_runtime_and_the_device_runner(colourful_student, tmp_path):
+    """A fixed-shape artifact (phone NPUs) fixes `photo_colour` to (1,13,1,1) too; the estimate runs on
+    the photo fitted into one tile. speed/device_runner.py (standalone, no dereflect) does the same."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    opts = ExportOptions(size=128, val_count=2, fixed_shapes=((128, 128),))
+    [r] = Exporter(tmp_path / "s.safetensors", tmp_path, opts, log=lambda _: None, model=colourful_student).run([FORMATS_BY_NAME["onnx"]])
+    assert r.status == "passed", r.parity
+    manifest = json.loads(r.manifest.read_text())
+    assert [i["shape"] for i in manifest["inputs"]] == [[1, 3, 128, 128], [1, 13, 1, 1]]
+    photo = _halves()
+    session = load(r.artifact, backend="onnxruntime")
+    assert session.impl.fixed == (128, 128)
+    ours = session.run(photo).astype(np.int16)
+    session.impl.photo_context = lambda image: __import__("contextlib").nullcontext()
+    assert np.abs(session.run(photo).astype(np.int16) - ours).mean() > 1.0  # the shared estimate is in use
+
+    path = Path(__file__).resolve().parents[1] / "speed" / "device_runner.py"
+    spec = importlib.util.spec_from_file_location("device_runner_colour", path)
+    runner = importlib.util.module_from_spec(spec)
+    sys.modules["device_runner_colour"] = runner
+    spec.loader.exec_module(runner)
+    theirs = runner.Model(r.artifact, manifest, "onnxruntime", None).run(photo).astype(np.int16)
+    assert np.abs(theirs - ours).mean() < 0.1  # Pillow on uint8 there, in float here: the same estimate to a hair

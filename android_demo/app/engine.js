@@ -66,16 +66,33 @@ export async function createEngine({ backend = 'auto', threads = 0, build }) {
   throw lastError;
 }
 
+/** The second input and output of a student with a global colour path (export's PhotoColourGraph,
+ * runtime/backends/base.py): (N,13,1,1) the photo's colour transform (12) and its weight in,
+ * (N,12,1,1) this input's own estimate out. */
+const COLOUR_INPUT = 'photo_colour';
+const COLOUR_OUTPUT = 'colour';
+
 function makeEngine(ort, session, ep, model, { threads }) {
-  const input = session.inputNames[0];
-  const output = session.outputNames[0];
+  const input = session.inputNames.find((n) => n !== COLOUR_INPUT);
+  const output = session.outputNames.find((n) => n !== COLOUR_OUTPUT);
+  const hasColour = session.inputNames.includes(COLOUR_INPUT);
+  let photoColour = null; // the photo's 12 values while its tiles run (setPhotoColour), else null
+  /** The COLOUR_INPUT of a batch of n: the photo's colour with weight 1 when set, else zeros
+   * (weight 0: the input's own estimate, the student as trained). */
+  const colourFeed = (n, colour) => {
+    const feed = new Float32Array(13 * n);
+    if (colour) for (let i = 0; i < n; i++) { feed.set(colour, 13 * i); feed[13 * i + 12] = 1; }
+    return new ort.Tensor('float32', feed, [n, 13, 1, 1]);
+  };
   let busy = Promise.resolve();
-  /** float32 data of shape `dims` -> the output's Float32Array; calls are serialised. */
-  const runShaped = (tensorData, dims) => {
+  /** float32 data of shape `dims` -> the output `name`'s Float32Array; calls are serialised, and
+   * each takes the photo colour set when it was called. */
+  const runShaped = (tensorData, dims, { name = output, colour = photoColour } = {}) => {
     const job = busy.then(async () => {
       const feeds = { [input]: new ort.Tensor('float32', tensorData, dims) };
-      const results = await session.run(feeds);
-      const out = results[output];
+      if (hasColour) feeds[COLOUR_INPUT] = colourFeed(dims[0], colour);
+      const results = await session.run(feeds, [name]);
+      const out = results[name];
       const data = out.location === 'gpu-buffer' ? await out.getData(true) : out.data;
       return new Float32Array(data);
     });
@@ -87,9 +104,18 @@ function makeEngine(ort, session, ep, model, { threads }) {
     threads,
     model,
     inputName: input,
+    /** True when the model takes a photo's colour (a student with a global colour path). */
+    hasPhotoColour: hasColour,
     /** (1,3,h,w) float32 planar -> same-shaped Float32Array. */
     run: (tensorData, width, height) => runShaped(tensorData, [1, 3, height, width]),
     runShaped,
+    /** (1,3,h,w) -> this input's own colour estimate, 12 floats (run with weight 0). */
+    estimateColour: (tensorData, width, height) => runShaped(tensorData, [1, 3, height, width], { name: COLOUR_OUTPUT, colour: null }),
+    /** Feed these 12 values with weight 1 to every later run (a tiled photo's estimate); null: weight 0 again. */
+    setPhotoColour(colour) {
+      if (colour && !hasColour) throw new Error('this model takes no photo colour');
+      photoColour = colour ? Float32Array.from(colour) : null;
+    },
     /** Another model of this build (build.json's entry, e.g. the burst model) on the WASM backend
      * of the same onnxruntime-web: its own session, loaded when first needed. */
     async loadModel(other) {

@@ -10,7 +10,7 @@
 // ops:
 //   init    {backend, threads, build}           -> {backend, threads, model}
 //   preview {source, longSide}                  -> {source, input, output, outputFloat, latencyMs, totalMs}
-//   full    {source, tile, overlap}             -> {source, output, ms, modelMs, tiles, plan}   (+ progress)
+//   full    {source, tile, overlap}             -> {source, output, ms, modelMs, tiles, plan, photoColour}   (+ progress)
 //   bench   {size, runs, warmup}                -> [ms per run]
 //   burstLoad   {}                              -> {model}            (the burst model's session, once)
 //   burstFrame  {source, index, longSide}       -> {width, height}    (resized and kept; the frame is dropped)
@@ -23,6 +23,7 @@ import {
 
 let engine = null;
 let multiple = 8; // the network's H/W multiple (build.json's multiple_of for the loaded model)
+const PHOTO_SIDE = 512; // long side of the copy a tiled photo's colour is estimated on (runtime's PHOTO_SIDE)
 let build = null; // build.json
 let burstEngine = null; // the burst model's session (loaded on the first burst)
 let burstFrames = []; // a burst being collected: frames resized to the preview size
@@ -54,22 +55,32 @@ const ops = {
     return [result, [...buffersOf(source, input, output), outputFloat.buffer]];
   },
 
-  /** The whole photo in overlapping tiles (imageops.runTiled), reporting each finished tile. */
+  /** The whole photo in overlapping tiles (imageops.runTiled), reporting each finished tile. A model
+   * with a global colour path gets one colour estimate for the whole photo, fed to every tile (the
+   * runtime's photo_context), so the tiles do not each correct colour their own way. */
   async full({ source, tile, overlap }, progress) {
     const plan = planTiles(source.height, source.width, { multiple, tile, overlap });
     const total = plan.ys.length * plan.xs.length;
     progress(0, total);
     const t0 = performance.now();
     let modelMs = 0;
-    const infer = async (tensor, tw, th) => {
+    const timed = async (job) => {
       const t = performance.now();
-      const out = await engine.run(tensor, tw, th);
+      const out = await job;
       modelMs += performance.now() - t;
       return out;
     };
-    const output = await runTiled(source, plan, infer, progress);
+    const infer = (tensor, tw, th) => timed(engine.run(tensor, tw, th));
+    const photoColour = engine.hasPhotoColour && total > 1 ? Array.from(await timed(estimatePhotoColour(source))) : null;
+    engine.setPhotoColour(photoColour);
+    let output;
+    try {
+      output = await runTiled(source, plan, infer, progress);
+    } finally {
+      engine.setPhotoColour(null); // previews and benchmarks run one piece: weight 0
+    }
     const ms = performance.now() - t0;
-    return [{ source, output, ms, modelMs, tiles: total, plan }, buffersOf(source, output)];
+    return [{ source, output, ms, modelMs, tiles: total, plan, photoColour }, buffersOf(source, output)];
   },
 
   /** Model latency (ms per run) at size x size after `warmup` runs: what the bench ledger records. */
@@ -131,6 +142,30 @@ Object.assign(ops, {
     return [result, [...buffersOf(...frames, output), outputFloat.buffer]];
   },
 });
+
+/** A photo's colour estimate, 12 floats: the model with weight 0 on the whole photo downscaled to long
+ * side PHOTO_SIDE and padded to the multiple (runtime tiling.photo_copy: subsampled to at most twice
+ * that first, then the antialiased bilinear resize, here Pillow's 8-bit one). */
+function estimatePhotoColour(source) {
+  const { width, height } = fitLongSide(source.width, source.height, PHOTO_SIDE);
+  const long = Math.max(source.width, source.height);
+  const step = long > PHOTO_SIDE ? Math.max(1, Math.trunc(1 / (PHOTO_SIDE / long)) >> 1) : 1;
+  const small = resizeBilinear(step > 1 ? subsample(source, step) : source, width, height);
+  const tw = roundUp(width, multiple), th = roundUp(height, multiple);
+  return engine.estimateColour(cropToTensor(small, 0, 0, width, height, tw, th), tw, th);
+}
+
+/** Every `step`-th pixel of every `step`-th row (numpy's image[::step, ::step]). */
+function subsample(img, step) {
+  const w = Math.ceil(img.width / step), h = Math.ceil(img.height / step);
+  const out = new Uint8ClampedArray(w * h * 4);
+  for (let y = 0, o = 0; y < h; y++) {
+    for (let x = 0, p = y * step * img.width * 4; x < w; x++, p += step * 4, o += 4) {
+      out[o] = img.data[p]; out[o + 1] = img.data[p + 1]; out[o + 2] = img.data[p + 2]; out[o + 3] = 255;
+    }
+  }
+  return { width: w, height: h, data: out };
+}
 
 /** The top-left h x w of a planar (3,th,tw) float tensor, still planar float. */
 function cropPlanar(t, tw, th, w, h) {

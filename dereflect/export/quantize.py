@@ -58,13 +58,15 @@ def feeds(sess, batch: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def to_fp16(src: str | Path, dst: str | Path) -> Path:
-    """fp32 ONNX -> fp16 weights and compute, float32 `input`/`transmission` kept."""
+    """fp32 ONNX -> fp16 weights and compute, float32 `input`/`transmission` kept. The photo-colour
+    blend (`photo_blend/*`, models/mobile_student.py PhotoBlend) stays float32, as in INT8."""
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
     del model.graph.value_info[:]
+    blend = [n.name for n in model.graph.node if n.name.startswith("photo_blend/")]
     with quiet():
-        half = float16.convert_float_to_float16(model, keep_io_types=True)
+        half = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=blend)
     half = check_onnx(half, Path(dst))
     onnx.save_model(half, str(dst))
     return Path(dst)
