@@ -172,30 +172,47 @@ def test_photo_copy_is_a_small_padded_float_copy(shape, dtype, kwargs, want):
     assert 0.4 < small[0, 1].mean() < 0.6  # noise averaged, not clipped or rescaled
 
 
-def test_fixed_shape_graphs_share_the_estimate_in_the_runtime_and_the_device_runner(colourful_student, tmp_path):
-    """A fixed-shape artifact (phone NPUs) fixes `photo_colour` to (1,13,1,1) too; the estimate runs on
-    the photo fitted into one tile. speed/device_runner.py (standalone, no dereflect) does the same."""
+def test_fixed_shape_graphs_share_the_estimate_in_every_runtime(colourful_student, tmp_path):
+    """A fixed-shape artifact (phone NPUs, ExecuTorch, LiteRT) fixes `photo_colour` to (1,13,1,1) too; the
+    estimate runs on the photo fitted into one tile. ONNX Runtime, ExecuTorch, LiteRT and the standalone
+    speed/device_runner.py give the same tiled photo; Core ML converts with both inputs (runs on macOS)."""
     import importlib.util
     import json
     import sys
     from pathlib import Path
 
+    from dereflect.export.formats import format_status
+
+    names = ["onnx"] + [f for f in ("pte", "tflite", "coreml") if not format_status(f).build_reason]
     opts = ExportOptions(size=128, val_count=2, fixed_shapes=((128, 128),))
-    [r] = Exporter(tmp_path / "s.safetensors", tmp_path, opts, log=lambda _: None, model=colourful_student).run([FORMATS_BY_NAME["onnx"]])
-    assert r.status == "passed", r.parity
-    manifest = json.loads(r.manifest.read_text())
-    assert [i["shape"] for i in manifest["inputs"]] == [[1, 3, 128, 128], [1, 13, 1, 1]]
+    exporter = Exporter(tmp_path / "s.safetensors", tmp_path, opts, log=lambda _: None, model=colourful_student)
+    results = {r.format: r for r in exporter.run([FORMATS_BY_NAME[f] for f in names])}
+    for name, r in results.items():
+        assert r.status in ("passed", "not run"), (name, r.status, r.message, r.parity)
+        manifest = json.loads(r.manifest.read_text())
+        assert [i["name"] for i in manifest["inputs"]] == ["input", "photo_colour"], name
+    assert [i["shape"] for i in json.loads(results["onnx"].manifest.read_text())["inputs"]] == [[1, 3, 128, 128], [1, 13, 1, 1]]
+    if "coreml" in results:
+        io = json.loads(results["coreml"].manifest.read_text())["coreml"]["validation"]["io"]
+        assert io["photo_colour"]["shape"] == [1, 13, 1, 1] and "colour" in io
+
     photo = _halves()
-    session = load(r.artifact, backend="onnxruntime")
+    session = load(results["onnx"].artifact, backend="onnxruntime")
     assert session.impl.fixed == (128, 128)
     ours = session.run(photo).astype(np.int16)
     session.impl.photo_context = lambda image: __import__("contextlib").nullcontext()
     assert np.abs(session.run(photo).astype(np.int16) - ours).mean() > 1.0  # the shared estimate is in use
+    for name in ("pte", "tflite"):
+        if name in results:
+            other = load(results[name].artifact)
+            assert other.impl.colour_input == "photo_colour" and other.impl.fixed == (128, 128), name
+            assert np.abs(other.run(photo).astype(np.int16) - ours).max() <= 1, name
 
     path = Path(__file__).resolve().parents[1] / "speed" / "device_runner.py"
     spec = importlib.util.spec_from_file_location("device_runner_colour", path)
     runner = importlib.util.module_from_spec(spec)
     sys.modules["device_runner_colour"] = runner
     spec.loader.exec_module(runner)
-    theirs = runner.Model(r.artifact, manifest, "onnxruntime", None).run(photo).astype(np.int16)
+    manifest = json.loads(results["onnx"].manifest.read_text())
+    theirs = runner.Model(results["onnx"].artifact, manifest, "onnxruntime", None).run(photo).astype(np.int16)
     assert np.abs(theirs - ours).mean() < 0.1  # Pillow on uint8 there, in float here: the same estimate to a hair

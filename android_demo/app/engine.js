@@ -68,7 +68,7 @@ export async function createEngine({ backend = 'auto', threads = 0, build }) {
 
 /** The second input and output of a student with a global colour path (export's PhotoColourGraph,
  * runtime/backends/base.py): (N,13,1,1) the photo's colour transform (12) and its weight in,
- * (N,12,1,1) this input's own estimate out. */
+ * (N,12) this input's own estimate out. */
 const COLOUR_INPUT = 'photo_colour';
 const COLOUR_OUTPUT = 'colour';
 

@@ -25,7 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from dereflect.errors import DereflectError
-from dereflect.export.onnx import INPUT_NAME, OUTPUT_NAME, quiet
+from dereflect.export.onnx import (
+    COLOUR_INPUT,
+    COLOUR_OUTPUT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    colour_example,
+    graph_feeds,
+    has_colour_input,
+    quiet,
+)
 
 MAX_SIDE = 4096
 DEFAULT_ENUMERATED = ((256, 256), (384, 512), (512, 384), (512, 512), (768, 1024), (1024, 768), (1024, 1024))
@@ -44,6 +53,11 @@ EXPECTED_OPS = {
     "sub",
     "relu",
     "upsample_nearest_neighbor",
+    # the MobileNetV2 students' global colour path: pooled features, the 12 parameters sliced per channel,
+    # and its PhotoColourGraph's flat `colour` output
+    "reduce_mean",
+    "slice_by_index",
+    "reshape",
 }
 
 
@@ -88,14 +102,21 @@ def export_coreml(
     example = torch.rand(1, 3, example_size, example_size, generator=torch.Generator().manual_seed(0))
     if shapes == "fixed":  # trace at the one size the package takes
         example = torch.rand(1, 3, *enumerated[0], generator=torch.Generator().manual_seed(0))
+    examples = (example,)
+    inputs = [ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)]
+    outputs = [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)]
+    if has_colour_input(model):  # a PhotoColourGraph (models/mobile_student.py): + photo_colour in, colour out
+        examples = (example, colour_example(1))
+        inputs.append(ct.TensorType(name=COLOUR_INPUT, shape=(1, 13, 1, 1), dtype=np.float32))
+        outputs.append(ct.TensorType(name=COLOUR_OUTPUT, dtype=np.float32))
     with quiet(stderr=True), torch.no_grad():
-        traced = torch.jit.trace(model.eval(), example)
+        traced = torch.jit.trace(model.eval(), examples)
         mlmodel = ct.convert(
             traced,
             convert_to="mlprogram",
             minimum_deployment_target=ct.target.iOS16,
-            inputs=[ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)],
-            outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+            inputs=inputs,
+            outputs=outputs,
             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
         )
     compression: dict[str, object] = {"weights": "fp32" if precision == "fp32" else "fp16"}
@@ -166,18 +187,23 @@ def validate_coreml(path: str | Path, precision: str, fixed_hw: tuple[int, int] 
         raise DereflectError(path, f"expected an ML program, got {spec.WhichOneof('Type')}")
     desc = spec.description
     io_facts = {}
-    for side, expected in (("input", INPUT_NAME), ("output", OUTPUT_NAME)):
+    colour = [f.name for f in desc.input] == [INPUT_NAME, COLOUR_INPUT]  # a PhotoColourGraph
+    for side, expected in (
+        ("input", [INPUT_NAME, COLOUR_INPUT] if colour else [INPUT_NAME]),
+        ("output", [OUTPUT_NAME, COLOUR_OUTPUT] if colour else [OUTPUT_NAME]),
+    ):
         features = list(getattr(desc, side))
-        if len(features) != 1 or features[0].name != expected:
-            raise DereflectError(path, f"Core ML {side}s are {[f.name for f in features]}, expected ['{expected}']")
-        array = features[0].type.multiArrayType
-        if array.dataType != ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32:
-            raise DereflectError(path, f"Core ML {side} '{expected}' is not float32")
-        io_facts[expected] = {
-            "shape": list(array.shape),
-            "ranges": [[r.lowerBound, r.upperBound] for r in array.shapeRange.sizeRanges],
-            "enumerated": [list(s.shape) for s in array.enumeratedShapes.shapes],
-        }
+        if [f.name for f in features] != expected:
+            raise DereflectError(path, f"Core ML {side}s are {[f.name for f in features]}, expected {expected}")
+        for feature in features:
+            array = feature.type.multiArrayType
+            if array.dataType != ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32:
+                raise DereflectError(path, f"Core ML {side} '{feature.name}' is not float32")
+            io_facts[feature.name] = {
+                "shape": list(array.shape),
+                "ranges": [[r.lowerBound, r.upperBound] for r in array.shapeRange.sizeRanges],
+                "enumerated": [list(s.shape) for s in array.enumeratedShapes.shapes],
+            }
     inp = io_facts[INPUT_NAME]
     if len(inp["shape"]) != 4 or inp["shape"][:2] != [1, 3]:
         raise DereflectError(path, f"Core ML input shape {inp['shape']} is not (1,3,H,W)")
@@ -210,15 +236,20 @@ def validate_coreml(path: str | Path, precision: str, fixed_hw: tuple[int, int] 
     }
 
 
-def coreml_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """`run(NCHW float32) -> NCHW float32` through Core ML (macOS only; batch looped one by one)."""
+def coreml_runner(path: str | Path) -> Callable[..., np.ndarray]:
+    """`run(NCHW float32, photo-colour feeds or None) -> NCHW float32` through Core ML (macOS only;
+    batch looped one by one)."""
     if sys.platform != "darwin":
         raise DereflectError(path, "Core ML predicts only on macOS")
     ct = _coremltools()
     model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+    names = [f.name for f in model.get_spec().description.input]
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        outs = [model.predict({INPUT_NAME: batch[i : i + 1]})[OUTPUT_NAME] for i in range(len(batch))]
+    def run(batch: np.ndarray, colour: np.ndarray | None = None) -> np.ndarray:
+        outs = [
+            model.predict(graph_feeds(names, batch[i : i + 1], None if colour is None else colour[i : i + 1]))[OUTPUT_NAME]
+            for i in range(len(batch))
+        ]
         return np.concatenate([np.asarray(o, dtype=np.float32) for o in outs])
 
     return run

@@ -120,7 +120,7 @@ def io_spec(
     """The graph contract of docs/DESIGN.md: `input` (N,3,H,W) float32 [0,1] -> `transmission` same shape.
 
     photo_colour: a student with a global colour path (models/mobile_student.py PhotoColourGraph) also
-    takes `photo_colour` (N,13,1,1) and returns `colour` (N,12,1,1): the runtime feeds a photo's
+    takes `photo_colour` (N,13,1,1) and returns `colour` (N,12): the runtime feeds a photo's
     estimate to all its tiles (runtime/backends/base.py photo_context).
 
     fixed_hw: a fixed-shape artifact (`--fixed-shape`): the input is exactly (1,3,H,W), recorded
@@ -161,7 +161,7 @@ def io_spec(
                 "1 uses it, 0 this input's own estimate",
             }
         )
-        outputs.append({"name": "colour", "shape": [n, 12, 1, 1], "dtype": "float32", "meaning": "this input's own colour transform"})
+        outputs.append({"name": "colour", "shape": [n, 12], "dtype": "float32", "meaning": "this input's own colour transform"})
         constraints["photo_colour"] = (
             "run once with weight 0 on the photo downscaled to 512 px (long side), then feed its colour to every tile"
         )

@@ -114,7 +114,7 @@ def export_onnx(model, path: str | Path, opset: int = DEFAULT_OPSET, example_siz
 
     The graph: `input` (N,3,H,W) float32 [0,1] -> `transmission` (N,3,H,W), N/H/W dynamic,
     H and W multiples of `model.size_multiple`. A PhotoColourGraph adds `photo_colour` (N,13,1,1)
-    in and `colour` (N,12,1,1) out. The same weights exported again in the same
+    in and `colour` (N,12) out. The same weights exported again in the same
     process (benchmark, tests: the dynamo exporter takes seconds) reuse the first file's bytes.
     """
     path = Path(path)

@@ -433,9 +433,13 @@ class Exporter:
         return results
 
     def _colour_for(self, fmt: ExportFormat) -> bool:
-        """Does `fmt` export the photo-colour graph? The ONNX-based formats do; Core ML, ExecuTorch and
-        LiteRT export the student itself (each tile its own colour estimate: docs/DESIGN.md)."""
-        return fmt.via_onnx and self.graph is not self.model
+        """Does `fmt` export the photo-colour graph? Every format does, for a student with a global colour path."""
+        return self.graph is not self.model
+
+    @property
+    def exported_model(self):
+        """What a format built from PyTorch (ExecuTorch, LiteRT, Core ML) converts: the photo-colour graph or the student."""
+        return self.graph if self.with_colour else self.model
 
     def _build_one(self, builder: Callable[[ExportFormat], list[ExportResult]], fmt: ExportFormat) -> list[ExportResult]:
         """One artifact (and its companions): built, gated, logged; a failure is its result row."""
@@ -701,11 +705,15 @@ class Exporter:
         mode, sizes = self.opts.coreml_shapes, None
         if self.shape is not None:  # --fixed-shape: one fixed package per shape, or one enumerating them all
             mode, sizes = ("enumerated", self.opts.fixed_shapes) if self.tag == "enumerated" else ("fixed", (self.shape,))
-        info = export_coreml(self.model, path, p, shapes=mode, palettize=self.opts.palettize, **({"enumerated": sizes} if sizes else {}))
+        info = export_coreml(
+            self.exported_model, path, p, shapes=mode, palettize=self.opts.palettize, **({"enumerated": sizes} if sizes else {})
+        )
         info["validation"] = validate_coreml(path, p, fixed_hw=self.shape if mode == "fixed" else None)
         build_s = time.perf_counter() - started
         status = format_status("coreml")
-        io = io_spec(batch=1, multiple_of=self.size_multiple, fixed_hw=self.shape if mode == "fixed" else None)
+        io = io_spec(
+            batch=1, multiple_of=self.size_multiple, fixed_hw=self.shape if mode == "fixed" else None, photo_colour=self.with_colour
+        )
         if info["shapes"]["mode"] == "range":
             io["constraints"]["max_side"] = info["shapes"]["max_side"]
         else:
@@ -762,7 +770,7 @@ class Exporter:
         p, hw = self.opts.precision, self.mobile_shape
         started = time.perf_counter()
         artifact = self.out / fmt.artifact_name(self.art_stem, p)
-        info = export_pte(self.model, artifact, p, hw, self.calibration_at(hw) if p == "int8" else None)
+        info = export_pte(self.exported_model, artifact, p, hw, self.calibration_at(hw) if p == "int8" else None)
         build_s = time.perf_counter() - started
         extra = {"executorch": info, "quantization": info.pop("quantization"), **self._quant_extra()}
         run = lambda: pte_runner(artifact)  # noqa: E731
@@ -775,7 +783,7 @@ class Exporter:
         p, hw = self.opts.precision, self.mobile_shape
         started = time.perf_counter()
         artifact = self.out / fmt.artifact_name(self.art_stem, p)
-        info = export_tflite(self.model, artifact, p, hw)
+        info = export_tflite(self.exported_model, artifact, p, hw)
         build_s = time.perf_counter() - started
         extra = {"litert": info, "quantization": info.pop("quantization")}  # int8 is dynamic range: no calibration set
         run = lambda: tflite_runner(artifact)  # noqa: E731
@@ -788,15 +796,17 @@ class Exporter:
         return self.shape or (self.opts.size, self.opts.size)
 
     def fixed_io(self, hw: tuple[int, int]) -> dict[str, Any]:
-        return io_spec(batch=1, multiple_of=self.size_multiple, fixed_hw=hw)
+        return io_spec(batch=1, multiple_of=self.size_multiple, fixed_hw=hw, photo_colour=self.with_colour)
 
-    def calibration_at(self, hw: tuple[int, int]) -> np.ndarray:
-        """The int8 calibration images (the same photos as every int8 export) at H x W: as loaded
-        at --size, or loaded at max(H, W) and centre-cropped for another fixed shape."""
-        images = self.calibration.images
-        if tuple(images.shape[2:]) == tuple(hw):
-            return images
-        return _crop_set(calib_mod.load_calibration(self.opts.calib, self.opts.calib_count, max(hw), self.opts.seed), *hw).images
+    def calibration_at(self, hw: tuple[int, int]) -> calib_mod.ImageSet:
+        """The int8 calibration set (the same photos as every int8 export, with their photo-colour
+        feeds when the model has that input) at H x W: as loaded at --size, or loaded at max(H, W)
+        and centre-cropped for another fixed shape."""
+        if tuple(self.calibration.images.shape[2:]) == tuple(hw):
+            return self.calibration
+        return self.with_photo_feeds(
+            _crop_set(calib_mod.load_calibration(self.opts.calib, self.opts.calib_count, max(hw), self.opts.seed), *hw)
+        )
 
 
 def _ort_runner(path: Path) -> parity_mod.Runner:

@@ -15,6 +15,9 @@ the whole network is one XNNPACK partition, which is also what phone delegates w
 int8: PT2E static quantization with ExecuTorch's `XNNPACKQuantizer` (s8 symmetric per-channel
 weights, s8 activations), calibrated on the same images as the other int8 exports
 (export/calib.py), then lowered the same way (quantized convs run as XNNPACK QS8 kernels).
+
+A student with a global colour path is exported as its PhotoColourGraph (second input `photo_colour`,
+second output `colour`; models/mobile_student.py), its blend left in float as in every INT8 build.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.export.onnx import quiet
+from dereflect.export.calib import ImageSet
+from dereflect.export.onnx import colour_example, has_colour_input, quiet
 
 
 def _version(package: str) -> str | None:
@@ -38,18 +42,19 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _quantize(model, example, calib: np.ndarray) -> Any:
+def _quantize(model, examples: tuple, calib: ImageSet) -> Any:
     """PT2E: export -> prepare (observers) -> calibrate -> convert (Q/DQ around each op)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    graph = torch.export.export(model, (example,)).module()
+    graph = torch.export.export(model, examples).module()
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for i in range(len(calib)):
-            prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + 1])))
+            feeds = [calib.images[i : i + 1]] + ([calib.colour[i : i + 1]] if len(examples) == 2 else [])
+            prepared(*(torch.from_numpy(np.ascontiguousarray(f)) for f in feeds))
     return convert_pt2e(prepared)
 
 
@@ -63,9 +68,10 @@ def _delegation(edge) -> dict[str, Any]:
     return {"delegate": "XnnpackBackend", "delegate_calls": delegated, "portable_ops": dict(sorted(rest.items()))}
 
 
-def export_pte(model, path: str | Path, precision: str, fixed_hw: tuple[int, int], calib: np.ndarray | None = None) -> dict[str, Any]:
+def export_pte(model, path: str | Path, precision: str, fixed_hw: tuple[int, int], calib: ImageSet | None = None) -> dict[str, Any]:
     """Export at (1,3,H,W), lower to XNNPACK and write `path` (.pte) atomically; returns what the
-    manifest records. `calib`: NCHW float32 calibration images at H x W (int8 only)."""
+    manifest records. `calib`: calibration images at H x W, with their photo-colour feeds for a
+    PhotoColourGraph (int8 only)."""
     import torch
 
     try:
@@ -80,17 +86,19 @@ def export_pte(model, path: str | Path, precision: str, fixed_hw: tuple[int, int
     if fixed_hw[0] % multiple or fixed_hw[1] % multiple:
         raise DereflectError(None, f"ExecuTorch fixed shape {fixed_hw[0]}x{fixed_hw[1]} is not a multiple of {multiple}")
     example = torch.rand(1, 3, *fixed_hw, generator=torch.Generator().manual_seed(0))
+    examples = (example, colour_example(1)) if has_colour_input(model) else (example,)
     model = model.eval()
     quant: dict[str, Any] = {"weights": "fp32", "activations": "fp32"}
     with quiet(stderr=True), torch.no_grad():
         if precision == "int8":
             if calib is None or len(calib) == 0:
                 raise DereflectError(None, "int8 ExecuTorch export needs calibration images")
-            if tuple(calib.shape[2:]) != tuple(fixed_hw):
-                raise DereflectError(
-                    None, f"calibration images are {calib.shape[2]}x{calib.shape[3]}, the program's {fixed_hw[0]}x{fixed_hw[1]}"
-                )
-            model = _quantize(model, example, calib)
+            if tuple(calib.images.shape[2:]) != tuple(fixed_hw):
+                shape = calib.images.shape
+                raise DereflectError(None, f"calibration images are {shape[2]}x{shape[3]}, the program's {fixed_hw[0]}x{fixed_hw[1]}")
+            if len(examples) == 2 and calib.colour is None:
+                raise DereflectError(None, "int8 ExecuTorch export of a photo-colour graph needs the calibration images' colour feeds")
+            model = _quantize(model, examples, calib)
             quant = {
                 "tool": "torchao PT2E + executorch XNNPACKQuantizer",
                 "weights": "int8 symmetric per-channel",
@@ -99,7 +107,7 @@ def export_pte(model, path: str | Path, precision: str, fixed_hw: tuple[int, int
             }
         elif precision != "fp32":
             raise DereflectError(None, f"ExecuTorch export takes fp32 or int8, not {precision}")
-        edge = to_edge_transform_and_lower(torch.export.export(model, (example,)), partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(torch.export.export(model, examples), partitioner=[XnnpackPartitioner()])
         info = _delegation(edge)
         buffer = edge.to_executorch().buffer
     with atomic_output(path) as tmp:
@@ -113,16 +121,10 @@ def export_pte(model, path: str | Path, precision: str, fixed_hw: tuple[int, int
     }
 
 
-def pte_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """`run(NCHW float32) -> NCHW float32` through ExecuTorch (batch looped one by one), for the parity gate."""
-    import torch
+def pte_runner(path: str | Path) -> Callable[..., np.ndarray]:
+    """`run(NCHW float32, photo-colour feeds or None) -> NCHW float32` through ExecuTorch (batch looped
+    one by one, by the runtime's backend), for the parity gate."""
+    from dereflect.runtime.backends.executorch_backend import ExecuTorchBackend
 
-    from dereflect.runtime.backends.executorch_backend import load_method
-
-    method = load_method(path)
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        outs = [method.execute([torch.from_numpy(np.ascontiguousarray(batch[i : i + 1]))])[0] for i in range(len(batch))]
-        return np.concatenate([o.numpy() for o in outs]).astype(np.float32, copy=False)
-
-    return run
+    backend = ExecuTorchBackend(Path(path))
+    return lambda batch, colour=None: backend.run(batch, colour)[0]

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.export.onnx import quiet
+from dereflect.export.onnx import colour_example, has_colour_input, quiet
 
 PT2E_NOTE = (
     "litert-torch's PT2E int8 does not convert this network ('tfl.pad' op quantization parameters violate the same scale "
@@ -60,8 +60,9 @@ def _convert_fp32(model, side_hw: tuple[int, int], out: Path) -> None:
     h, w = side_hw
     wrapped = litert_torch.to_channel_last_io(model.eval(), args=[0], outputs=[0]).eval()
     example = torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(0))
+    examples = (example, colour_example(1)) if has_colour_input(model) else (example,)  # a PhotoColourGraph: + photo_colour
     with quiet(stderr=True), torch.no_grad():
-        edge = litert_torch.convert(wrapped, (example,))
+        edge = litert_torch.convert(wrapped, examples)
         edge.export(str(out))
 
 
@@ -83,10 +84,11 @@ def _quantize_int8(float_path: Path, out: Path) -> dict[str, Any]:
 
 
 def io_details(path: str | Path) -> dict[str, Any]:
-    """Shape, dtype and quantization of the file's one input and one output (for the manifest)."""
-    from dereflect.runtime.backends.litert_backend import interpreter
+    """Shape, dtype and quantization of the file's image input and output (for the manifest), and of
+    the photo-colour input and output of a PhotoColourGraph."""
+    from dereflect.runtime.backends.litert_backend import LiteRTRunner
 
-    interp = interpreter(path, threads=1)
+    runner = LiteRTRunner(path, threads=1)
 
     def one(d: dict[str, Any]) -> dict[str, Any]:
         scale, zero = d["quantization"]
@@ -98,10 +100,10 @@ def io_details(path: str | Path) -> dict[str, Any]:
             "zero_point": zero,
         }
 
-    ins, outs = interp.get_input_details(), interp.get_output_details()
-    if len(ins) != 1 or len(outs) != 1:
-        raise DereflectError(path, f"LiteRT model has {len(ins)} inputs and {len(outs)} outputs, expected one each")
-    return {"input": one(ins[0]), "output": one(outs[0])}
+    details = {"input": one(runner.inp), "output": one(runner.out)}
+    if runner.colour_in is not None:
+        details.update(photo_colour=one(runner.colour_in), colour=one(runner.colour_out))
+    return details
 
 
 def export_tflite(model, path: str | Path, precision: str, side_hw: tuple[int, int]) -> dict[str, Any]:

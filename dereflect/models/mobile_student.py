@@ -209,7 +209,8 @@ class PhotoColourGraph(nn.Module):
     to every tile. An image that is not tiled runs once, with weight 0: exactly the student.
 
     inputs:  image (N,3,H,W); photo_feed (N,13,1,1): the photo's colour transform (12) and its weight
-    outputs: transmission (N,3,H,W); colour (N,12,1,1): this input's own estimate (weight ignored)
+    outputs: transmission (N,3,H,W); colour (N,12): this input's own estimate (weight ignored; flat, as
+             XNNPACK's INT8 delegate cannot hand back a (N,12,1,1) it keeps channels-last)
     """
 
     def __init__(self, student: MobileStudent) -> None:
@@ -225,7 +226,7 @@ class PhotoColourGraph(nn.Module):
 
     def forward(self, image: torch.Tensor, photo_feed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.student.forward_features(image, photo_feed=photo_feed)
-        return out["transmission"], out["own_colour"]
+        return out["transmission"], out["own_colour"].flatten(1)
 
 
 def export_graph(model: nn.Module) -> nn.Module:

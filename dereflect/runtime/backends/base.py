@@ -20,7 +20,7 @@ import numpy as np
 from dereflect.errors import DereflectError
 
 #: The second input and output of an exported student with a global colour path (models/mobile_student.py,
-#: PhotoColourGraph): (N,13,1,1) the photo's colour transform and its weight in; (N,12,1,1) the input's own out.
+#: PhotoColourGraph): (N,13,1,1) the photo's colour transform and its weight in; (N,12) the input's own out.
 COLOUR_INPUT = "photo_colour"
 COLOUR_OUTPUT = "colour"
 #: Long side of the downscaled copy a photo's image-level estimate is computed on (`photo_context`).
@@ -84,7 +84,7 @@ class Backend:
         raise NotImplementedError
 
     def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
-        """(1,3,H,W) -> the graph's COLOUR_OUTPUT for it, (1,12,1,1) (run with weight 0); backends
+        """(1,3,H,W) -> the graph's COLOUR_OUTPUT for it, (1,12) (run with weight 0); backends
         that find a COLOUR_INPUT implement it."""
         raise NotImplementedError
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError
-from dereflect.runtime.backends.base import Backend, io_names, size_multiple
+from dereflect.runtime.backends.base import COLOUR_INPUT, COLOUR_OUTPUT, Backend, io_names, size_multiple
 
 NOT_MACOS = (
     "Core ML runs only on macOS (this machine runs {system}); use the ONNX or OpenVINO export of the "
@@ -49,8 +49,14 @@ class CoreMLBackend(Backend, name="coreml", module="coremltools", extra="coreml"
         except Exception as exc:  # noqa: BLE001
             raise DereflectError(path, f"Core ML cannot load this package ({exc})") from None
         self.input_name, self.output_name = io_names(manifest)
+        if COLOUR_INPUT in {f.name for f in self.model.get_spec().description.input}:
+            self.colour_input = COLOUR_INPUT  # a photo's tiles share one colour estimate (base.photo_context)
         self.detail = f"coremltools {ct.__version__} (compute units ALL)"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        outs = [self.model.predict({self.input_name: batch[i : i + 1]})[self.output_name] for i in range(len(batch))]
+        outs = [self.model.predict(self.feeds(batch[i : i + 1], self.input_name))[self.output_name] for i in range(len(batch))]
         return np.concatenate([np.asarray(o, dtype=np.float32) for o in outs])
+
+    def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
+        feeds = {self.input_name: batch, COLOUR_INPUT: np.zeros((len(batch), 13, 1, 1), np.float32)}
+        return np.asarray(self.model.predict(feeds)[COLOUR_OUTPUT], dtype=np.float32)

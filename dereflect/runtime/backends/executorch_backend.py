@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import Backend, size_multiple
+from dereflect.runtime.backends.base import COLOUR_INPUT, Backend, size_multiple
 
 
 def load_method(path: str | Path):
@@ -45,7 +45,10 @@ class ExecuTorchBackend(Backend, name="executorch", extra="mobile"):
         manifest = manifest or {}
         self.method = load_method(path)
         meta = self.method.metadata
-        if meta.num_inputs() != 1 or meta.num_outputs() != 1:
+        colour = meta.num_inputs() == 2 and meta.num_outputs() == 2 and list(meta.input_tensor_meta(1).sizes()) == [1, 13, 1, 1]
+        if colour:  # a PhotoColourGraph: (image, photo_colour) -> (transmission, colour); base.photo_context
+            self.colour_input = COLOUR_INPUT
+        elif meta.num_inputs() != 1 or meta.num_outputs() != 1:
             raise DereflectError(
                 path, f"ExecuTorch program has {meta.num_inputs()} inputs and {meta.num_outputs()} outputs, expected one each"
             )
@@ -73,6 +76,21 @@ class ExecuTorchBackend(Backend, name="executorch", extra="mobile"):
         self.detail = f"executorch {metadata.version('executorch')} (XNNPACK{threads})"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch, self.colour_feed(len(batch)) if self.colour_input else None)[0]
+
+    def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch, np.zeros((len(batch), 13, 1, 1), np.float32))[1]
+
+    def run(self, batch: np.ndarray, colour: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(transmission, colour estimate or None), one image at a time; `colour`: the photo-colour
+        feeds of a PhotoColourGraph program (weight 0 when None)."""
         torch = self._torch
-        outs = [self.method.execute([torch.from_numpy(np.ascontiguousarray(batch[i : i + 1]))])[0] for i in range(len(batch))]
-        return np.concatenate([o.numpy() for o in outs]).astype(np.float32, copy=False)
+        if self.colour_input and colour is None:
+            colour = np.zeros((len(batch), 13, 1, 1), np.float32)
+        outs = []
+        for i in range(len(batch)):
+            args = [batch[i : i + 1]] + ([colour[i : i + 1]] if self.colour_input else [])
+            outs.append(self.method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in args]))
+        images = np.concatenate([o[0].numpy() for o in outs]).astype(np.float32, copy=False)
+        colours = np.concatenate([o[1].numpy() for o in outs]) if self.colour_input else None
+        return images, colours

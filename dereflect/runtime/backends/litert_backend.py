@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import Backend, size_multiple
+from dereflect.runtime.backends.base import COLOUR_INPUT, Backend, size_multiple
 
 
 def interpreter(path: str | Path, threads: int | None = None):
@@ -41,8 +41,17 @@ class LiteRTRunner:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
         self.interp = interpreter(path, threads)
-        self.inp = self.interp.get_input_details()[0]
-        self.out = self.interp.get_output_details()[0]
+        ins, outs = self.interp.get_input_details(), self.interp.get_output_details()
+        # A PhotoColourGraph (models/mobile_student.py) also takes photo_colour (1,13,1,1) and returns colour
+        # (1,12); LiteRT keeps no names from the torch graph, so the tensors are told apart by their size.
+        small_in = [d for d in ins if int(np.prod(d["shape"])) == 13]
+        small_out = [d for d in outs if int(np.prod(d["shape"])) == 12]
+        self.colour_in = small_in[0] if len(ins) == 2 and len(small_in) == 1 else None
+        self.colour_out = small_out[0] if len(outs) == 2 and len(small_out) == 1 else None
+        if (self.colour_in is None) != (self.colour_out is None) or len(ins) != len(outs) or len(ins) not in (1, 2):
+            raise DereflectError(path, f"LiteRT model has {len(ins)} inputs and {len(outs)} outputs, expected one each")
+        self.inp = next(d for d in ins if d is not self.colour_in)
+        self.out = next(d for d in outs if d is not self.colour_out)
         shape = [int(v) for v in self.inp["shape"]]
         if len(shape) != 4 or 3 not in (shape[1], shape[3]):
             raise DereflectError(
@@ -70,17 +79,26 @@ class LiteRTRunner:
         y = y.transpose(0, 3, 1, 2) if self.nhwc else y
         return np.ascontiguousarray(y, dtype=np.float32)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray, colour: np.ndarray | None = None) -> np.ndarray:
+        return self.run(batch, colour)[0]
+
+    def run(self, batch: np.ndarray, colour: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(transmission, colour estimate or None); `colour`: photo-colour feeds (weight 0 when None)."""
         if tuple(batch.shape[2:]) != self.hw:
             raise DereflectError(
                 self.path, f"LiteRT model takes {self.hw[0]}x{self.hw[1]} inputs only, got {batch.shape[2]}x{batch.shape[3]}"
             )
-        outs = []
+        outs, colours = [], []
         for i in range(len(batch)):
             self.interp.set_tensor(self.inp["index"], self._to_input(batch[i : i + 1]))
+            if self.colour_in is not None:
+                feed = colour[i : i + 1] if colour is not None else np.zeros((1, 13, 1, 1), np.float32)
+                self.interp.set_tensor(self.colour_in["index"], np.ascontiguousarray(feed.reshape(self.colour_in["shape"]), np.float32))
             self.interp.invoke()
             outs.append(self._from_output(self.interp.get_tensor(self.out["index"])))
-        return np.concatenate(outs)
+            if self.colour_out is not None:
+                colours.append(self.interp.get_tensor(self.colour_out["index"]).reshape(1, 12).astype(np.float32))
+        return np.concatenate(outs), (np.concatenate(colours) if colours else None)
 
 
 class LiteRTBackend(Backend, name="litert", module="ai_edge_litert", extra="mobile"):
@@ -92,10 +110,15 @@ class LiteRTBackend(Backend, name="litert", module="ai_edge_litert", extra="mobi
         threads = os.cpu_count() or 1
         self.runner = LiteRTRunner(path, threads=threads)
         self.fixed = self.runner.hw
+        if self.runner.colour_in is not None:
+            self.colour_input = COLOUR_INPUT  # a photo's tiles share one colour estimate (base.photo_context)
         self.multiple = size_multiple(manifest or {})
         self.where = "cpu"
         layout = "NHWC" if self.runner.nhwc else "NCHW"
         self.detail = f"ai-edge-litert {metadata.version('ai-edge-litert')} ({threads} threads, {layout} {self.runner.in_dtype.name} IO)"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.runner(batch)
+        return self.runner(batch, self.colour_feed(len(batch)) if self.colour_input else None)
+
+    def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.run(batch)[1]

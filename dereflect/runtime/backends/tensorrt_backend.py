@@ -70,7 +70,7 @@ class TensorRTBackend(Backend, name="tensorrt", extra="tensorrt"):
         inputs = {name: torch.from_numpy(a).cuda().contiguous() for name, a in feeds.items()}
         x = inputs[self.input_name]
         y = torch.empty_like(x)
-        colour = torch.empty((x.shape[0], 12, 1, 1), device=x.device) if self.colour_input else None
+        colour = torch.empty((x.shape[0], 12), device=x.device) if self.colour_input else None
         for name, tensor in inputs.items():
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())
