@@ -216,3 +216,21 @@ def test_fixed_shape_graphs_share_the_estimate_in_every_runtime(colourful_studen
     manifest = json.loads(results["onnx"].manifest.read_text())
     theirs = runner.Model(results["onnx"].artifact, manifest, "onnxruntime", None).run(photo).astype(np.int16)
     assert np.abs(theirs - ours).mean() < 0.1  # Pillow on uint8 there, in float here: the same estimate to a hair
+
+
+def test_executorch_int8_keeps_both_outputs(colourful_student, tmp_path):
+    """XNNPACK's INT8 delegate keeps small tensors channels-last: a (1,12,1,1) colour output failed at run
+    time ("Attempted to resize a static tensor"), which is why the graph's `colour` output is flat (1,12)."""
+    from dereflect.export.formats import format_status
+
+    status = format_status("pte")
+    if status.build_reason:
+        pytest.skip(status.build_reason)
+    opts = ExportOptions(precision="int8", size=128, val_count=2, calib_count=4)
+    [r] = Exporter(tmp_path / "s.safetensors", tmp_path, opts, log=lambda _: None, model=colourful_student).run([FORMATS_BY_NAME["pte"]])
+    assert r.status == "passed", (r.message, r.parity)
+    session = load(r.artifact)
+    photo = _halves()
+    shared = session.run(photo).astype(np.int16)
+    session.impl.photo_context = lambda image: __import__("contextlib").nullcontext()
+    assert np.abs(session.run(photo).astype(np.int16) - shared).mean() > 0.5  # the photo's estimate reached the tiles
