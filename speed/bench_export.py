@@ -59,10 +59,10 @@ def _runner(result: ExportResult, threads: int) -> tuple[Callable[[np.ndarray], 
     if path is None:
         return None, "not built"
     if path.suffix in (".onnx", ".ort"):
-        from dereflect.export.quantize import session
+        from dereflect.export.quantize import feeds, session
 
         sess = session(path, threads=threads or None)
-        return (lambda x: sess.run(["transmission"], {"input": x})), "ORT CPU"
+        return (lambda x: sess.run(["transmission"], feeds(sess, x))), "ORT CPU"
     if path.name.endswith("_openvino"):
         from dereflect.export.openvino import openvino_runner
 
