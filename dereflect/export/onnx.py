@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import COLOUR_INPUT, COLOUR_OUTPUT  # a PhotoColourGraph's second input and output
+from dereflect.runtime.backends.base import COLOUR_INPUT, COLOUR_OUTPUT, own_colour  # a PhotoColourGraph's second input and output
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "transmission"
@@ -210,7 +210,7 @@ def graph_feeds(input_names: list[str], batch: np.ndarray, colour: np.ndarray | 
     ((N,13,1,1)) or weight 0 (the input's own estimate: the student as trained)."""
     feeds = {INPUT_NAME if INPUT_NAME in input_names else input_names[0]: batch}
     if COLOUR_INPUT in input_names:
-        feeds[COLOUR_INPUT] = colour if colour is not None else np.zeros((batch.shape[0], 13, 1, 1), np.float32)
+        feeds[COLOUR_INPUT] = colour if colour is not None else own_colour(batch.shape[0])
     return feeds
 
 

@@ -23,6 +23,13 @@ from dereflect.errors import DereflectError
 #: PhotoColourGraph): (N,13,1,1) the photo's colour transform and its weight in; (N,12) the input's own out.
 COLOUR_INPUT = "photo_colour"
 COLOUR_OUTPUT = "colour"
+
+
+def own_colour(n: int) -> np.ndarray:
+    """The COLOUR_INPUT feed of weight 0 for a batch of n: every input its own estimate (the student as trained)."""
+    return np.zeros((n, 13, 1, 1), np.float32)
+
+
 #: Long side of the downscaled copy a photo's image-level estimate is computed on (`photo_context`).
 PHOTO_SIDE = 512
 
@@ -91,7 +98,7 @@ class Backend:
     def colour_feed(self, n: int) -> np.ndarray:
         """The COLOUR_INPUT of a batch of n: the photo's estimate with weight 1 inside `photo_context`,
         else zeros (weight 0: every input its own estimate, the student as trained)."""
-        feed = np.zeros((n, 13, 1, 1), np.float32)
+        feed = own_colour(n)
         if self._photo_colour is not None:
             feed[:, :12] = self._photo_colour
             feed[:, 12] = 1.0
@@ -102,6 +109,10 @@ class Backend:
         if self.colour_input is None:
             return {input_name: batch}
         return {input_name: batch, self.colour_input: self.colour_feed(batch.shape[0])}
+
+    def own_feeds(self, batch: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
+        """{input: batch, COLOUR_INPUT: weight 0}: what `estimate_colour` runs, inside a photo's context too."""
+        return {input_name: batch, COLOUR_INPUT: own_colour(len(batch))}
 
     @contextmanager
     def photo_context(self, image: np.ndarray) -> Iterator[None]:

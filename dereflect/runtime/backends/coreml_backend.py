@@ -58,5 +58,4 @@ class CoreMLBackend(Backend, name="coreml", module="coremltools", extra="coreml"
         return np.concatenate([np.asarray(o, dtype=np.float32) for o in outs])
 
     def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
-        feeds = {self.input_name: batch, COLOUR_INPUT: np.zeros((len(batch), 13, 1, 1), np.float32)}
-        return np.asarray(self.model.predict(feeds)[COLOUR_OUTPUT], dtype=np.float32)
+        return np.asarray(self.model.predict(self.own_feeds(batch, self.input_name))[COLOUR_OUTPUT], dtype=np.float32)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import COLOUR_INPUT, Backend, size_multiple
+from dereflect.runtime.backends.base import COLOUR_INPUT, Backend, own_colour, size_multiple
 
 
 def load_method(path: str | Path):
@@ -79,14 +79,14 @@ class ExecuTorchBackend(Backend, name="executorch", extra="mobile"):
         return self.run(batch, self.colour_feed(len(batch)) if self.colour_input else None)[0]
 
     def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
-        return self.run(batch, np.zeros((len(batch), 13, 1, 1), np.float32))[1]
+        return self.run(batch)[1]
 
     def run(self, batch: np.ndarray, colour: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(transmission, colour estimate or None), one image at a time; `colour`: the photo-colour
         feeds of a PhotoColourGraph program (weight 0 when None)."""
         torch = self._torch
         if self.colour_input and colour is None:
-            colour = np.zeros((len(batch), 13, 1, 1), np.float32)
+            colour = own_colour(len(batch))
         outs = []
         for i in range(len(batch)):
             args = [batch[i : i + 1]] + ([colour[i : i + 1]] if self.colour_input else [])

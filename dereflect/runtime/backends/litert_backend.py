@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dereflect.errors import DereflectError, first_line
-from dereflect.runtime.backends.base import COLOUR_INPUT, Backend, size_multiple
+from dereflect.runtime.backends.base import COLOUR_INPUT, Backend, own_colour, size_multiple
 
 
 def interpreter(path: str | Path, threads: int | None = None):
@@ -92,7 +92,7 @@ class LiteRTRunner:
         for i in range(len(batch)):
             self.interp.set_tensor(self.inp["index"], self._to_input(batch[i : i + 1]))
             if self.colour_in is not None:
-                feed = colour[i : i + 1] if colour is not None else np.zeros((1, 13, 1, 1), np.float32)
+                feed = colour[i : i + 1] if colour is not None else own_colour(1)
                 self.interp.set_tensor(self.colour_in["index"], np.ascontiguousarray(feed.reshape(self.colour_in["shape"]), np.float32))
             self.interp.invoke()
             outs.append(self._from_output(self.interp.get_tensor(self.out["index"])))

@@ -68,4 +68,4 @@ class OnnxRuntimeBackend(Backend, name="onnxruntime"):
         return self.session.run([self.output_name], self.feeds(batch, self.input_name))[0]
 
     def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([COLOUR_OUTPUT], {self.input_name: batch, COLOUR_INPUT: np.zeros((len(batch), 13, 1, 1), np.float32)})[0]
+        return self.session.run([COLOUR_OUTPUT], self.own_feeds(batch, self.input_name))[0]

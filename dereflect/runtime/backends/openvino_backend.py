@@ -161,7 +161,7 @@ class OpenVinoBackend(Backend, name="openvino", extra="openvino"):
         return np.array(result[self.output], copy=True)  # the request's buffer is reused by the next call
 
     def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
-        result = self.request.infer({self.input_name: batch, COLOUR_INPUT: np.zeros((len(batch), 13, 1, 1), np.float32)})
+        result = self.request.infer(self.own_feeds(batch, self.input_name))
         return np.array(result[self.compiled.output(COLOUR_OUTPUT)], copy=True)
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

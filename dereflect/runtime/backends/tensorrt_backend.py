@@ -62,7 +62,7 @@ class TensorRTBackend(Backend, name="tensorrt", extra="tensorrt"):
         return self._run(self.feeds(batch, self.input_name))[0]
 
     def estimate_colour(self, batch: np.ndarray) -> np.ndarray:
-        return self._run({self.input_name: batch, COLOUR_INPUT: np.zeros((len(batch), 13, 1, 1), np.float32)})[1]
+        return self._run(self.own_feeds(batch, self.input_name))[1]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """One execution: (transmission, the colour estimate or None when the graph has none)."""
