@@ -143,11 +143,11 @@ class Exporter:
         self.opts = opts
         self.log = log
         self.model = model if model is not None else load_deployable(self.checkpoint)
-        #: What the ONNX-based formats export: the student, or, for one with a global colour path, its
-        #: two-input form (models/mobile_student.py PhotoColourGraph: a photo's tiles share one colour estimate).
+        #: What every format exports: the student, or, for one with a global colour path, its two-input
+        #: form (models/mobile_student.py PhotoColourGraph: a photo's tiles share one colour estimate).
         self.graph = export_graph(self.model)
-        #: True while a format that exports `self.graph` with its photo-colour input is built and gated.
-        self.with_colour = False
+        #: The exported graph takes the photo-colour input (and is gated on both of its paths).
+        self.with_colour = self.graph is not self.model
         #: The model's input contract: None = one image (N,3,H,W); T = a burst model's (N,T,3,H,W) (models/burst.py).
         self.frames: int | None = getattr(self.model, "input_frames", None)
         #: "translation": the runtime registers the frames before the graph (models/burst_student.py).
@@ -169,7 +169,7 @@ class Exporter:
         if base_onnx is not None:
             self._onnx["fp32"] = Path(shutil.copyfile(base_onnx, self.work / f"{self.stem}-fp32.onnx"))
         self._calib: calib_mod.ImageSet | None = None
-        self._refs: dict[tuple[tuple[int, int] | None, bool], parity_mod.Reference] = {}
+        self._refs: dict[tuple[int, int] | None, parity_mod.Reference] = {}
         self._int8_nodes: list[str] | None = None
         self._int8_settings = None  # quantize.Int8Settings of the ONNX INT8 graph, once built
         self._mobile: dict[str, dict[str, Any]] = {}
@@ -194,21 +194,15 @@ class Exporter:
         H x W (the gate measures the conversion at the one shape the artifact takes; padding and
         tiling are the runtime's, tested there). A graph with the photo-colour input is measured on
         both of its paths (`with_photo_feeds`)."""
-        key = (self.shape, self.with_colour)
-        if key not in self._refs:
+        if self.shape not in self._refs:
             if self.shape is None:
                 data = calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, self.opts.size, self.opts.seed + 1, frames=self.frames)
             else:
                 h, w = self.shape
                 data = _crop_set(calib_mod.load_pairs(self.opts.pairs, self.opts.val_count, max(h, w), self.opts.seed + 1), h, w)
-            data = self._aligned(data)
-            if self.with_colour:
-                self._refs[key] = parity_mod.make_reference(self.graph, self.with_photo_feeds(data))
-            else:
-                self._refs[key] = parity_mod.make_reference(self.model, data)
-            if not any(k[0] == self.shape for k in self._refs if k != key):
-                self.log(f"validation: {data.source}")
-        return self._refs[key]
+            self._refs[self.shape] = parity_mod.make_reference(self.graph, self.with_photo_feeds(self._aligned(data)))
+            self.log(f"validation: {data.source}")
+        return self._refs[self.shape]
 
     def with_photo_feeds(self, data: calib_mod.ImageSet) -> calib_mod.ImageSet:
         """`data` with photo-colour feeds for `self.graph` (half its own estimate, half another image's:
@@ -417,29 +411,18 @@ class Exporter:
                 check_fixed_shape(hw, self.size_multiple, self.model_name)
             started = time.perf_counter()
             for shape in self.opts.fixed_shapes or (None,):  # built up front, so per-format times are the formats' own
-                for self.with_colour in sorted({self._colour_for(f) for f in formats}):
-                    self.shape = shape
-                    _ = self.reference
+                self.shape = shape
+                _ = self.reference
             self.log(f"reference outputs (PyTorch fp32) in {time.perf_counter() - started:.1f} s")
             for fmt in formats:
                 builder = getattr(self, f"_build_{fmt.name}")
-                self.with_colour = self._colour_for(fmt)
                 for shape, tag in self._shapes_for(fmt):
                     self.shape, self.tag = shape, tag
                     results.extend(self._build_one(builder, fmt))
         finally:
-            self.shape, self.tag, self.with_colour = None, "", False
+            self.shape, self.tag = None, ""
             self.close()
         return results
-
-    def _colour_for(self, fmt: ExportFormat) -> bool:
-        """Does `fmt` export the photo-colour graph? Every format does, for a student with a global colour path."""
-        return self.graph is not self.model
-
-    @property
-    def exported_model(self):
-        """What a format built from PyTorch (ExecuTorch, LiteRT, Core ML) converts: the photo-colour graph or the student."""
-        return self.graph if self.with_colour else self.model
 
     def _build_one(self, builder: Callable[[ExportFormat], list[ExportResult]], fmt: ExportFormat) -> list[ExportResult]:
         """One artifact (and its companions): built, gated, logged; a failure is its result row."""
@@ -705,9 +688,7 @@ class Exporter:
         mode, sizes = self.opts.coreml_shapes, None
         if self.shape is not None:  # --fixed-shape: one fixed package per shape, or one enumerating them all
             mode, sizes = ("enumerated", self.opts.fixed_shapes) if self.tag == "enumerated" else ("fixed", (self.shape,))
-        info = export_coreml(
-            self.exported_model, path, p, shapes=mode, palettize=self.opts.palettize, **({"enumerated": sizes} if sizes else {})
-        )
+        info = export_coreml(self.graph, path, p, shapes=mode, palettize=self.opts.palettize, **({"enumerated": sizes} if sizes else {}))
         info["validation"] = validate_coreml(path, p, fixed_hw=self.shape if mode == "fixed" else None)
         build_s = time.perf_counter() - started
         status = format_status("coreml")
@@ -770,7 +751,7 @@ class Exporter:
         p, hw = self.opts.precision, self.mobile_shape
         started = time.perf_counter()
         artifact = self.out / fmt.artifact_name(self.art_stem, p)
-        info = export_pte(self.exported_model, artifact, p, hw, self.calibration_at(hw) if p == "int8" else None)
+        info = export_pte(self.graph, artifact, p, hw, self.calibration_at(hw) if p == "int8" else None)
         build_s = time.perf_counter() - started
         extra = {"executorch": info, "quantization": info.pop("quantization"), **self._quant_extra()}
         run = lambda: pte_runner(artifact)  # noqa: E731
@@ -783,7 +764,7 @@ class Exporter:
         p, hw = self.opts.precision, self.mobile_shape
         started = time.perf_counter()
         artifact = self.out / fmt.artifact_name(self.art_stem, p)
-        info = export_tflite(self.exported_model, artifact, p, hw)
+        info = export_tflite(self.graph, artifact, p, hw)
         build_s = time.perf_counter() - started
         extra = {"litert": info, "quantization": info.pop("quantization")}  # int8 is dynamic range: no calibration set
         run = lambda: tflite_runner(artifact)  # noqa: E731
